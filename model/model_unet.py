@@ -1,0 +1,152 @@
+"""DRAEM's two networks (Zavrtanik et al., ICCV 2021), written once as parts and assembled in loops.
+
+Parameter names and forward semantics are those of the authors' `model_unet.py`, so their released
+checkpoints load with `strict=True`: `encoder.block{i}`, `decoder.up{i}` / `decoder.db{i}`, `fin_out`, ...
+Each block is an `nn.Sequential` whose indices (0 conv, 1 BN, 2 ReLU, 3 conv, 4 BN, 5 ReLU) are part of the
+parameter names, which is why the parts below are Sequentials and not custom modules.
+"""
+import torch
+import torch.nn as nn
+
+
+def double_conv(c_in, c_out, c_mid=None):
+    """conv3x3-BN-ReLU twice; indices 0/1 and 3/4 hold the weights (original naming)."""
+    c_mid = c_out if c_mid is None else c_mid
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_mid, kernel_size=3, padding=1), nn.BatchNorm2d(c_mid), nn.ReLU(inplace=True),
+        nn.Conv2d(c_mid, c_out, kernel_size=3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+    )
+
+
+def up_conv(c_in, c_out):
+    """2x bilinear upsampling then conv3x3-BN-ReLU; index 0 is the Upsample, 1/2 the weights."""
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
+        nn.Conv2d(c_in, c_out, kernel_size=3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+    )
+
+
+def check_spatial_size(x, multiple=32):
+    h, w = x.shape[-2:]
+    if h % multiple or w % multiple:
+        raise ValueError(f"input height and width must be multiples of {multiple} "
+                         f"(five 2x poolings in the U-Net), got {h}x{w}")
+
+
+class _Encoder(nn.Module):
+    """block1..blockN of double convs with channel multipliers `mults`, 2x max-pooling between them."""
+
+    def __init__(self, in_channels, base_width, mults):
+        super().__init__()
+        chans = [in_channels] + [base_width * m for m in mults]
+        self.n = len(mults)
+        for i in range(self.n):
+            self.add_module(f"block{i + 1}", double_conv(chans[i], chans[i + 1]))
+            if i < self.n - 1:
+                self.add_module(f"mp{i + 1}", nn.Sequential(nn.MaxPool2d(2)))
+
+    def forward(self, x):
+        feats = []
+        for i in range(1, self.n + 1):
+            if i > 1:
+                # The authors' discriminative encoder applies `mp3` where `mp2` belongs; both are parameter-free
+                # MaxPool2d(2), so using the right one is numerically identical.
+                x = getattr(self, f"mp{i - 1}")(x)
+            x = getattr(self, f"block{i}")(x)
+            feats.append(x)
+        return feats  # shallow to deep: (B, C_i, H / 2**i, W / 2**i)
+
+
+class EncoderReconstructive(_Encoder):
+    def __init__(self, in_channels, base_width):
+        super().__init__(in_channels, base_width, mults=(1, 2, 4, 8, 8))
+
+    def forward(self, x):
+        return super().forward(x)[-1]  # bottleneck only: no skip connections in the reconstructive net
+
+
+class DecoderReconstructive(nn.Module):
+    """up{i}: upsample + conv keeping width; db{i}: two convs, the second narrowing to the next level."""
+
+    def __init__(self, base_width, out_channels=1):
+        super().__init__()
+        mults = (8, 4, 2, 1, 1)  # width before up1, after db1, ..., after db4
+        for i in range(4):
+            c, c_next = base_width * mults[i], base_width * mults[i + 1]
+            self.add_module(f"up{i + 1}", up_conv(c, c))
+            self.add_module(f"db{i + 1}", double_conv(c, c_next, c_mid=c))
+        self.fin_out = nn.Sequential(nn.Conv2d(base_width, out_channels, kernel_size=3, padding=1))
+
+    def forward(self, x):
+        for i in range(1, 5):
+            x = getattr(self, f"db{i}")(getattr(self, f"up{i}")(x))
+        return self.fin_out(x)
+
+
+class ReconstructiveSubNetwork(nn.Module):
+    """Encoder-decoder that restores the anomaly-free image; 69.0 M parameters at base_width=128."""
+
+    def __init__(self, in_channels=3, out_channels=3, base_width=128):
+        super().__init__()
+        self.encoder = EncoderReconstructive(in_channels, base_width)
+        self.decoder = DecoderReconstructive(base_width, out_channels=out_channels)
+
+    def forward(self, x):
+        check_spatial_size(x, 16)
+        return self.decoder(self.encoder(x))
+
+
+class EncoderDiscriminative(_Encoder):
+    def __init__(self, in_channels, base_width):
+        super().__init__(in_channels, base_width, mults=(1, 2, 4, 8, 8, 8))
+
+
+class DecoderDiscriminative(nn.Module):
+    """U-Net decoder: up_b/db_b at the bottleneck, then up1..up4/db1..db4, each fed cat(upsampled, skip)."""
+
+    def __init__(self, base_width, out_channels=1):
+        super().__init__()
+        bw = base_width
+        self.up_b = up_conv(bw * 8, bw * 8)
+        self.db_b = double_conv(bw * (8 + 8), bw * 8)
+        # (up_in, up_out, skip) channel multipliers for levels 1..4, matching b4, b3, b2, b1 of the encoder
+        levels = ((8, 4, 8), (4, 2, 4), (2, 1, 2), (1, 1, 1))
+        for i, (c_in, c_out, skip) in enumerate(levels, start=1):
+            self.add_module(f"up{i}", up_conv(bw * c_in, bw * c_out))
+            self.add_module(f"db{i}", double_conv(bw * (c_out + skip), bw * c_out))
+        self.fin_out = nn.Sequential(nn.Conv2d(bw, out_channels, kernel_size=3, padding=1))
+
+    def forward(self, b1, b2, b3, b4, b5, b6):
+        x = self.db_b(torch.cat((self.up_b(b6), b5), dim=1))
+        for i, skip in enumerate((b4, b3, b2, b1), start=1):
+            x = getattr(self, f"db{i}")(torch.cat((getattr(self, f"up{i}")(x), skip), dim=1))
+        return self.fin_out(x)
+
+
+class DiscriminativeSubNetwork(nn.Module):
+    """U-Net that segments the anomaly from cat(reconstruction, image); 28.4 M parameters at 64 channels.
+
+    Returns raw logits (B, out_channels, H, W); channel 1 after softmax is the anomaly probability.
+    """
+
+    def __init__(self, in_channels=6, out_channels=2, base_channels=64, out_features=False):
+        super().__init__()
+        self.encoder_segment = EncoderDiscriminative(in_channels, base_channels)
+        self.decoder_segment = DecoderDiscriminative(base_channels, out_channels=out_channels)
+        self.out_features = out_features
+
+    def forward(self, x):
+        check_spatial_size(x, 32)
+        feats = self.encoder_segment(x)
+        out = self.decoder_segment(*feats)
+        return (out, *feats[1:]) if self.out_features else out
+
+
+def weights_init(m):
+    """The authors' initialisation: conv weights N(0, 0.02), BN weights N(1, 0.02) and zero bias."""
+    name = m.__class__.__name__
+    if "Conv" in name:
+        m.weight.data.normal_(0.0, 0.02)
+    elif "BatchNorm" in name:
+        m.weight.data.normal_(1.0, 0.02)
+        m.bias.data.fill_(0)

@@ -1,0 +1,23 @@
+"""From network outputs to what a user sees: the anomaly map and the image score (pure functions)."""
+import torch
+import torch.nn.functional as F
+
+SCORE_KERNEL = 21  # the authors' evaluation: mean filter 21x21, stride 1, then max
+
+
+def anomaly_map(seg_logits):
+    """Anomaly probability per pixel: softmax channel 1 of the discriminative output.
+
+    seg_logits: (B, 2, H, W) -> (B, H, W) in [0, 1].
+    """
+    return torch.softmax(seg_logits.float(), dim=1)[:, 1]
+
+
+def image_score(amap, kernel=SCORE_KERNEL):
+    """Image-level score: max of the map after a kernel x kernel mean filter (stride 1, zero padding).
+
+    amap: (B, H, W) -> (B,). Same as the authors' `avg_pool2d(..., 21, stride=1, padding=10)` then max,
+    so a single hot pixel does not make an image anomalous, but a defect of ~21x21 px does.
+    """
+    smoothed = F.avg_pool2d(amap[:, None], kernel, stride=1, padding=kernel // 2)  # (B, 1, H, W)
+    return smoothed.flatten(1).max(dim=1).values

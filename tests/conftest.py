@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny generated image folders, and the path to ../shared when it exists."""
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = ROOT.parent / "shared"
+
+
+def write_images(folder, n, size=48, seed=0, gray=False):
+    """n small smooth random images (so they compress) as PNG; returns the paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        base = rng.random((6, 6, 1 if gray else 3))
+        img = cv2.resize((base * 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_CUBIC)
+        p = folder / f"{i:03d}.png"
+        cv2.imwrite(str(p), img)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    folder = tmp_path / "good"
+    write_images(folder, 12)
+    return folder
+
+
+def shared_path(*parts):
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} not available")
+    return p

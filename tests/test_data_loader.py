@@ -1,0 +1,71 @@
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import shared_path, write_images
+from utils.data_loader import MVTecTestDataset, NormalImageDataset, is_grayscale, list_images, read_image
+
+
+def test_reads_16bit_gray_rgba_bmp_tif_any_size(tmp_path):
+    g16 = (np.linspace(0, 65535, 40 * 30).reshape(30, 40)).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "g16.png"), g16)
+    cv2.imwrite(str(tmp_path / "g16.tif"), g16)
+    rgba = np.zeros((20, 50, 4), np.uint8)
+    rgba[..., 2] = 255  # red in BGRA
+    rgba[..., 3] = 7    # alpha must be dropped, not treated as a colour
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
+    cv2.imwrite(str(tmp_path / "c.bmp"), np.full((17, 23, 3), 128, np.uint8))
+    cv2.imwrite(str(tmp_path / "c.JPG"), np.full((17, 23, 3), 128, np.uint8))
+    for name in ("g16.png", "g16.tif"):
+        x = read_image(tmp_path / name)
+        assert x.shape == (3, 30, 40) and x.dtype == torch.float32
+        assert x.max().item() == pytest.approx(1.0) and x.min().item() == 0.0
+        assert is_grayscale(x)
+    red = read_image(tmp_path / "rgba.png", size=32)
+    assert red.shape == (3, 32, 32)
+    assert torch.allclose(red[0], torch.ones(32, 32)) and red[1:].abs().max() == 0
+    assert read_image(tmp_path / "c.bmp", 64).shape == (3, 64, 64)
+    assert len(list_images(tmp_path)) == 5
+
+
+def test_unreadable_file_error_names_it(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="broken.png"):
+        read_image(bad)
+
+
+def test_training_dataset_skips_unreadable_and_errors_when_empty(tmp_path, caplog):
+    write_images(tmp_path / "good", 3)
+    (tmp_path / "good" / "zz_broken.jpg").write_bytes(b"\x00" * 10)
+    ds = NormalImageDataset.from_folder(tmp_path / "good", 32)
+    assert len(ds) == 3 and "zz_broken.jpg" in caplog.text
+    assert ds[0].shape == (3, 32, 32)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty"):
+        NormalImageDataset.from_folder(tmp_path / "empty", 32)
+
+
+def test_mvtec_test_dataset_masks_and_labels(tmp_path):
+    cls = tmp_path / "widget"
+    write_images(cls / "test" / "good", 2)
+    write_images(cls / "test" / "scratch", 2, seed=1)
+    (cls / "ground_truth" / "scratch").mkdir(parents=True)
+    for i in range(2):
+        m = np.zeros((48, 48), np.uint8)
+        m[10:20, 10:20] = 255
+        cv2.imwrite(str(cls / "ground_truth" / "scratch" / f"{i:03d}_mask.png"), m)
+    ds = MVTecTestDataset(cls, 32)
+    assert len(ds) == 4
+    items = [ds[i] for i in range(4)]
+    assert [it["label"] for it in items] == [0, 0, 1, 1]
+    assert items[0]["mask"].sum() == 0 and items[2]["mask"].sum() > 0
+    assert set(items[2]["mask"].unique().tolist()) == {0.0, 1.0}
+
+
+def test_real_magnetic_tile_images_load():
+    folder = shared_path("data", "magnetic_tile", "magnetic_tile", "train", "good")
+    files = list_images(folder)[:3]
+    x = torch.stack([read_image(f, 64) for f in files])
+    assert x.shape == (3, 3, 64, 64) and is_grayscale(x)

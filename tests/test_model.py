@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from model import DRAEM, DiscriminativeSubNetwork, ReconstructiveSubNetwork, anomaly_map, image_score
+from tests.conftest import shared_path
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_paper_width_parameter_counts():
+    assert n_params(ReconstructiveSubNetwork()) == 69_048_579
+    assert n_params(DiscriminativeSubNetwork()) == 28_374_146
+
+
+def test_loads_and_reproduces_authors_networks():
+    fx = torch.load(shared_path("fixtures", "original_draem_small.pt"), weights_only=True)
+    rec_net = ReconstructiveSubNetwork(3, 3, base_width=8)
+    seg_net = DiscriminativeSubNetwork(6, 2, base_channels=4)
+    rec_net.load_state_dict(fx["reconstructive_state_dict"], strict=True)
+    seg_net.load_state_dict(fx["discriminative_state_dict"], strict=True)
+    rec_net.eval(), seg_net.eval()
+    with torch.no_grad():
+        rec = rec_net(fx["input"])
+        logits = seg_net(torch.cat((rec, fx["input"]), dim=1))
+    assert (rec - fx["reconstruction"]).abs().max() <= 1e-5
+    assert (logits - fx["segmentation_logits"]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("hw", [(64, 96), (32, 32)])
+def test_small_widths_shapes(hw):
+    m = DRAEM(rec_base_width=4, seg_base_width=2).eval()
+    rec, logits = m(torch.rand(2, 3, *hw))
+    assert rec.shape == (2, 3, *hw) and logits.shape == (2, 2, *hw)
+
+
+def test_size_not_multiple_of_32_is_a_clear_error():
+    with pytest.raises(ValueError, match="multiples of 32"):
+        DRAEM(4, 2)(torch.rand(1, 3, 48, 64))
+    with pytest.raises(ValueError, match="multiples of 32"):
+        DiscriminativeSubNetwork(6, 2, 2)(torch.rand(1, 6, 64, 80))
+
+
+def test_anomaly_map_is_softmax_channel_one():
+    logits = torch.tensor([[[[0.0]], [[0.0]]], [[[0.0]], [[100.0]]]])  # (2, 2, 1, 1)
+    amap = anomaly_map(logits)
+    assert amap.shape == (2, 1, 1)
+    assert amap[0].item() == pytest.approx(0.5) and amap[1].item() == pytest.approx(1.0)
+
+
+def test_image_score_is_max_of_21x21_mean():
+    amap = torch.zeros(2, 64, 64)
+    amap[0, 10, 10] = 1.0                # one hot pixel: diluted by the mean filter
+    amap[1, 20:41, 20:41] = 1.0          # a 21x21 defect: full score at its centre
+    s = image_score(amap)
+    assert s[0].item() == pytest.approx(1 / 441)
+    assert s[1].item() == pytest.approx(1.0)
+    # Matches the authors' evaluation exactly (avg_pool2d with zero padding, count_include_pad).
+    ref = torch.nn.functional.avg_pool2d(amap[:, None], 21, stride=1, padding=10).amax(dim=(1, 2, 3))
+    assert torch.equal(s, ref)

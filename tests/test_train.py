@@ -1,0 +1,126 @@
+"""train.py end to end at tiny widths and sizes on generated folders (CPU, seeded)."""
+import csv
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import train
+from tests.conftest import write_images
+from utils.checkpoint import base_model_name, load_pair, pair_paths
+
+TINY = ["--size", "32", "--rec_base_width", "4", "--seg_base_width", "2", "--bs", "4", "--amp", "off"]
+
+
+def run_train(tmp_path, *extra, data=None):
+    data = data or tmp_path / "widget" / "train" / "good"
+    if not data.exists():
+        write_images(data, 12)
+    args = ["--data_path", str(data), "--checkpoint_path", str(tmp_path / "ckpt"),
+            "--log_path", str(tmp_path / "logs"), *TINY, *extra]
+    return train.main(args)
+
+
+def test_short_run_writes_seed_named_pair_csv_and_png(tmp_path):
+    assert run_train(tmp_path, "--epochs", "2", "--lr", "0.001") == 0
+    base = base_model_name(0.001, 2, 4, "widget")
+    assert base == "DRAEM_test_0.001_2_bs4_widget_"
+    rec, seg = pair_paths(tmp_path / "ckpt", base)
+    assert rec.is_file() and seg.is_file()
+    # reload with weights_only and rebuild without architecture flags
+    obj = torch.load(rec, weights_only=True)
+    assert obj["config"]["rec_base_width"] == 4 and obj["config"]["size"] == 32
+    model, meta = load_pair(tmp_path / "ckpt", base)
+    assert meta["calibration"]["threshold"] is not None
+    rec_out, logits = model(torch.rand(1, 3, 32, 32))
+    assert logits.shape == (1, 2, 32, 32)
+    run_dir = next((tmp_path / "logs").iterdir())
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    assert len(rows) == 2 and {"l2", "ssim", "focal", "loss", "lr", "val_image_auroc"} <= set(rows[0])
+    assert (run_dir / "loss_curve.png").stat().st_size > 1000
+    assert (run_dir / "config.json").is_file() and (run_dir / "command.txt").is_file()
+    assert pair_paths(tmp_path / "ckpt", base + "last")[1].is_file()
+
+
+def test_resume_gives_the_same_weights_as_uninterrupted(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    data = tmp_path / "widget" / "train" / "good"
+    write_images(data, 12)
+    assert run_train(a, "--epochs", "3", data=data) == 0
+    assert run_train(b, "--epochs", "3", "--stop_after_epoch", "1", data=data) == 0
+    assert run_train(b, "--epochs", "3", "--resume", data=data) == 0
+    base = base_model_name(0.0001, 3, 4, "widget") + "last"
+    for pa, pb in zip(pair_paths(a / "ckpt", base), pair_paths(b / "ckpt", base)):
+        sa, sb = torch.load(pa, weights_only=True)["state_dict"], torch.load(pb, weights_only=True)["state_dict"]
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), k
+    run_dirs = list((b / "logs").iterdir())
+    assert len(run_dirs) == 1 and len(list(csv.DictReader(open(run_dirs[0] / "metrics.csv")))) == 3
+
+
+def test_mvtec_root_obj_id_and_all_classes(tmp_path):
+    for c in ("alpha", "beta"):
+        write_images(tmp_path / "root" / c / "train" / "good", 6)
+    assert run_train(tmp_path, "--epochs", "1", "--obj_id", "1", data=tmp_path / "root") == 0
+    assert pair_paths(tmp_path / "ckpt", base_model_name(0.0001, 1, 4, "beta"))[0].is_file()
+    assert not pair_paths(tmp_path / "ckpt", base_model_name(0.0001, 1, 4, "alpha"))[0].is_file()
+    assert run_train(tmp_path, "--epochs", "1", "--obj_id", "-1", data=tmp_path / "root") == 0
+    assert pair_paths(tmp_path / "ckpt", base_model_name(0.0001, 1, 4, "alpha"))[0].is_file()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--size", "100"], "multiple of 32"),
+    (["--bs", "0"], "positive"),
+    (["--lr", "-1"], "positive"),
+    (["--val_fraction", "1.5"], "[0, 1)"),
+    (["--epochs", "two"], "invalid"),
+])
+def test_bad_flags_exit_2_without_traceback(flags, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(["--data_path", ".", *flags])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_paths_exit_2(tmp_path, capsys):
+    assert train.main(["--data_path", str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
+    write_images(tmp_path / "r" / "a" / "train" / "good", 3)
+    assert train.main(["--data_path", str(tmp_path / "r"), "--obj_id", "5"]) == 2
+    assert "0=a" in capsys.readouterr().err
+    empty = tmp_path / "textures"
+    empty.mkdir()
+    assert run_train(tmp_path, "--epochs", "1", "--anomaly_source_path", str(empty)) == 2
+    assert "textures" in capsys.readouterr().err
+
+
+def _ddp_worker(rank, world, port, tmp_path, data):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    args = train.parse_args(["--data_path", str(data), "--checkpoint_path", str(tmp_path / "ckpt"),
+                             "--log_path", str(tmp_path / "logs"), *TINY, "--epochs", "1", "--gpu_id", "-1"])
+    args.command = ["train.py"]
+    device = train.init_distributed(args)  # gloo: the same call torchrun makes
+    train.apply_preset(args, device)
+    [(name, good)] = train.resolve_classes(args.data_path, args.obj_id)
+    _, model = train.train_class(args, name, good, device, "cpu")
+    # every rank dumps its weights so the parent can compare them
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp_path / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_gloo_ddp_keeps_ranks_identical(tmp_path):
+    data = tmp_path / "widget" / "train" / "good"
+    write_images(data, 16)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, tmp_path, data), nprocs=2, join=True)
+    w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert pair_paths(tmp_path / "ckpt", base_model_name(0.0001, 1, 4, "widget"))[0].is_file()

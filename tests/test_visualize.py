@@ -1,0 +1,93 @@
+"""Tests for utils/visualize.py: the 4-panel figure, its rendering and the atomic PNG write."""
+import cv2
+import numpy as np
+import pytest
+
+from utils.visualize import PANEL_TITLES, _build_figure, atomic_write_bytes, render_panels, save_panels
+
+
+@pytest.fixture
+def inputs():
+    rng = np.random.default_rng(0)
+    image = rng.random((32, 32, 3), dtype=np.float32)  # (H, W, 3) in [0, 1]
+    reconstruction = np.clip(image + 0.05 * rng.standard_normal(image.shape), 0, 1)
+    yy, xx = np.mgrid[:32, :32]
+    anomaly_map = np.exp(-((yy - 16) ** 2 + (xx - 10) ** 2) / 30.0)  # (H, W) blob, peak 1
+    return image, reconstruction, anomaly_map
+
+
+def _texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def test_figure_has_the_four_titled_panels_and_a_colour_bar(inputs):
+    fig = _build_figure(*inputs, score=0.873, threshold=0.412, title="sample.png")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == list(PANEL_TITLES)
+    assert titles == ["Input (original)", "Reconstructed", "Anomaly Map (raw)", "Result (overlay)"]
+    assert len(fig.axes) == 5  # 4 panels + the colour bar of the raw map
+    raw = fig.axes[2].images[0]
+    assert raw.get_cmap().name == "jet" and raw.get_clim() == (0.0, 1.0)
+    assert fig.get_suptitle() == "sample.png"
+    assert all(len(ax.get_xticks()) == 0 and len(ax.get_yticks()) == 0 for ax in fig.axes[:4])
+
+
+@pytest.mark.parametrize(
+    "score, threshold, verdict, has_contour",
+    [
+        (0.873, None, "no calibrated threshold", False),
+        (0.873, 0.412, "NG  (thr 0.412)", True),
+        (0.2, 0.412, "OK  (thr 0.412)", True),
+    ],
+)
+def test_score_verdict_and_contour(inputs, score, threshold, verdict, has_contour):
+    fig = _build_figure(*inputs, score=score, threshold=threshold)
+    result = fig.axes[3]
+    assert f"score {score:.3f}" in _texts(fig)
+    assert verdict in _texts(fig)
+    colour = {None: "#bbbbbb", "NG": "#ff4136", "OK": "#2ecc40"}[verdict[:2] if threshold else None]
+    assert [t.get_color() for t in result.texts if t.get_text() == verdict] == [colour]
+    assert bool(result.collections) == has_contour
+
+
+def test_contour_level_outside_map_range_draws_nothing(inputs):
+    fig = _build_figure(*inputs, score=0.9, threshold=0.5, contour_level=2.0)
+    assert not fig.axes[3].collections
+
+
+def test_render_panels_shape_and_dtype(inputs):
+    rgb = render_panels(*inputs, score=0.5)
+    h, w, c = rgb.shape
+    assert c == 3 and rgb.dtype == np.uint8
+    assert 3.0 <= w / h <= 4.0
+    assert rgb.std() > 10  # not a blank canvas
+
+
+def test_render_panels_accepts_grayscale_uint8(inputs):
+    image = (inputs[0][..., 0] * 255).astype(np.uint8)  # (H, W) uint8
+    assert render_panels(image, image, inputs[2], score=0.1, threshold=0.3).shape[2] == 3
+
+
+def test_render_panels_rejects_mismatched_map(inputs):
+    with pytest.raises(ValueError):
+        render_panels(inputs[0], inputs[1], np.zeros((16, 16)), score=0.1)
+
+
+@pytest.mark.parametrize("threshold", [None, 0.412])
+def test_save_panels_writes_readable_png_and_no_temp_files(tmp_path, inputs, threshold):
+    path = tmp_path / "out" / "nested" / "panel.png"
+    save_panels(path, *inputs, score=0.873, threshold=threshold, title="t")
+    read = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert read is not None
+    np.testing.assert_array_equal(read[..., ::-1], render_panels(*inputs, score=0.873, threshold=threshold,
+                                                                 title="t"))
+    assert [p.name for p in path.parent.iterdir()] == ["panel.png"]
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    path = tmp_path / "a.bin"
+    atomic_write_bytes(path, b"old")
+    with pytest.raises(TypeError):
+        atomic_write_bytes(path, "not bytes")  # fails mid-write
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]

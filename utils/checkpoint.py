@@ -1,0 +1,136 @@
+"""Checkpoint names, atomic writes and loading (ours, self-describing; or the authors' raw state dicts).
+
+A checkpoint pair is `{base}.pt` (reconstructive) and `{base}_seg.pt` (discriminative). Each of ours is a plain
+dict of tensors and plain types (loadable with `torch.load(..., weights_only=True)`):
+    {"format_version": 1, "kind": "reconstructive" | "discriminative", "pair_id": str,
+     "state_dict": {...}, "config": {rec_base_width, seg_base_width, in_channels, size, grayscale, ...},
+     "calibration": {"threshold": float | None, "rule": str, ...}}
+The authors' released files (`*.pckl`, raw state dicts, widths 128/64, 256 px, RGB) load too.
+"""
+import logging
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+
+from model.draem import DRAEM
+from utils.runtime import UsageError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+EXTENSIONS = (".pt", ".pckl", ".pth")
+
+
+def base_model_name(lr, epochs, bs, obj_name, suffix=""):
+    """The seed's name, e.g. DRAEM_test_0.0001_700_bs8_bottle_ (files: <name>.pt and <name>_seg.pt)."""
+    return f"DRAEM_test_{lr}_{epochs}_bs{bs}_{obj_name}_{suffix}"
+
+
+def pair_paths(checkpoint_path, base, ext=".pt"):
+    d = Path(checkpoint_path)
+    return d / f"{base}{ext}", d / f"{base}_seg{ext}"
+
+
+def atomic_save(obj, path):
+    """torch.save to a temp file in the same folder, then os.replace: never a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_pair(model, checkpoint_path, base, config, calibration, pair_id):
+    """Write `{base}.pt` and `{base}_seg.pt` for a DRAEM module (unwrapped from DDP by the caller)."""
+    rec_path, seg_path = pair_paths(checkpoint_path, base)
+    for kind, net, path in (("reconstructive", model.reconstructive, rec_path),
+                            ("discriminative", model.discriminative, seg_path)):
+        state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        atomic_save({"format_version": FORMAT_VERSION, "kind": kind, "pair_id": pair_id, "state_dict": state,
+                     "config": dict(config), "calibration": dict(calibration)}, path)
+    return rec_path, seg_path
+
+
+def safe_load(path):
+    """torch.load with weights_only=True; anything else (not a file, arbitrary pickles) is a UsageError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UsageError(f"{path} holds objects other than tensors and plain data; refusing to load it "
+                         f"({str(e).splitlines()[0][:120]})") from None
+    except Exception as e:  # zip/format errors: not a checkpoint at all
+        raise UsageError(f"{path} is not a PyTorch checkpoint ({type(e).__name__})") from None
+
+
+def _find_pair(checkpoint_path, base):
+    d = Path(checkpoint_path)
+    if not d.is_dir():
+        raise UsageError(f"--checkpoint_path {d} is not a folder")
+    for ext in EXTENSIONS:
+        rec, seg = pair_paths(d, base, ext)
+        if rec.is_file() or seg.is_file():
+            if not (rec.is_file() and seg.is_file()):
+                missing = seg if rec.is_file() else rec
+                raise UsageError(f"checkpoint pair incomplete: {missing} is missing")
+            return rec, seg
+    found = sorted(p.name for p in d.iterdir() if p.suffix in EXTENSIONS)
+    listing = ", ".join(found) if found else "none"
+    raise UsageError(f"no checkpoint {base}.pt (+ {base}_seg.pt) in {d}; checkpoints there: {listing}")
+
+
+def _unwrap(obj, path, kind):
+    """(state_dict, meta) from one of our checkpoints or a raw state dict."""
+    if not isinstance(obj, dict):
+        raise UsageError(f"{path} is not a DRAEM checkpoint (a {type(obj).__name__})")
+    if "format_version" in obj:
+        if obj.get("kind") != kind:
+            raise UsageError(f"{path} holds a {obj.get('kind')} network, expected the {kind} one "
+                             f"(are the two files swapped?)")
+        return obj["state_dict"], obj
+    if all(isinstance(v, torch.Tensor) for v in obj.values()) and obj:
+        return obj, None
+    raise UsageError(f"{path} is not a DRAEM checkpoint (unknown layout)")
+
+
+def load_pair(checkpoint_path, base):
+    """Rebuild the DRAEM module from a checkpoint pair; returns (model on CPU in eval mode, meta dict).
+
+    meta: config (size, widths, grayscale ...), calibration (threshold or None), original (bool).
+    """
+    rec_path, seg_path = _find_pair(checkpoint_path, base)
+    rec_sd, rec_meta = _unwrap(safe_load(rec_path), rec_path, "reconstructive")
+    seg_sd, seg_meta = _unwrap(safe_load(seg_path), seg_path, "discriminative")
+    if (rec_meta is None) != (seg_meta is None) or (rec_meta and rec_meta["pair_id"] != seg_meta["pair_id"]):
+        raise UsageError(f"mismatched checkpoint pair: {rec_path.name} and {seg_path.name} come from different "
+                         f"training runs")
+    try:
+        rec_w = rec_sd["encoder.block1.0.weight"].shape[0]
+        seg_w = seg_sd["encoder_segment.block1.0.weight"].shape[0]
+        in_ch = rec_sd["encoder.block1.0.weight"].shape[1]
+    except KeyError:
+        raise UsageError(f"{rec_path} / {seg_path}: not DRAEM network weights (missing encoder keys)") from None
+    model = DRAEM(rec_base_width=rec_w, seg_base_width=seg_w, in_channels=in_ch)
+    try:
+        model.reconstructive.load_state_dict(rec_sd, strict=True)
+        model.discriminative.load_state_dict(seg_sd, strict=True)
+    except RuntimeError as e:
+        raise UsageError(f"{rec_path.name}/{seg_path.name} do not fit the DRAEM networks: "
+                         f"{str(e).splitlines()[0][:160]}") from None
+    if rec_meta is None:  # the authors' release: 256 px RGB, no calibration
+        meta = {"config": {"size": 256, "rec_base_width": rec_w, "seg_base_width": seg_w, "in_channels": in_ch,
+                           "grayscale": False},
+                "calibration": {"threshold": None, "rule": "none (original checkpoint)"}, "original": True}
+    else:
+        meta = {"config": rec_meta["config"], "calibration": rec_meta["calibration"], "original": False}
+    return model.eval(), meta

@@ -1,0 +1,159 @@
+"""Image reading and datasets.
+
+One reader (`read_image`) is used by training, validation, detection and evaluation, so every image goes
+through the same decoding and resizing: 8/16-bit, gray/RGB/RGBA, jpg/png/bmp/tif, any size -> float RGB in [0, 1].
+
+Training data is only normal images; the anomalies are synthesised per *batch* on the training device by
+`utils.synthesis.AnomalySynthesizer` (see train.py), so the datasets here stay simple and fast.
+"""
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def list_images(folder):
+    """All image files below `folder` (any depth), sorted for reproducibility."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _decode(path, flags):
+    # cv2.imread cannot open non-ASCII paths on some platforms; decoding the bytes always works.
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        return None
+    return cv2.imdecode(data, flags) if data.size else None
+
+
+def read_image(path, size=None):
+    """Read an image as a float tensor (3, H, W) in [0, 1], RGB, resized to (size, size) if given.
+
+    Grayscale is replicated to 3 channels (the networks take 3), alpha is dropped, 16-bit is scaled by 65535.
+    Raises ValueError naming the file when it cannot be decoded.
+    """
+    img = _decode(path, cv2.IMREAD_UNCHANGED)
+    if img is None or img.ndim not in (2, 3):
+        raise ValueError(f"cannot read image file {path}")
+    scale = 65535.0 if img.dtype == np.uint16 else 255.0
+    if img.dtype not in (np.uint8, np.uint16):  # float TIFFs etc.: assume [0, 1]
+        img, scale = img.astype(np.float32), 1.0
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    elif img.shape[2] == 1:
+        img = cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    else:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if size is not None:
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    img = img.astype(np.float32) / scale
+    return torch.from_numpy(np.clip(img, 0.0, 1.0)).permute(2, 0, 1).contiguous()
+
+
+def read_mask(path, size):
+    """Ground-truth mask as a float tensor (1, size, size) in {0, 1}."""
+    m = _decode(path, cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        raise ValueError(f"cannot read mask file {path}")
+    m = cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST)
+    return torch.from_numpy((m > 127).astype(np.float32))[None]
+
+
+def is_grayscale(image, tol=2.0 / 255):
+    """True when all channels of a (3, H, W) or (B, 3, H, W) image are (nearly) equal."""
+    return bool((image - image.mean(dim=-3, keepdim=True)).abs().max() <= tol)
+
+
+def normal_image_folder(path):
+    """A class folder in MVTec layout (`path/train/good`) or a flat folder of normal images."""
+    path = Path(path)
+    good = path / "train" / "good"
+    return good if good.is_dir() else path
+
+
+class NormalImageDataset(Dataset):
+    """Normal (defect-free) training images, resized to `size`; returns (3, size, size) float in [0, 1].
+
+    Unreadable files are skipped with one warning each, when the dataset is built, so a bad file never
+    kills a run in the middle of an epoch.
+    """
+
+    def __init__(self, files, size, check=True):
+        self.size = size
+        self.files = []
+        for f in files:
+            if check:
+                try:
+                    read_image(f, 32)
+                except ValueError as e:
+                    log.warning("skipping %s", e)
+                    continue
+            self.files.append(Path(f))
+
+    @classmethod
+    def from_folder(cls, folder, size):
+        files = list_images(folder)
+        ds = cls(files, size)
+        if not ds.files:
+            raise FileNotFoundError(f"no readable images in {folder}")
+        return ds
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, idx):
+        return read_image(self.files[idx], self.size)
+
+
+class MVTecTestDataset(Dataset):
+    """Test split of an MVTec AD class: `test/<type>/*` with masks at `ground_truth/<type>/<stem>_mask.*`.
+
+    Returns dict(image (3,S,S), mask (1,S,S), label 0/1, type str, path str); `good` images get an empty mask.
+    """
+
+    def __init__(self, class_dir, size):
+        self.class_dir, self.size = Path(class_dir), size
+        test_dir = self.class_dir / "test"
+        if not test_dir.is_dir():
+            raise FileNotFoundError(f"no test folder in {class_dir} (expected MVTec layout: test/<type>/*)")
+        self.samples = []  # (path, type, mask path or None)
+        for type_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
+            for f in list_images(type_dir):
+                mask = None if type_dir.name == "good" else self._find_mask(type_dir.name, f)
+                self.samples.append((f, type_dir.name, mask))
+        if not self.samples:
+            raise FileNotFoundError(f"no test images in {test_dir}")
+
+    def _find_mask(self, defect_type, image_path):
+        gt_dir = self.class_dir / "ground_truth" / defect_type
+        for ext in IMAGE_EXTENSIONS:
+            for cand in (gt_dir / f"{image_path.stem}_mask{ext}", gt_dir / f"{image_path.stem}{ext}"):
+                if cand.is_file():
+                    return cand
+        log.warning("no ground-truth mask for %s: pixel metrics treat it as all-anomalous", image_path)
+        return "full"
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, idx):
+        path, defect_type, mask_path = self.samples[idx]
+        image = read_image(path, self.size)
+        if mask_path is None:
+            mask = torch.zeros(1, self.size, self.size)
+        elif mask_path == "full":
+            mask = torch.ones(1, self.size, self.size)
+        else:
+            mask = read_mask(mask_path, self.size)
+        label = 0 if defect_type == "good" else 1
+        return {"image": image, "mask": mask, "label": label, "type": defect_type, "path": str(path)}

@@ -1,0 +1,48 @@
+"""Scoring images with a trained pair: one code path for detect.py, evaluate.py, validation and the benchmark."""
+import contextlib
+
+import torch
+
+from model.scoring import anomaly_map, image_score
+from utils.checkpoint import load_pair
+
+
+def autocast(device, dtype):
+    """torch.autocast for `dtype` on `device`, or a no-op for fp32 (dtype None)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.inference_mode()
+def predict(model, images, amp_dtype=None):
+    """images (B, 3, H, W) in [0, 1] on the model's device -> dict of
+    reconstruction (B, 3, H, W), anomaly_map (B, H, W) and score (B,), all fp32 on the same device."""
+    with autocast(images.device, amp_dtype):
+        rec, logits = model(images)
+    amap = anomaly_map(logits)  # fp32 softmax
+    return {"reconstruction": rec.float().clamp(0, 1), "anomaly_map": amap, "score": image_score(amap)}
+
+
+class Detector:
+    """A loaded checkpoint pair on a device, with what the checkpoint says about size and threshold."""
+
+    def __init__(self, model, meta, device, amp_dtype=None):
+        self.model = model.to(device).eval()
+        self.meta, self.device, self.amp_dtype = meta, device, amp_dtype
+        self.size = int(meta["config"]["size"])
+        self.threshold = meta["calibration"].get("threshold")
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_path, base_model_name, device, amp_dtype=None):
+        model, meta = load_pair(checkpoint_path, base_model_name)
+        return cls(model, meta, device, amp_dtype)
+
+    def __call__(self, images):
+        """images (B, 3, size, size) on any device -> predict() outputs on self.device."""
+        return predict(self.model, images.to(self.device, non_blocking=True), self.amp_dtype)
+
+    def verdict(self, score):
+        if self.threshold is None:
+            return "n/a"
+        return "NG" if score > self.threshold else "OK"

@@ -1,0 +1,73 @@
+"""Run-time helpers shared by the scripts: device choice, seeding, distributed setup, precision."""
+import logging
+import os
+import random
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class UsageError(ValueError):
+    """Bad user input (a path, a flag, a file). Scripts print it as one line and exit with code 2."""
+
+
+def select_device(gpu_id=0):
+    """`cuda:<gpu_id>` when CUDA is available, else Apple `mps`, else CPU. Logged once by the caller.
+
+    gpu_id < 0 forces the CPU.
+    """
+    if gpu_id is not None and gpu_id >= 0 and torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        if gpu_id >= n:
+            raise UsageError(f"--gpu_id {gpu_id}: no such GPU (this machine has {n}: 0..{n - 1})")
+        return torch.device(f"cuda:{gpu_id}")
+    if gpu_id is not None and gpu_id >= 0 and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed):
+    """The one seed helper: Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def seed_worker(worker_id):
+    """DataLoader worker_init_fn: derive NumPy/random seeds from the worker's torch seed."""
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def resolve_amp(amp, device):
+    """Autocast dtype for `--amp {auto,bf16,fp16,off}` on `device`, or None for fp32.
+
+    auto: bf16 on a CPU with native bf16 (AVX512-BF16 / AMX) and on CUDA GPUs that support it, fp16 on older
+    GPUs, fp32 elsewhere (emulated bf16 on a CPU without it is slower than fp32).
+    """
+    if amp == "off" or device.type == "mps":
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def cpu_has_native_bf16():
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def distributed_env():
+    """(rank, local_rank, world_size) from torchrun's environment; (0, 0, 1) when not distributed."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world

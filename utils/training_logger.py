@@ -1,0 +1,229 @@
+"""One run folder per training run: config.json, command.txt, metrics.csv (a row per epoch), loss_curve.png.
+
+Layout::
+
+    <log_root>/<run_name>[_N]/
+        config.json      the run's settings (sorted keys)
+        command.txt      the command line that started the run
+        metrics.csv      one row per epoch; the header widens when new columns appear
+        loss_curve.png   losses per epoch (left) and validation metrics in [0, 1] (right), refreshed each epoch
+
+TensorBoard is optional: ``log_scalar`` writes events only when the ``tensorboard`` package is installed.
+"""
+import csv
+import importlib.util
+import io
+import json
+import logging
+import math
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from utils.visualize import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+# (column, legend label) of the loss curves, drawn when the column is present.
+LOSS_COLUMNS = (("l2", "L2"), ("ssim", "SSIM"), ("focal", "focal"), ("loss", "total"))
+VAL_PREFIX = "val_"
+
+
+def _unique_run_dir(log_root: Path, run_name: str) -> Path:
+    """log_root/run_name, or run_name_1, _2, ... if that folder already exists."""
+    candidate, n = log_root / run_name, 0
+    while candidate.exists():
+        n += 1
+        candidate = log_root / f"{run_name}_{n}"
+    return candidate
+
+
+def _to_json(value):
+    """``json.dumps`` fallback: paths and NumPy values to plain types, anything else to its str()."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    logger.warning("config value %r of type %s written as a string", value, type(value).__name__)
+    return str(value)
+
+
+def _plain(value):
+    """A 0-d tensor / NumPy scalar to a Python number, so the CSV holds '0.5' and not 'tensor(0.5)'."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _to_float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _make_summary_writer(log_dir: Path):
+    """A TensorBoard SummaryWriter, or None when TensorBoard is not available (it is never required)."""
+    if importlib.util.find_spec("tensorboard") is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch without tensorboard support, or a broken install
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+class TrainingLogger:
+    """Writes a run folder; with ``enabled=False`` (non-zero distributed ranks) every method does nothing.
+
+    argv: the full command line as in ``sys.argv`` (script first); None -> ``sys.argv``.
+    ``run_dir`` is the folder actually used (with a ``_N`` suffix if ``log_root/run_name`` existed);
+    a disabled logger creates nothing and its ``run_dir`` is just ``log_root/run_name``.
+    """
+
+    def __init__(self, log_root, run_name, config: dict, argv: list[str] | None = None, enabled=True,
+                 run_dir=None):
+        """run_dir: an existing run folder to continue (``--resume``): its metrics.csv rows are kept."""
+        self.enabled = enabled
+        self.run_name = str(run_name)
+        self._columns: list[str] = []
+        self._rows: list[dict] = []
+        self._writer = None
+        self._writer_tried = False
+        log_root = Path(log_root)
+        if not enabled:
+            self.run_dir = log_root / self.run_name
+            return
+        argv = sys.argv if argv is None else argv
+        command = shlex.join(["python"] + [str(a) for a in argv])
+        if run_dir is not None and Path(run_dir).is_dir():
+            self.run_dir = Path(run_dir)
+            self._reload_csv()
+            with (self.run_dir / "command.txt").open("a", encoding="utf-8") as f:
+                f.write(command + "\n")
+            logger.info("run folder (resumed): %s", self.run_dir)
+            return
+        log_root.mkdir(parents=True, exist_ok=True)
+        self.run_dir = _unique_run_dir(log_root, self.run_name)
+        self.run_dir.mkdir()
+        config_text = json.dumps(config, sort_keys=True, indent=2, default=_to_json)
+        (self.run_dir / "config.json").write_text(config_text + "\n", encoding="utf-8")
+        (self.run_dir / "command.txt").write_text(command + "\n", encoding="utf-8")
+        logger.info("run folder: %s", self.run_dir)
+
+    def _reload_csv(self) -> None:
+        if self.metrics_path.is_file():
+            with self.metrics_path.open(newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                self._columns = list(reader.fieldnames or [])
+                self._rows = [{k: v for k, v in r.items() if v != ""} for r in reader]
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.csv"
+
+    @property
+    def plot_path(self) -> Path:
+        return self.run_dir / "loss_curve.png"
+
+    def log_epoch(self, row: dict) -> None:
+        """Append one row to metrics.csv and redraw loss_curve.png."""
+        if not self.enabled:
+            return
+        row = {str(k): _plain(v) for k, v in row.items()}
+        new_keys = [k for k in row if k not in self._columns]
+        self._columns.extend(new_keys)
+        self._rows.append(row)
+        if new_keys:
+            self._rewrite_csv()  # the header changed: earlier rows get empty cells for the new columns
+        else:
+            with self.metrics_path.open("a", newline="", encoding="utf-8") as f:
+                csv.DictWriter(f, fieldnames=self._columns, restval="").writerow(row)
+        self._write_plot()
+
+    def _rewrite_csv(self) -> None:
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=self._columns, restval="")
+        writer.writeheader()
+        writer.writerows(self._rows)
+        atomic_write_bytes(self.metrics_path, text.getvalue().encode("utf-8"))
+
+    def _series(self, key: str) -> np.ndarray:
+        """Column ``key`` as floats, NaN where a row has no value."""
+        return np.array([_to_float(r.get(key)) for r in self._rows], dtype=float)
+
+    def _plot(self, ax, epochs, key, **style) -> np.ndarray:
+        """Plot column ``key`` over its non-empty rows (validation runs only every few epochs: joining
+        those points beats a line broken at every NaN). Returns the plotted values."""
+        values = self._series(key)
+        keep = np.isfinite(values) & np.isfinite(epochs)
+        ax.plot(epochs[keep], values[keep], markersize=3, **style)
+        return values[keep]
+
+    def _write_plot(self) -> None:
+        fig = self._build_plot()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        atomic_write_bytes(self.plot_path, buffer.getvalue())
+
+    def _build_plot(self) -> Figure:
+        epochs = self._series("epoch") if "epoch" in self._columns else np.arange(1.0, len(self._rows) + 1)
+        val_keys = [k for k in self._columns if k.startswith(VAL_PREFIX)]
+        fig = Figure(figsize=(12 if val_keys else 7, 4.5), dpi=100, layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(1, 2 if val_keys else 1, squeeze=False, sharex=True)[0]
+        self._draw_losses(axes[0], epochs)
+        if val_keys:
+            self._draw_val(axes[1], epochs, val_keys)
+        fig.suptitle(f"{self.run_dir.name}: training curves", fontsize=13)
+        return fig
+
+    def _draw_losses(self, ax, epochs) -> None:
+        marker = "o" if len(self._rows) < 30 else None  # a single epoch must still show up
+        plotted = [
+            self._plot(ax, epochs, key, label=label, marker=marker, linewidth=2.2 if key == "loss" else 1.4)
+            for key, label in LOSS_COLUMNS
+            if key in self._columns
+        ]
+        ax.set_title("Losses")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss (per epoch mean)")
+        ax.grid(True, alpha=0.3)
+        values = np.concatenate(plotted) if plotted else np.empty(0)
+        if values.size and (values > 0).all():
+            ax.set_yscale("log")  # the losses differ by orders of magnitude
+            ax.set_ylabel("loss (per epoch mean, log scale)")
+        if plotted:
+            ax.legend(loc="upper right")
+
+    def _draw_val(self, ax, epochs, val_keys) -> None:
+        for key in val_keys:
+            self._plot(ax, epochs, key, label=key[len(VAL_PREFIX):], marker="o", linewidth=1.6)
+        ax.set_ylim(0.0, 1.02)
+        ax.set_title("Validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("metric")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower right")
+
+    def log_scalar(self, tag, value, step) -> None:
+        """Write a TensorBoard scalar if TensorBoard is installed; a no-op otherwise."""
+        if not self.enabled:
+            return
+        if not self._writer_tried:  # created lazily: runs that never call this get no event files
+            self._writer_tried = True
+            self._writer = _make_summary_writer(self.run_dir / "tensorboard")
+            if self._writer is None:
+                logger.debug("tensorboard not installed: log_scalar is a no-op")
+        if self._writer is not None:
+            self._writer.add_scalar(tag, _plain(value), step)
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer, if any. Safe to call twice."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,143 @@
+"""The 4-panel result figure: input | reconstruction | raw anomaly map | overlay with score and verdict.
+
+Uses matplotlib's object-oriented API (``Figure`` + ``FigureCanvasAgg``) instead of pyplot, so it needs no
+display, never touches pyplot's global state (safe whatever backend a caller picked) and is thread-safe.
+
+Example:
+    >>> import numpy as np
+    >>> img = np.zeros((32, 32, 3)); amap = np.zeros((32, 32))
+    >>> render_panels(img, img, amap, score=0.1).shape[2]
+    3
+"""
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
+
+PANEL_TITLES = ("Input (original)", "Reconstructed", "Anomaly Map (raw)", "Result (overlay)")
+FIGSIZE = (16, 4.5)  # inches; at DPI this is 1600 x 450 pixels
+DPI = 100
+OVERLAY_ALPHA = 0.5
+COLOR_OK, COLOR_NG, COLOR_UNCALIBRATED = "#2ecc40", "#ff4136", "#bbbbbb"
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder + ``os.replace``.
+
+    A reader (or a crash) never sees half a file; parent folders are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)  # atomic on POSIX and Windows when on the same filesystem
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _as_rgb01(image) -> np.ndarray:
+    """(H, W), (H, W, 1) or (H, W, 3), float in [0, 1] or uint8 -> (H, W, 3) float in [0, 1]."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        image = image / 255.0
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3):
+        raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
+    if image.shape[2] == 1:  # grayscale datasets (e.g. magnetic tile)
+        image = np.repeat(image, 3, axis=2)
+    return np.clip(image.astype(np.float32), 0.0, 1.0)
+
+
+def _verdict(score: float, threshold) -> tuple[str, str]:
+    """Text and colour of the decision; ``score > threshold`` is a defect (NG)."""
+    if threshold is None:
+        return "no calibrated threshold", COLOR_UNCALIBRATED
+    label = "NG" if score > threshold else "OK"
+    return f"{label}  (thr {threshold:.3f})", COLOR_NG if label == "NG" else COLOR_OK
+
+
+def _hide_ticks(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _draw_result(ax, image, anomaly_map, score, threshold, contour_level) -> None:
+    """Panel 4: input blended with the jet heatmap, the contour of the defect region, score and verdict."""
+    heat = matplotlib.colormaps["jet"](anomaly_map)[..., :3]  # (H, W, 3) in [0, 1]
+    ax.imshow((1 - OVERLAY_ALPHA) * image + OVERLAY_ALPHA * heat)
+    if threshold is not None:
+        level = threshold if contour_level is None else contour_level
+        # contour() warns when the level lies outside the data range: nothing to outline then.
+        if anomaly_map.min() < level < anomaly_map.max():
+            # A wide white line under a narrow red one stays visible on both dark and bright (jet) areas.
+            ax.contour(anomaly_map, levels=[level], colors="white", linewidths=3.0)
+            ax.contour(anomaly_map, levels=[level], colors="red", linewidths=1.5)
+    verdict, colour = _verdict(score, threshold)
+    box = dict(boxstyle="round,pad=0.3", facecolor="black", alpha=0.65, edgecolor="none")
+    ax.text(0.03, 0.97, f"score {score:.3f}", transform=ax.transAxes, ha="left", va="top",
+            fontsize=16, fontweight="bold", color="white", bbox=box)
+    ax.text(0.03, 0.03, verdict, transform=ax.transAxes, ha="left", va="bottom",
+            fontsize=16 if threshold is not None else 12, fontweight="bold", color=colour, bbox=box)
+
+
+def _build_figure(image, reconstruction, anomaly_map, score, threshold=None, title=None,
+                  contour_level=None) -> Figure:
+    """Build (but do not draw) the 1 x 4 panel figure; see ``render_panels`` for the arguments."""
+    image, reconstruction = _as_rgb01(image), _as_rgb01(reconstruction)
+    anomaly_map = np.clip(np.asarray(anomaly_map, dtype=np.float32).squeeze(), 0.0, 1.0)  # (H, W)
+    if anomaly_map.shape != image.shape[:2]:
+        raise ValueError(f"anomaly_map shape {anomaly_map.shape} != image shape {image.shape[:2]}")
+    score = float(score)
+    threshold = None if threshold is None else float(threshold)
+
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)  # attaches itself as fig.canvas
+    axes = fig.subplots(1, 4)
+    axes[0].imshow(image)
+    axes[1].imshow(reconstruction)
+    raw = axes[2].imshow(anomaly_map, cmap="jet", vmin=0.0, vmax=1.0)
+    fig.colorbar(raw, ax=axes[2], fraction=0.046, pad=0.02)
+    _draw_result(axes[3], image, anomaly_map, score, threshold, contour_level)
+    for ax, panel_title in zip(axes, PANEL_TITLES):
+        ax.set_title(panel_title, fontsize=14)
+        _hide_ticks(ax)
+    if title:
+        fig.suptitle(title, fontsize=15)
+    return fig
+
+
+def render_panels(image, reconstruction, anomaly_map, score, threshold=None, title=None,
+                  contour_level=None) -> np.ndarray:
+    """Render the 4-panel figure to an RGB uint8 array of shape (h, w, 3), w ~ 3.5 h.
+
+    image, reconstruction: (H, W, 3) RGB float in [0, 1] (grayscale and uint8 are accepted too).
+    anomaly_map: (H, W) float in [0, 1]. score: image-level anomaly score.
+    threshold: None -> "no calibrated threshold"; else NG if score > threshold, OK otherwise, and the
+    contour of ``anomaly_map > contour_level`` (default: threshold) is drawn on the overlay.
+    title: optional figure title (e.g. the file name).
+    """
+    fig = _build_figure(image, reconstruction, anomaly_map, score, threshold, title, contour_level)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (h, w, 3) uint8
+
+
+def save_panels(path, *args, **kwargs) -> None:
+    """``render_panels(*args, **kwargs)`` written atomically as a PNG at ``path`` (parents created)."""
+    rgb = render_panels(*args, **kwargs)
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))  # cv2 wants BGR
+    if not ok:
+        raise RuntimeError(f"PNG encoding failed for {path}")
+    atomic_write_bytes(path, png.tobytes())
+    logger.debug("wrote %s", path)
