@@ -12,14 +12,13 @@ import argparse
 import csv
 import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from utils.atomic import atomic_open
 from utils.checkpoint import EXTENSIONS
 from utils.data_loader import list_images, read_image
 from utils.inference import Detector
@@ -61,6 +60,8 @@ def newest_pair(checkpoint_path, contains=""):
     if not d.is_dir():
         raise UsageError(f"--checkpoint_path {d} is not a folder")
     segs = [p for p in d.iterdir() if p.suffix in EXTENSIONS and p.stem.endswith("_seg") and contains in p.stem]
+    best = [p for p in segs if not p.stem.endswith("last_seg")]  # prefer the best-by-validation pairs
+    segs = best or segs
     if not segs:
         raise UsageError(f"no checkpoint pair in {d}{' for the demo' if contains else ''}; "
                          f"train one first (python train.py)")
@@ -137,13 +138,10 @@ def detect_folder(detector, files, root, output, bs, as_json):
 
 
 def write_csv(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["file", "score", "verdict"])
         w.writerows((r[0], f"{r[1]:.6f}", r[2]) for r in rows)
-    os.replace(tmp, path)
 
 
 def main(argv=None):

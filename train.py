@@ -30,6 +30,7 @@ from utils.loss import DraemLoss
 from utils.metrics import image_auroc, pixel_ap
 from utils.runtime import (UsageError, distributed_env, resolve_amp, seed_everything, seed_worker,
                            select_device)
+from utils.defect_shapes import mixed_masks
 from utils.synthesis import AnomalySynthesizer, load_texture_bank
 from utils.training_logger import TrainingLogger
 
@@ -85,11 +86,11 @@ def parse_args(argv=None):
     g.add_argument("--anomaly_source_path", default=None,
                    help="folder of texture images pasted as simulated defects (DTD in the paper); "
                         "omit to use built-in procedural textures")
-    g.add_argument("--size", type=size_arg, default=None, help="training image size, a multiple of 32 "
-                   "(default: from --preset)")
+    g.add_argument("--size", type=size_arg, default=None, help="training image size, a multiple of 32; "
+                   "None = from --preset")
     g.add_argument("--grayscale", choices=("auto", "on", "off"), default="auto",
                    help="synthesise grey anomalies; auto = when the training images are grayscale")
-    g.add_argument("--synthesis", choices=("ours", "paper"), default="ours",
+    g.add_argument("--recipe", choices=("ours", "paper"), default="ours",
                    help="anomaly simulation recipe: 'paper' is DRAEM's as published; 'ours' adds what the "
                         "README's results table measures")
     g.add_argument("--val_fraction", type=fraction, default=0.1,
@@ -100,14 +101,14 @@ def parse_args(argv=None):
                    help="sizes: paper = 256 px, widths 128/64, 700 epochs; cpu = the measured CPU preset "
                         f"{PRESETS['cpu']}; auto = paper on CUDA, cpu otherwise")
     g.add_argument("--rec_base_width", type=positive_int, default=None,
-                   help="reconstructive network width (paper 128; default: from --preset)")
+                   help="reconstructive network width (paper 128; None = from --preset)")
     g.add_argument("--seg_base_width", type=positive_int, default=None,
-                   help="discriminative network width (paper 64; default: from --preset)")
+                   help="discriminative network width (paper 64; None = from --preset)")
     g = p.add_argument_group("Optimisation")
     g.add_argument("--lr", type=positive_float, default=0.0001, help="Adam learning rate")
-    g.add_argument("--bs", type=positive_int, default=None, help="batch size (default: from --preset)")
+    g.add_argument("--bs", type=positive_int, default=None, help="batch size; None = from --preset")
     g.add_argument("--epochs", type=positive_int, default=None,
-                   help="passes over the training images; lr x0.2 at 80%% and 90%% (default: from --preset)")
+                   help="passes over the training images; lr x0.2 at 80%% and 90%%; None = from --preset")
     g.add_argument("--max_minutes", type=positive_float, default=None,
                    help="stop after this many minutes of training (the schedule still assumes --epochs)")
     g.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
@@ -187,9 +188,31 @@ def load_images(files, size, workers):
     return torch.cat([(b * 255).round().to(torch.uint8) for b in loader])
 
 
+class DefectSynthesizer(AnomalySynthesizer):
+    """Recipe "ours": DRAEM's simulation, with half of the Perlin blobs replaced by thin cracks and small pits."""
+
+    def masks(self, n, h, w, generator, device):
+        perlin = super().masks
+        return mixed_masks(n, h, w, generator, lambda k, hh, ww: perlin(k, hh, ww, generator, device), device)
+
+
 def make_synthesizer(recipe, bank, grayscale, **overrides):
-    """The anomaly simulation for --synthesis `recipe` ("paper": DRAEM as published)."""
-    return AnomalySynthesizer(bank, grayscale=grayscale, **overrides)
+    """The anomaly simulation for --recipe `recipe` ("paper": DRAEM as published)."""
+    cls = AnomalySynthesizer if recipe == "paper" else DefectSynthesizer
+    return cls(bank, grayscale=grayscale, **overrides)
+
+
+def init_weights(model, recipe):
+    """The authors' init; recipe "ours" also starts the segmentation head at p(anomaly) = 0.01.
+
+    The focal-loss prior of RetinaNet (Lin et al. 2017): almost every pixel is normal, so starting at 0.5 spends
+    the first hundreds of steps only pushing the background down; short CPU runs cannot afford that.
+    """
+    model.apply(weights_init)
+    if recipe != "paper":
+        with torch.no_grad():
+            model.discriminative.decoder_segment.fin_out[0].bias.copy_(torch.tensor([0.0, -math.log(99.0)]))
+    return model
 
 
 def build_validation(images, synthesizer, device):
@@ -274,19 +297,19 @@ def train_class(args, obj_name, good_dir, device, preset):
     val_images = load_images(val_files, args.size, args.workers)
     grayscale = {"on": True, "off": False}.get(args.grayscale, is_grayscale(train_images[:64].float() / 255))
     bank = load_texture_bank(args.anomaly_source_path, args.size) if args.anomaly_source_path else None
-    synthesizer = make_synthesizer(args.synthesis, bank, grayscale).to(device)
+    synthesizer = make_synthesizer(args.recipe, bank, grayscale).to(device)
 
     base = base_model_name(args.lr, args.epochs, args.bs, obj_name)
     config = {"size": args.size, "rec_base_width": args.rec_base_width, "seg_base_width": args.seg_base_width,
               "in_channels": 3, "grayscale": grayscale, "obj_name": obj_name, "lr": args.lr, "epochs": args.epochs,
-              "bs": args.bs, "preset": preset, "synthesis": args.synthesis, "seed": args.seed,
+              "bs": args.bs, "preset": preset, "recipe": args.recipe, "seed": args.seed,
               "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32"}
     log.info("class %s: %d training + %d validation images from %s, %s synthesis%s, %s", obj_name,
-             len(train_images), len(val_images), good_dir, args.synthesis, " (grayscale)" if grayscale else "",
+             len(train_images), len(val_images), good_dir, args.recipe, " (grayscale)" if grayscale else "",
              config["amp"])
 
     seed_everything(args.seed)
-    model = DRAEM(args.rec_base_width, args.seg_base_width).apply(weights_init).to(device)
+    model = init_weights(DRAEM(args.rec_base_width, args.seg_base_width), args.recipe).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     sampler = DistributedSampler(TensorDataset(train_images), num_replicas=world, rank=rank, shuffle=True,
@@ -300,7 +323,7 @@ def train_class(args, obj_name, good_dir, device, preset):
     synth_gen = torch.Generator(device=device).manual_seed(args.seed + 7919 * rank)
     criterion = DraemLoss().to(device)
     # validation: every held-out image gets a defect, none is rotated
-    val = build_validation(val_images, make_synthesizer(args.synthesis, bank, grayscale, rotate_prob=0.0,
+    val = build_validation(val_images, make_synthesizer(args.recipe, bank, grayscale, rotate_prob=0.0,
                                                         anomaly_prob=1.0).to(device), device)
 
     resume_path = Path(args.checkpoint_path) / f"{base}_resume.pt"

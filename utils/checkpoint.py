@@ -8,14 +8,13 @@ dict of tensors and plain types (loadable with `torch.load(..., weights_only=Tru
 The authors' released files (`*.pckl`, raw state dicts, widths 128/64, 256 px, RGB) load too.
 """
 import logging
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 
 from model.draem import DRAEM
+from utils.atomic import atomic_open
 from utils.runtime import UsageError
 
 log = logging.getLogger(__name__)
@@ -35,17 +34,9 @@ def pair_paths(checkpoint_path, base, ext=".pt"):
 
 
 def atomic_save(obj, path):
-    """torch.save to a temp file in the same folder, then os.replace: never a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save via a temp file + os.replace: never a half-written checkpoint."""
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def save_pair(model, checkpoint_path, base, config, calibration, pair_id):

@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from utils.visualize import atomic_write_bytes
+from utils.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

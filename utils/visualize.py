@@ -10,8 +10,6 @@ Example:
     3
 """
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -20,6 +18,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from utils.atomic import atomic_write_bytes
+
 logger = logging.getLogger(__name__)
 
 PANEL_TITLES = ("Input (original)", "Reconstructed", "Anomaly Map (raw)", "Result (overlay)")
@@ -27,23 +27,6 @@ FIGSIZE = (16, 4.5)  # inches; at DPI this is 1600 x 450 pixels
 DPI = 100
 OVERLAY_ALPHA = 0.5
 COLOR_OK, COLOR_NG, COLOR_UNCALIBRATED = "#2ecc40", "#ff4136", "#bbbbbb"
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder + ``os.replace``.
-
-    A reader (or a crash) never sees half a file; parent folders are created.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)  # atomic on POSIX and Windows when on the same filesystem
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _as_rgb01(image) -> np.ndarray:

@@ -1,0 +1,353 @@
+"""Benchmark DRAEM's training and detection speed through the same functions train.py and detect.py use.
+
+    python bench.py                                   # cpu preset, fp32 and bf16 (a few minutes on 2 cores)
+    python bench.py --anomaly_source_path path/to/dtd/images --configs cpu,paper --json
+    python bench.py --device cuda --configs paper --iters 20
+
+Measures, per configuration (size, widths, batch) and precision:
+  * synthesis samples/s (utils.synthesis.synthesis_throughput, 256 px, batch 32, by default);
+  * training images/s end to end (uint8 cache -> DataLoader -> float -> train.train_step, which synthesises)
+    against the same train.train_step fed a pre-made synthetic batch (forward + loss + backward + Adam only);
+  * detection ms/image through Detector.__call__ (model + anomaly map + score) against a bare model forward,
+    plus utils.data_loader.read_image (decode + resize) on its own;
+  * the peak memory, and the largest |score| difference between fp32 and bf16 detection.
+Timings: warm-up steps excluded, median over --iters steps, e2e and bare steps interleaved so that a change of
+machine load hits both. With --json the last stdout line is one JSON object.
+"""
+import argparse
+import copy
+import json
+import logging
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import train
+from model import DRAEM, weights_init
+from utils.data_loader import read_image
+from utils.inference import Detector, autocast
+from utils.loss import DraemLoss
+from utils.runtime import cpu_has_native_bf16, resolve_amp, seed_everything
+from utils.synthesis import load_texture_bank, synthesis_throughput
+
+log = logging.getLogger("bench")
+
+# Sizes benchmarked; "tiny" is for the smoke test. Steps: the defaults for --warmup / --iters per device.
+CONFIGS = {
+    "cpu": {k: train.PRESETS["cpu"][k] for k in ("size", "rec_base_width", "seg_base_width", "bs")},
+    "paper": {k: train.PRESETS["paper"][k] for k in ("size", "rec_base_width", "seg_base_width", "bs")},
+    "tiny": dict(size=32, rec_base_width=4, seg_base_width=2, bs=2),
+}
+STEPS = {"cpu": {"cpu": (1, 3), "paper": (1, 1), "tiny": (1, 1)},  # (warm-up, timed) training steps
+         "cuda": {"cpu": (3, 20), "paper": (3, 20), "tiny": (1, 2)}}
+DETECT_STEPS = {"cpu": (2, 10), "cuda": (5, 50)}
+PRECISIONS = {"fp32": "off", "bf16": "bf16"}  # name -> train.py's --amp value
+LR = 0.0001  # train.py's default
+N_SCORE_IMAGES = 4  # images scored in fp32 and bf16 for the score-difference check
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Benchmark DRAEM training and detection throughput.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("What to run")
+    g.add_argument("--configs", default="cpu",
+                   help=f"comma-separated sizes from {sorted(CONFIGS)}: "
+                        + "; ".join(f"{k} = {v}" for k, v in CONFIGS.items()))
+    g.add_argument("--precisions", default="fp32,bf16", help="comma-separated, from fp32, bf16")
+    g.add_argument("--tiny", action="store_true",
+                   help="smoke-test scale: the tiny config, 32 px synthesis of 4 images, one timed step")
+    g.add_argument("--bs", type=train.positive_int, default=None,
+                   help="override every config's training batch size (e.g. 1 to fit paper in minutes on a CPU)")
+    g = p.add_argument_group("Data")
+    g.add_argument("--anomaly_source_path", default=None,
+                   help="folder of texture images (DTD); omit to use the built-in procedural textures")
+    g.add_argument("--image_path", default=None,
+                   help="image file for the read+resize timing; omit to time a generated 1024x1024 RGB PNG")
+    g.add_argument("--recipe", choices=("ours", "paper"), default="ours", help="as train.py --recipe")
+    g.add_argument("--synth_size", type=train.size_arg, default=256, help="image side for the synthesis timing")
+    g.add_argument("--synth_bs", type=train.positive_int, default=32, help="batch for the synthesis timing")
+    g = p.add_argument_group("Timing")
+    g.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where to run")
+    g.add_argument("--threads", type=train.positive_int, default=2, help="torch.set_num_threads")
+    g.add_argument("--iters", type=train.positive_int, default=None,
+                   help="timed training steps (median reported); default per device and config: "
+                        + ", ".join(f"{d}: {v}" for d, v in STEPS.items()))
+    g.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default: see --iters)")
+    g.add_argument("--detect_iters", type=train.positive_int, default=None,
+                   help=f"timed detection calls (default per device: {DETECT_STEPS})")
+    g.add_argument("--repeats", type=train.positive_int, default=3, help="synthesis timings (median reported)")
+    g.add_argument("--seed", type=int, default=0, help="random seed")
+    g.add_argument("--json", action="store_true", help="also print one JSON object as the last stdout line")
+    args = p.parse_args(argv)
+    args.configs = ["tiny"] if args.tiny else [c.strip() for c in args.configs.split(",") if c.strip()]
+    args.precisions = [c.strip() for c in args.precisions.split(",") if c.strip()]
+    for c in args.configs:
+        if c not in CONFIGS:
+            p.error(f"argument --configs: unknown config {c!r}; choose from {sorted(CONFIGS)}")
+    for c in args.precisions:
+        if c not in PRECISIONS:
+            p.error(f"argument --precisions: unknown precision {c!r}; choose from {sorted(PRECISIONS)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("argument --device: CUDA is not available")
+    if args.warmup is not None and args.warmup < 0:
+        p.error(f"argument --warmup: must be >= 0, got {args.warmup}")
+    if args.tiny:
+        args.synth_size, args.synth_bs, args.repeats = 32, 4, 1
+    return args
+
+
+# -------------------------------------------------------------------------------------------- timing
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device):
+    """Seconds one call of fn() takes, queued GPU work included."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def interleaved_medians(fns, warmup, iters, device):
+    """Median seconds per call of each fn, calling them in turn (warm-up rounds excluded)."""
+    times = [[] for _ in fns]
+    for i in range(warmup + iters):
+        for t, fn in zip(times, fns):
+            dt = timed(fn, device)
+            if i >= warmup:
+                t.append(dt)
+    return [statistics.median(t) for t in times]
+
+
+def peak_memory_mb(device):
+    """CUDA: peak allocated since the last reset; CPU: the process's max RSS so far (a high-water mark)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def reset_peak_memory(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+# -------------------------------------------------------------------------------------------- inputs
+def smooth_images(n, size, generator):
+    """n smooth random uint8 images (n, 3, size, size): stand-ins for train.load_images' decoded cache."""
+    low = torch.rand(n, 3, 8, 8, generator=generator)
+    return (F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1) * 255).round() \
+        .to(torch.uint8)
+
+
+def write_test_image(folder, size, seed):
+    """A size x size RGB PNG with smooth structure and sensor-like noise (so it does not compress to nothing)."""
+    rng = np.random.default_rng(seed)
+    img = cv2.resize(rng.random((16, 16, 3), dtype=np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
+    img = np.clip(img * 255 + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+    path = Path(folder) / f"bench_{size}.png"
+    cv2.imwrite(str(path), img)
+    return path
+
+
+def texture_bank(args, size):
+    return load_texture_bank(args.anomaly_source_path, size) if args.anomaly_source_path else None
+
+
+# -------------------------------------------------------------------------------------------- benches
+def bench_synthesis(args, device):
+    """Median samples/s of train.make_synthesizer's synthesiser at --synth_size / --synth_bs."""
+    synth = train.make_synthesizer(args.recipe, texture_bank(args, args.synth_size), grayscale=False)
+    runs = [synthesis_throughput(synth, args.synth_bs, args.synth_size, iters=2 if args.tiny else 3, device=device)
+            for _ in range(args.repeats)]
+    return statistics.median(runs)
+
+
+def bench_train(model, cfg, synthesizer, amp_dtype, device, warmup, iters, seed):
+    """Images/s of train.py's loop body (end to end) and of train.train_step on a pre-made batch (bare)."""
+    bs = cfg["bs"]
+    gen = torch.Generator().manual_seed(seed)
+    cache = smooth_images(bs * 4, cfg["size"], gen)  # (N, 3, S, S) uint8, as train.load_images returns
+    loader = DataLoader(TensorDataset(cache), batch_size=bs, shuffle=True, generator=gen, drop_last=True)
+    optimizer, scheduler = train.make_optimizer(model, LR, 1000)
+    criterion = DraemLoss().to(device)
+    synth_gen = torch.Generator(device=device).manual_seed(seed)
+    scaler = None  # fp32 / bf16 need no loss scaling (train.py makes one for fp16 only)
+    batches = iter(())
+
+    def e2e():
+        nonlocal batches
+        try:
+            (batch,) = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            (batch,) = next(batches)
+        batch = batch.to(device, non_blocking=True).float() / 255  # as train.train_class's loop
+        losses = train.train_step(model, batch, synthesizer, synth_gen, criterion, optimizer, amp_dtype, scaler)
+        scheduler.step()
+        losses["loss"].item()  # train.py reads every loss term each step
+
+    premade = synthesizer(cache[:bs].to(device).float() / 255, synth_gen)  # synthesised once, outside timing
+
+    def bare():
+        losses = train.train_step(model, premade["image"], lambda *_: premade, synth_gen, criterion, optimizer,
+                                  amp_dtype, scaler)
+        losses["loss"].item()
+
+    model.train()
+    t_e2e, t_bare = interleaved_medians([e2e, bare], warmup, iters, device)
+    return {"train_e2e_img_s": bs / t_e2e, "train_bare_img_s": bs / t_bare, "train_e2e_over_bare": t_bare / t_e2e}
+
+
+def bench_detect(model, cfg, amp_dtype, device, warmup, iters, seed):
+    """ms/image of Detector.__call__ on a preprocessed (1, 3, S, S) CPU tensor vs a bare forward on the device."""
+    detector = Detector(model, {"config": {"size": cfg["size"]}, "calibration": {}}, device, amp_dtype)
+    image = smooth_images(1, cfg["size"], torch.Generator().manual_seed(seed)).float() / 255  # (1, 3, S, S)
+    on_device = image.to(device)
+
+    def e2e():
+        float(detector(image)["score"][0])  # detect.py reads the score as a Python float
+
+    @torch.inference_mode()
+    def bare():
+        with autocast(device, amp_dtype):
+            model(on_device)
+
+    t_e2e, t_bare = interleaved_medians([e2e, bare], warmup, iters, device)
+    return {"detect_e2e_ms": 1000 * t_e2e, "detect_bare_ms": 1000 * t_bare, "detect_over_bare": t_e2e / t_bare}
+
+
+def bench_read(path, size, iters):
+    """Median ms of read_image(path, size): decode + colour conversion + resize."""
+    times = []
+    for _ in range(iters + 1):
+        start = time.perf_counter()
+        read_image(path, size)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times[1:])
+
+
+def max_score_difference(model, size, device, seed):
+    """max |score fp32 - score bf16| over a few synthetic defect images, same weights, through Detector."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    images = smooth_images(N_SCORE_IMAGES, size, gen).float() / 255
+    synth = train.make_synthesizer("ours", None, grayscale=False, anomaly_prob=1.0)
+    images = synth(images, gen)["augmented_image"]
+    meta = {"config": {"size": size}, "calibration": {}}
+    scores = [Detector(model, meta, device, dt)(images)["score"].cpu() for dt in (None, torch.bfloat16)]
+    return (scores[0] - scores[1]).abs().max().item()
+
+
+def run_config(name, args, device, read_path):
+    """Every measurement for one config, each precision starting from the same initial weights."""
+    cfg = dict(CONFIGS[name])
+    if args.bs:
+        cfg["bs"] = args.bs
+    warmup, iters = STEPS[device.type][name]
+    warmup = warmup if args.warmup is None else args.warmup
+    iters = args.iters or iters
+    d_warmup, d_iters = DETECT_STEPS[device.type]
+    d_iters = args.detect_iters or (2 if args.tiny else d_iters)
+    d_warmup = min(d_warmup, 1) if args.tiny else d_warmup
+
+    seed_everything(args.seed)
+    model = DRAEM(cfg["rec_base_width"], cfg["seg_base_width"]).apply(weights_init).to(device)
+    initial = copy.deepcopy(model.state_dict())
+    synthesizer = train.make_synthesizer(args.recipe, texture_bank(args, cfg["size"]), grayscale=False).to(device)
+    out = {**cfg, "warmup": warmup, "iters": iters, "read_ms": bench_read(read_path, cfg["size"], d_iters)}
+    for prec in args.precisions:
+        log.info("%s %s: training (%d warm-up + %d timed steps of e2e and bare) ...", name, prec, warmup, iters)
+        model.load_state_dict(initial)
+        amp_dtype = resolve_amp(PRECISIONS[prec], device)
+        reset_peak_memory(device)
+        res = bench_train(model, cfg, synthesizer, amp_dtype, device, warmup, iters, args.seed)
+        res["train_peak_mb"] = peak_memory_mb(device)
+        log.info("%s %s: detection ...", name, prec)
+        reset_peak_memory(device)
+        res.update(bench_detect(model, cfg, amp_dtype, device, d_warmup, d_iters, args.seed))
+        res["detect_peak_mb"] = peak_memory_mb(device)
+        out[prec] = res
+    if "fp32" in out and "bf16" in out:
+        out["bf16_train_speedup"] = out["bf16"]["train_e2e_img_s"] / out["fp32"]["train_e2e_img_s"]
+        out["bf16_detect_speedup"] = out["fp32"]["detect_e2e_ms"] / out["bf16"]["detect_e2e_ms"]
+        out["max_score_diff_bf16"] = max_score_difference(model, cfg["size"], device, args.seed)
+    return out
+
+
+# -------------------------------------------------------------------------------------------- report
+def format_table(result):
+    lines = [f"device {result['device']}, {result['threads']} threads, load average {result['loadavg']}, "
+             f"native bf16: {result['native_bf16']}",
+             f"synthesis ({result['texture_source']}): {result['synth_samples_per_s']:.1f} samples/s "
+             f"at {result['synth_size']} px, batch {result['synth_bs']}",
+             f"read_image (decode + resize) of {result['read_image']}"]
+    head = (f"{'config':<7}{'prec':<6}{'train img/s':>12}{'bare img/s':>11}{'e2e/bare':>9}"
+            f"{'detect ms':>10}{'bare ms':>9}{'det/bare':>9}{'read ms':>8}{'peak MB':>9}")
+    lines += [head, "-" * len(head)]
+    for name, c in result["configs"].items():
+        for prec in result["precisions"]:
+            r = c[prec]
+            lines.append(f"{name:<7}{prec:<6}{r['train_e2e_img_s']:>12.3f}{r['train_bare_img_s']:>11.3f}"
+                         f"{r['train_e2e_over_bare']:>9.3f}{r['detect_e2e_ms']:>10.1f}{r['detect_bare_ms']:>9.1f}"
+                         f"{r['detect_over_bare']:>9.3f}{c['read_ms']:>8.1f}"
+                         f"{max(r['train_peak_mb'], r['detect_peak_mb']):>9.0f}")
+        lines.append(f"{name:<7}size {c['size']}, widths {c['rec_base_width']}/{c['seg_base_width']}, bs {c['bs']}, "
+                     f"{c['warmup']} warm-up + {c['iters']} timed steps"
+                     + (f"; bf16 speed-up train x{c['bf16_train_speedup']:.2f}, detect x{c['bf16_detect_speedup']:.2f}"
+                        f", max |score fp32 - bf16| {c['max_score_diff_bf16']:.5f}" if "bf16_train_speedup" in c else ""))
+    if result["device"] == "cpu":
+        lines.append("peak MB on CPU: the process's max RSS so far (cumulative over the rows above)")
+    return "\n".join(lines)
+
+
+def summary(configs, precisions):
+    """The headline keys, from the cpu config when it ran (else the first one)."""
+    main_cfg = configs.get("cpu") or next(iter(configs.values()))
+    first = main_cfg[precisions[0]]
+    return {"train_e2e_over_bare": first["train_e2e_over_bare"], "detect_over_bare": first["detect_over_bare"],
+            "bf16_speedup": main_cfg.get("bf16_train_speedup")}
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    load_before = os.getloadavg()
+    log.info("device %s, %d threads, configs %s, precisions %s", device, args.threads, ",".join(args.configs),
+             ",".join(args.precisions))
+    with tempfile.TemporaryDirectory() as tmp:
+        read_path = Path(args.image_path) if args.image_path else write_test_image(tmp, 64 if args.tiny else 1024,
+                                                                                  args.seed)
+        shape = cv2.imread(str(read_path), cv2.IMREAD_UNCHANGED).shape
+        log.info("synthesis ...")
+        result = {"device": str(device), "threads": args.threads, "native_bf16": cpu_has_native_bf16(),
+                  "texture_source": args.anomaly_source_path or "procedural textures",
+                  "synth_size": args.synth_size, "synth_bs": args.synth_bs,
+                  "synth_samples_per_s": bench_synthesis(args, device),
+                  "read_image": f"{'a generated ' if not args.image_path else ''}{shape[1]}x{shape[0]} "
+                                f"{read_path.suffix[1:]}", "precisions": args.precisions,
+                  "configs": {name: run_config(name, args, device, read_path) for name in args.configs}}
+    result["loadavg"] = "start {:.2f} {:.2f} {:.2f}, end {:.2f} {:.2f} {:.2f}".format(*load_before, *os.getloadavg())
+    result.update(summary(result["configs"], args.precisions))
+    print(format_table(result))
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

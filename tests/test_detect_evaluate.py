@@ -1,0 +1,144 @@
+"""detect.py and evaluate.py on a tiny model trained from scratch by train.py (CPU, seeded)."""
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import detect
+import evaluate
+import train
+from model import DRAEM
+from tests.conftest import write_images
+from utils.checkpoint import base_model_name, pair_paths, save_pair
+
+BASE = base_model_name(0.001, 1, 4, "widget")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A widget class in MVTec layout (train, test/good, test/spot with masks) and a 1-epoch model."""
+    root = tmp_path_factory.mktemp("detect")
+    cls = root / "widget"
+    write_images(cls / "train" / "good", 10, size=64)
+    write_images(cls / "test" / "good", 3, size=64, seed=5)
+    spots = write_images(cls / "test" / "spot", 3, size=64, seed=6)
+    (cls / "ground_truth" / "spot").mkdir(parents=True)
+    for p in spots:
+        img = cv2.imread(str(p))
+        cv2.circle(img, (30, 30), 8, (0, 0, 0), -1)
+        cv2.imwrite(str(p), img)
+        mask = np.zeros((64, 64), np.uint8)
+        cv2.circle(mask, (30, 30), 8, 255, -1)
+        cv2.imwrite(str(cls / "ground_truth" / "spot" / f"{p.stem}_mask.png"), mask)
+    ckpt = root / "ckpt"
+    assert train.main(["--data_path", str(cls), "--checkpoint_path", str(ckpt), "--log_path", str(root / "logs"),
+                       "--size", "64", "--rec_base_width", "4", "--seg_base_width", "2", "--bs", "4",
+                       "--epochs", "1", "--lr", "0.001", "--amp", "off"]) == 0
+    return root, cls, ckpt
+
+
+def test_single_image_panel_and_score(trained, tmp_path, capsys):
+    root, cls, ckpt = trained
+    out = tmp_path / "panel.png"
+    assert detect.main(["--image_path", str(cls / "test" / "spot" / "000.png"), "--base_model_name", BASE,
+                        "--checkpoint_path", str(ckpt), "--output_path", str(out), "--json"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 <= line["score"] <= 1.0 and line["verdict"] in ("OK", "NG")
+    img = cv2.imread(str(out))
+    h, w = img.shape[:2]
+    assert 3 * h < w < 4.5 * h  # four panels side by side
+    # the four panels: each quarter of the picture has content (not blank background)
+    for q in range(4):
+        assert img[:, q * w // 4:(q + 1) * w // 4].std() > 10
+
+
+def test_folder_mode_writes_png_per_image_and_csv(trained, tmp_path):
+    root, cls, ckpt = trained
+    out = tmp_path / "results"
+    assert detect.main(["--image_path", str(cls / "test"), "--base_model_name", BASE, "--checkpoint_path",
+                        str(ckpt), "--output_path", str(out), "--bs", "4"]) == 0
+    rows = list(csv.DictReader(open(out / "report.csv")))
+    assert len(rows) == 6 and {r["verdict"] for r in rows} <= {"OK", "NG"}
+    assert len(list(out.rglob("*.png"))) == 6
+
+
+def test_evaluate_json_and_files(trained, tmp_path, capsys):
+    root, cls, ckpt = trained
+    out = tmp_path / "eval"
+    assert evaluate.main(["--data_path", str(cls), "--base_model_name", BASE, "--checkpoint_path", str(ckpt),
+                          "--output_path", str(out), "--json"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(last) == {"image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro"}
+    assert all(0 <= v <= 1 for v in last.values())
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["type"] for r in rows] == ["spot", "overall"]
+    assert json.loads((out / "metrics.json").read_text())["results"]["overall"]["image_auroc"] == last["image_auroc"]
+
+
+def test_bf16_scores_match_fp32(trained):
+    from utils.inference import Detector
+    _, cls, ckpt = trained
+    x = torch.rand(2, 3, 64, 64)
+    fp32 = Detector.from_checkpoint(ckpt, BASE, torch.device("cpu"))(x)["score"]
+    bf16 = Detector.from_checkpoint(ckpt, BASE, torch.device("cpu"), torch.bfloat16)(x)["score"]
+    assert (fp32 - bf16).abs().max() < 0.01
+
+
+def test_original_raw_state_dict_pair_loads(tmp_path, capsys):
+    """The authors' release: raw state dicts named <base>.pckl / <base>_seg.pckl, no metadata, 256 px."""
+    m = DRAEM(rec_base_width=4, seg_base_width=2)
+    torch.save(m.reconstructive.state_dict(), tmp_path / "DRAEM_test_0.0001_700_bs8_bottle_.pckl")
+    torch.save(m.discriminative.state_dict(), tmp_path / "DRAEM_test_0.0001_700_bs8_bottle__seg.pckl")
+    img = tmp_path / "part.png"
+    write_images(tmp_path / "imgs", 1, size=80)
+    (tmp_path / "imgs" / "000.png").rename(img)
+    out = tmp_path / "orig.png"
+    assert detect.main(["--image_path", str(img), "--base_model_name", "DRAEM_test_0.0001_700_bs8_bottle_",
+                        "--checkpoint_path", str(tmp_path), "--output_path", str(out)]) == 0
+    assert "n/a" in capsys.readouterr().out and out.is_file()
+
+
+def _bad(argv, capsys, *expected):
+    code = detect.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    for e in expected:
+        assert e in err
+
+
+def test_bad_inputs_exit_2_with_one_line(trained, tmp_path, capsys):
+    root, cls, ckpt = trained
+    img = str(cls / "test" / "spot" / "000.png")
+    out = tmp_path / "never.png"
+    common = ["--checkpoint_path", str(ckpt), "--output_path", str(out)]
+    _bad(["--image_path", str(tmp_path / "nope.png"), "--base_model_name", BASE, *common], capsys, "nope.png")
+    (tmp_path / "empty").mkdir()
+    _bad(["--image_path", str(tmp_path / "empty"), "--base_model_name", BASE, *common], capsys, "no images")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"garbage")
+    _bad(["--image_path", str(broken), "--base_model_name", BASE, *common], capsys, "broken.png")
+    # missing checkpoint: the message lists what is there
+    _bad(["--image_path", img, "--base_model_name", "nosuch", *common], capsys, "nosuch", BASE + ".pt")
+    # mismatched pair: halves of two different runs
+    other = tmp_path / "other"
+    rec, seg = pair_paths(ckpt, BASE)
+    save_pair(DRAEM(4, 2), other, "mix", {"size": 64}, {"threshold": None}, "run-a")
+    save_pair(DRAEM(4, 2), other, "mix2", {"size": 64}, {"threshold": None}, "run-b")
+    (other / "mix2_seg.pt").replace(other / "mix_seg.pt")
+    _bad(["--image_path", img, "--base_model_name", "mix", "--checkpoint_path", str(other),
+          "--output_path", str(out)], capsys, "mismatched")
+    # not a checkpoint at all
+    (other / "junk.pt").write_bytes(b"hello")
+    (other / "junk_seg.pt").write_bytes(b"hello")
+    _bad(["--image_path", img, "--base_model_name", "junk", "--checkpoint_path", str(other),
+          "--output_path", str(out)], capsys, "junk.pt", "not a PyTorch checkpoint")
+    # a pickle holding arbitrary objects: refused by weights_only=True, never executed
+    torch.save({"state_dict": {}, "evil": np.random.default_rng(0)}, other / "evil.pt")
+    torch.save({"state_dict": {}, "evil": np.random.default_rng(0)}, other / "evil_seg.pt")
+    _bad(["--image_path", img, "--base_model_name", "evil", "--checkpoint_path", str(other),
+          "--output_path", str(out)], capsys, "evil.pt", "refusing")
+    assert not out.exists()  # nothing half-written

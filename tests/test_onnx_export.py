@@ -1,0 +1,83 @@
+"""utils/onnx_export.py: a tiny detector exported, run in ONNX Runtime against PyTorch, and via detect.py."""
+import sys
+import types
+
+import pytest
+import torch
+
+import detect
+from model.draem import DRAEM, DRAEMScorer
+from tests.conftest import write_images
+from utils import onnx_export
+from utils.checkpoint import save_pair
+from utils.inference import Detector
+from utils.onnx_export import export_onnx
+from utils.runtime import UsageError
+
+SIZE = 32
+
+
+def tiny_detector(seed=0):
+    torch.manual_seed(seed)
+    model = DRAEM(rec_base_width=4, seg_base_width=2)
+    meta = {"config": {"size": SIZE}, "calibration": {"threshold": None}}
+    return Detector(model, meta, torch.device("cpu"))
+
+
+def test_onnx_matches_pytorch_with_dynamic_batch(tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    detector = tiny_detector()
+    path = tmp_path / "sub" / "draem.onnx"
+    result = export_onnx(detector, path)
+    assert result == {"path": str(path), "checked": True, "max_abs_diff": pytest.approx(0, abs=1e-4)}
+    assert [p.name for p in path.parent.iterdir()] == ["draem.onnx"]  # one file, no temp or .data left over
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    images = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))  # batch 3, exported with 2
+    amap, score = session.run(["anomaly_map", "score"], {"image": images.numpy()})
+    with torch.inference_mode():
+        want_map, want_score = DRAEMScorer(detector.model).eval()(images)
+    assert amap.shape == (3, SIZE, SIZE) and score.shape == (3,)
+    assert (torch.from_numpy(amap) - want_map).abs().max() <= 1e-4
+    assert (torch.from_numpy(score) - want_score).abs().max() <= 1e-4
+    assert detector.model.training is False  # the detector itself is left as it was
+
+
+def test_detect_export_flag_writes_the_file(tmp_path):
+    pytest.importorskip("onnx")
+    detector = tiny_detector(seed=1)
+    base = "DRAEM_test_tiny_"
+    config = {"size": SIZE, "rec_base_width": 4, "seg_base_width": 2, "in_channels": 3, "grayscale": False}
+    save_pair(detector.model, tmp_path / "ckpt", base, config, {"threshold": None, "rule": "none"}, "pair0")
+    image = write_images(tmp_path / "images", 1, size=40)[0]
+    onnx_path = tmp_path / "exported.onnx"
+    rc = detect.main(["--image_path", str(image), "--checkpoint_path", str(tmp_path / "ckpt"),
+                      "--base_model_name", base, "--output_path", str(tmp_path / "out.png"), "--gpu_id", "-1",
+                      "--export_onnx", str(onnx_path)])
+    assert rc == 0
+    assert onnx_path.is_file() and onnx_path.stat().st_size > 0
+    assert (tmp_path / "out.png").is_file()
+
+
+def test_missing_onnx_names_the_package(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now raises ImportError
+    with pytest.raises(UsageError, match=r"pip install onnx$"):
+        export_onnx(tiny_detector(), tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_missing_onnxscript_named_when_torchscript_exporter_fails(tmp_path, monkeypatch):
+    if "dynamo" not in onnx_export.inspect.signature(torch.onnx.export).parameters:
+        pytest.skip("torch < 2.5 has no dynamo exporter to fall back to")
+    monkeypatch.setitem(sys.modules, "onnx", types.ModuleType("onnx"))  # present, whether installed or not
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+
+    def gone(*args):
+        raise RuntimeError("TorchScript exporter removed")
+
+    monkeypatch.setattr(onnx_export, "_export_torchscript", gone)
+    with pytest.raises(UsageError, match=r"TorchScript exporter removed.*pip install onnxscript"):
+        export_onnx(tiny_detector(), tmp_path / "x.onnx")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,114 @@
+"""Export a loaded detector to ONNX: image (B, 3, S, S) in [0, 1] -> anomaly_map (B, S, S), score (B,).
+
+Optional extras: `pip install onnx` to export, `pip install onnxruntime` to check the file against PyTorch.
+Exporter order: torch's TorchScript exporter first (needs only `onnx`, fast, works on torch 2.4 and later,
+deprecated since 2.9), then the torch.export-based ("dynamo") exporter, which also needs `onnxscript`, when the
+TorchScript one fails or is gone.
+"""
+import copy
+import inspect
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+from model.draem import DRAEMScorer
+from utils.atomic import atomic_write_bytes
+from utils.runtime import UsageError
+
+log = logging.getLogger(__name__)
+
+INPUT_NAMES = ["image"]
+OUTPUT_NAMES = ["anomaly_map", "score"]
+TOLERANCE = 1e-4  # max abs difference between ONNX Runtime and PyTorch, map and score
+
+
+def export_onnx(detector, path, check=True):
+    """Write the detector's fp32 inference graph to `path` (atomically); dynamic batch, fixed size S.
+
+    With `check` and onnxruntime installed, the file is run on a random batch of 2 and compared with PyTorch
+    (RuntimeError beyond TOLERANCE). Returns {"path": str, "checked": bool, "max_abs_diff": float | None}.
+    """
+    _require("onnx")
+    path = Path(path)
+    # A CPU fp32 copy: the detector itself stays on its device, and autocast plays no part in the graph.
+    scorer = DRAEMScorer(copy.deepcopy(detector.model).cpu().float()).eval()
+    example = _random_batch(2, detector.size, seed=0)
+    atomic_write_bytes(path, _export_bytes(scorer, example))
+    log.info("exported %s (input image (B, 3, %d, %d) in [0, 1] -> anomaly_map, score)",
+             path, detector.size, detector.size)
+    diff = _check(scorer, path, detector.size) if check else None
+    return {"path": str(path), "checked": diff is not None, "max_abs_diff": diff}
+
+
+def _require(package):
+    try:
+        __import__(package)
+    except ImportError:
+        raise UsageError(f"ONNX export needs the `{package}` package: pip install {package}") from None
+
+
+def _random_batch(n, size, seed):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))  # (n, 3, S, S)
+
+
+def _export_bytes(scorer, example):
+    """The serialized ONNX model, from the TorchScript exporter or else the dynamo one."""
+    try:
+        return _export_torchscript(scorer, example)
+    except Exception as e:
+        if "dynamo" not in inspect.signature(torch.onnx.export).parameters:  # torch 2.4: nothing to fall back to
+            raise
+        reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
+        try:
+            __import__("onnxscript")
+        except ImportError:
+            raise UsageError(f"torch's TorchScript ONNX exporter failed ({reason}); the dynamo exporter needs "
+                             f"the `onnxscript` package: pip install onnxscript") from None
+        log.warning("TorchScript ONNX exporter failed (%s); using the dynamo exporter", reason)
+        return _export_dynamo(scorer, example)
+
+
+def _export_torchscript(scorer, example):
+    kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        # Its deprecation notice, and the tracer's note on the static multiple-of-32 size check.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", getattr(torch.jit, "TracerWarning", DeprecationWarning))
+        torch.onnx.export(scorer, (example,), buf, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+                          dynamic_axes={name: {0: "batch"} for name in INPUT_NAMES + OUTPUT_NAMES}, **kwargs)
+    return buf.getvalue()
+
+
+def _export_dynamo(scorer, example):
+    # f=None and model_proto keep the weights inside one file (saving to a path writes a separate .data file).
+    program = torch.onnx.export(scorer, (example,), None, dynamo=True, verbose=False,
+                                input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+                                dynamic_shapes=({0: torch.export.Dim("batch")},))
+    return program.model_proto.SerializeToString()
+
+
+def _check(scorer, path, size):
+    """Max abs difference between ONNX Runtime and PyTorch on a random batch of 2; None without onnxruntime."""
+    try:
+        import onnxruntime
+    except ImportError:
+        log.info("onnxruntime is not installed: %s not checked (pip install onnxruntime)", path)
+        return None
+    images = _random_batch(2, size, seed=1)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(OUTPUT_NAMES, {INPUT_NAMES[0]: images.numpy()})
+    with torch.inference_mode():
+        want = scorer(images)  # (2, S, S), (2,)
+    if [g.shape for g in got] != [tuple(w.shape) for w in want]:
+        raise RuntimeError(f"ONNX export of {path} gives shapes {[g.shape for g in got]}, PyTorch "
+                           f"{[tuple(w.shape) for w in want]}")
+    diff = max(float((torch.from_numpy(g) - w).abs().max()) for g, w in zip(got, want))
+    if not diff <= TOLERANCE:  # also catches NaN
+        raise RuntimeError(f"ONNX export of {path} does not match PyTorch: max abs diff {diff:.3g} "
+                           f"> {TOLERANCE:g}")
+    log.info("checked %s with onnxruntime %s: max abs diff %.2e vs PyTorch", path, onnxruntime.__version__, diff)
+    return diff
