@@ -195,7 +195,7 @@ def bench_train(model, cfg, synthesizer, amp_dtype, device, warmup, iters, seed)
         except StopIteration:
             batches = iter(loader)
             (batch,) = next(batches)
-        batch = batch.to(device, non_blocking=True).float() / 255  # as train.train_class's loop
+        batch = train.prepare_batch(batch, device)  # as train.train_class's loop
         losses = train.train_step(model, batch, synthesizer, synth_gen, criterion, optimizer, amp_dtype, scaler)
         scheduler.step()
         losses["loss"].item()  # train.py reads every loss term each step

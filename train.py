@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
 from model import DRAEM, weights_init
+from model.scoring import score_kernel
 from utils.checkpoint import atomic_save, base_model_name, safe_load, save_pair
 from utils.data_loader import NormalImageDataset, is_grayscale, list_images, normal_image_folder
 from utils.inference import autocast, predict
@@ -31,7 +32,7 @@ from utils.metrics import image_auroc, pixel_ap
 from utils.runtime import (UsageError, distributed_env, resolve_amp, seed_everything, seed_worker,
                            select_device)
 from utils.defect_shapes import mixed_masks
-from utils.synthesis import AnomalySynthesizer, load_texture_bank
+from utils.synthesis import AnomalySynthesizer, augment_textures, load_texture_bank
 from utils.training_logger import TrainingLogger
 
 log = logging.getLogger("train")
@@ -40,7 +41,7 @@ log = logging.getLogger("train")
 PRESETS = {
     "paper": dict(size=256, rec_base_width=128, seg_base_width=64, bs=8, epochs=700),
     "cpu": dict(size=128, rec_base_width=32, seg_base_width=16, bs=8, epochs=12),
-    "demo": dict(size=128, rec_base_width=16, seg_base_width=8, bs=8, epochs=12),
+    "demo": dict(size=128, rec_base_width=16, seg_base_width=8, bs=8, epochs=20),
 }
 DEMO_ROOT = Path("data") / "demo"
 VAL_SEED = 1234  # the synthetic validation set is the same in every run
@@ -93,6 +94,9 @@ def parse_args(argv=None):
     g.add_argument("--recipe", choices=("ours", "paper"), default="ours",
                    help="anomaly simulation recipe: 'paper' is DRAEM's as published; 'ours' adds what the "
                         "README's results table measures")
+    g.add_argument("--self_texture_prob", type=float, default=0.0,
+                   help="recipe ours: share of simulated defects textured with the batch's own (augmented) good "
+                        "images instead of --anomaly_source_path textures")
     g.add_argument("--val_fraction", type=fraction, default=0.1,
                    help="share of good images held out for synthetic validation and threshold calibration")
     g.add_argument("--workers", type=int, default=0, help="DataLoader workers for decoding images once at start")
@@ -189,17 +193,43 @@ def load_images(files, size, workers):
 
 
 class DefectSynthesizer(AnomalySynthesizer):
-    """Recipe "ours": DRAEM's simulation, with half of the Perlin blobs replaced by thin cracks and small pits."""
+    """Recipe "ours": DRAEM's simulation, with half of the Perlin blobs replaced by thin cracks and small pits,
+    and a share of the textures cut from the batch's own good images (flipped, then DRAEM's 3 augmenters)."""
+
+    def __init__(self, *args, self_texture_prob=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.self_texture_prob = self_texture_prob
+        self._batch = None
+
+    def __call__(self, images, generator):
+        self._batch = images
+        try:
+            return super().__call__(images, generator)
+        finally:
+            self._batch = None
 
     def masks(self, n, h, w, generator, device):
         perlin = super().masks
         return mixed_masks(n, h, w, generator, lambda k, hh, ww: perlin(k, hh, ww, generator, device), device)
 
+    def textures(self, n, h, w, generator, device):
+        tex = super().textures(n, h, w, generator, device)
+        if self.self_texture_prob > 0 and self._batch is not None:
+            u = torch.rand(n, generator=generator, device=generator.device)
+            pick = (u < self.self_texture_prob).nonzero().flatten().to(device)
+            if len(pick):
+                src = torch.randint(0, len(self._batch), (len(pick),), generator=generator,
+                                    device=generator.device).to(device)
+                tex[pick] = augment_textures(self._batch[src].flip(-1, -2), generator)
+        return tex
+
 
 def make_synthesizer(recipe, bank, grayscale, **overrides):
     """The anomaly simulation for --recipe `recipe` ("paper": DRAEM as published)."""
-    cls = AnomalySynthesizer if recipe == "paper" else DefectSynthesizer
-    return cls(bank, grayscale=grayscale, **overrides)
+    if recipe == "paper":
+        overrides.pop("self_texture_prob", None)
+        return AnomalySynthesizer(bank, grayscale=grayscale, **overrides)
+    return DefectSynthesizer(bank, grayscale=grayscale, **overrides)
 
 
 def init_weights(model, recipe):
@@ -240,12 +270,12 @@ def calibrate_threshold(normal_scores):
             "normal_q50": q50, "normal_q99": q99, "normal_max": s.max().item(), "n_normal": len(s)}
 
 
-def validate(model, val, amp_dtype, bs):
+def validate(model, val, amp_dtype, bs, kernel):
     """Image AUROC and pixel AP on the synthetic validation set, plus the calibration from its normal half."""
     model.eval()
     scores, maps = [], []
     for i in range(0, len(val["images"]), bs):
-        out = predict(model, val["images"][i:i + bs], amp_dtype)
+        out = predict(model, val["images"][i:i + bs], amp_dtype, kernel)
         scores.append(out["score"].cpu())
         maps.append(out["anomaly_map"].cpu())
     model.train()
@@ -257,6 +287,12 @@ def validate(model, val, amp_dtype, bs):
 
 class Diverged(RuntimeError):
     pass
+
+
+def prepare_batch(batch, device, channels_last=False):
+    """Cached uint8 images (B, 3, H, W) -> float in [0, 1] on the training device."""
+    batch = batch.to(device, non_blocking=True).float() / 255
+    return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
 
 
 def train_step(model, batch, synthesizer, gen, criterion, optimizer, amp_dtype, scaler):
@@ -297,13 +333,14 @@ def train_class(args, obj_name, good_dir, device, preset):
     val_images = load_images(val_files, args.size, args.workers)
     grayscale = {"on": True, "off": False}.get(args.grayscale, is_grayscale(train_images[:64].float() / 255))
     bank = load_texture_bank(args.anomaly_source_path, args.size) if args.anomaly_source_path else None
-    synthesizer = make_synthesizer(args.recipe, bank, grayscale).to(device)
+    synthesizer = make_synthesizer(args.recipe, bank, grayscale, self_texture_prob=args.self_texture_prob).to(device)
 
     base = base_model_name(args.lr, args.epochs, args.bs, obj_name)
     config = {"size": args.size, "rec_base_width": args.rec_base_width, "seg_base_width": args.seg_base_width,
               "in_channels": 3, "grayscale": grayscale, "obj_name": obj_name, "lr": args.lr, "epochs": args.epochs,
               "bs": args.bs, "preset": preset, "recipe": args.recipe, "seed": args.seed,
-              "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32"}
+              "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+              "score_kernel": score_kernel(args.size, scaled=args.recipe != "paper")}
     log.info("class %s: %d training + %d validation images from %s, %s synthesis%s, %s", obj_name,
              len(train_images), len(val_images), good_dir, args.recipe, " (grayscale)" if grayscale else "",
              config["amp"])
@@ -350,7 +387,7 @@ def train_class(args, obj_name, good_dir, device, preset):
                 dist.broadcast(buf, 0)
         calib = {"threshold": None, "rule": "no validation images"}
         if val is not None:
-            metrics, calib = validate(model, val, amp_dtype, args.bs)
+            metrics, calib = validate(model, val, amp_dtype, args.bs, config["score_kernel"])
             row.update(metrics)
         if not is_main:
             return
@@ -376,9 +413,7 @@ def train_class(args, obj_name, good_dir, device, preset):
         bar = tqdm(loader, desc=f"{obj_name} epoch {epoch + 1}/{args.epochs}", disable=not is_main, leave=False)
         out_of_time = False
         for (batch,) in bar:
-            batch = batch.to(device, non_blocking=True).float() / 255  # (B, 3, H, W) in [0, 1]
-            if args.channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
+            batch = prepare_batch(batch, device, args.channels_last)
             losses = train_step(train_model, batch, synthesizer, synth_gen, criterion, optimizer, amp_dtype, scaler)
             scheduler.step()
             step += 1

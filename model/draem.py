@@ -29,11 +29,11 @@ class DRAEM(nn.Module):
 class DRAEMScorer(nn.Module):
     """Inference graph for export: image (B,3,H,W) in [0,1] -> (anomaly map (B,H,W), score (B,))."""
 
-    def __init__(self, draem):
+    def __init__(self, draem, kernel=21):
         super().__init__()
-        self.draem = draem
+        self.draem, self.kernel = draem, kernel
 
     def forward(self, image):
         _, logits = self.draem(image)
         amap = anomaly_map(logits)
-        return amap, image_score(amap)
+        return amap, image_score(amap, self.kernel)

@@ -13,6 +13,14 @@ def anomaly_map(seg_logits):
     return torch.softmax(seg_logits.float(), dim=1)[:, 1]
 
 
+def score_kernel(size, scaled=True):
+    """Mean-filter size for `size`-pixel images: the authors' 21 px at 256 px, kept at the same share of the image
+    (odd, >= 3) when `scaled`; 21 otherwise. At 128 px: 11, so a small defect is not averaged away."""
+    if not scaled:
+        return SCORE_KERNEL
+    return max(3, int(round(SCORE_KERNEL * size / 256 / 2)) * 2 + 1)
+
+
 def image_score(amap, kernel=SCORE_KERNEL):
     """Image-level score: max of the map after a kernel x kernel mean filter (stride 1, zero padding).
 

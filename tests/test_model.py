@@ -59,3 +59,9 @@ def test_image_score_is_max_of_21x21_mean():
     # Matches the authors' evaluation exactly (avg_pool2d with zero padding, count_include_pad).
     ref = torch.nn.functional.avg_pool2d(amap[:, None], 21, stride=1, padding=10).amax(dim=(1, 2, 3))
     assert torch.equal(s, ref)
+
+
+def test_score_kernel_keeps_the_authors_share_of_the_image():
+    from model.scoring import score_kernel
+    assert score_kernel(256) == 21 and score_kernel(128) == 11 and score_kernel(512) == 43
+    assert score_kernel(32) == 3 and score_kernel(128, scaled=False) == 21

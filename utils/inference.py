@@ -3,7 +3,7 @@ import contextlib
 
 import torch
 
-from model.scoring import anomaly_map, image_score
+from model.scoring import SCORE_KERNEL, anomaly_map, image_score
 from utils.checkpoint import load_pair
 
 
@@ -15,13 +15,13 @@ def autocast(device, dtype):
 
 
 @torch.inference_mode()
-def predict(model, images, amp_dtype=None):
+def predict(model, images, amp_dtype=None, kernel=SCORE_KERNEL):
     """images (B, 3, H, W) in [0, 1] on the model's device -> dict of
-    reconstruction (B, 3, H, W), anomaly_map (B, H, W) and score (B,), all fp32 on the same device."""
+    reconstruction (B, 3, H, W), anomaly_map (B, H, W) and score (B,) (mean filter `kernel`), all fp32."""
     with autocast(images.device, amp_dtype):
         rec, logits = model(images)
     amap = anomaly_map(logits)  # fp32 softmax
-    return {"reconstruction": rec.float().clamp(0, 1), "anomaly_map": amap, "score": image_score(amap)}
+    return {"reconstruction": rec.float().clamp(0, 1), "anomaly_map": amap, "score": image_score(amap, kernel)}
 
 
 class Detector:
@@ -32,6 +32,7 @@ class Detector:
         self.meta, self.device, self.amp_dtype = meta, device, amp_dtype
         self.size = int(meta["config"]["size"])
         self.threshold = meta["calibration"].get("threshold")
+        self.kernel = int(meta["config"].get("score_kernel", SCORE_KERNEL))
 
     @classmethod
     def from_checkpoint(cls, checkpoint_path, base_model_name, device, amp_dtype=None):
@@ -40,7 +41,7 @@ class Detector:
 
     def __call__(self, images):
         """images (B, 3, size, size) on any device -> predict() outputs on self.device."""
-        return predict(self.model, images.to(self.device, non_blocking=True), self.amp_dtype)
+        return predict(self.model, images.to(self.device, non_blocking=True), self.amp_dtype, self.kernel)
 
     def verdict(self, score):
         if self.threshold is None:

@@ -1,0 +1,43 @@
+import torch
+
+import train
+from utils.defect_shapes import crack_masks, mixed_masks, pit_masks
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_cracks_are_thin_and_elongated_pits_small():
+    c = crack_masks(32, 128, 96, gen())
+    p = pit_masks(32, 128, 96, gen())
+    assert c.shape == p.shape == (32, 1, 128, 96)
+    assert set(c.unique().tolist()) <= {0.0, 1.0}
+    assert (c.flatten(1).sum(1) > 0).all() and (p.flatten(1).sum(1) > 0).all()
+    assert c.mean() < 0.03 and p.mean() < 0.05  # small defects, unlike Perlin blobs
+    # elongated: the bounding box of a crack is much larger than its area would fill
+    ys, xs = c[0, 0].nonzero(as_tuple=True)
+    box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+    assert c[0].sum() < 0.5 * box
+
+
+def test_same_seed_same_masks_and_mix_proportions():
+    assert torch.equal(crack_masks(4, 64, 64, gen(3)), crack_masks(4, 64, 64, gen(3)))
+    perlin = lambda n, h, w: torch.full((n, 1, h, w), 2.0)  # noqa: E731  marks the Perlin samples
+    m = mixed_masks(400, 32, 32, gen(), perlin)
+    share = (m.flatten(1).amax(1) == 2.0).float().mean().item()
+    assert abs(share - 0.5) < 0.08
+
+
+def test_recipes_and_focal_prior_init():
+    ours = train.make_synthesizer("ours", None, grayscale=True)
+    paper = train.make_synthesizer("paper", None, grayscale=True)
+    assert isinstance(ours, train.DefectSynthesizer) and not isinstance(paper, train.DefectSynthesizer)
+    out = ours(torch.rand(8, 3, 64, 64), gen())
+    assert out["augmented_image"].shape == (8, 3, 64, 64)
+    assert torch.allclose(out["augmented_image"][:, 0], out["augmented_image"][:, 1])  # grey in, grey out
+    m = train.init_weights(train.DRAEM(4, 2), "ours").eval()
+    p = torch.softmax(m(torch.rand(1, 3, 32, 32))[1], dim=1)[:, 1]
+    assert abs(p.mean().item() - 0.01) < 0.01
+    bias = train.init_weights(train.DRAEM(4, 2), "paper").discriminative.decoder_segment.fin_out[0].bias
+    assert bias[1] - bias[0] > -1  # paper: PyTorch's default bias, no prior (ours: -log 99 = -4.6)
