@@ -31,8 +31,7 @@ from utils.loss import DraemLoss
 from utils.metrics import image_auroc, pixel_ap
 from utils.runtime import (UsageError, distributed_env, resolve_amp, seed_everything, seed_worker,
                            select_device)
-from utils.defect_shapes import mixed_masks
-from utils.synthesis import AnomalySynthesizer, augment_textures, load_texture_bank
+from utils.synthesis import load_texture_bank, make_synthesizer
 from utils.training_logger import TrainingLogger
 
 log = logging.getLogger("train")
@@ -178,7 +177,7 @@ def split_files(files, val_fraction, seed):
     n_val = round(len(files) * val_fraction) if val_fraction > 0 else 0
     if val_fraction > 0 and len(files) >= 20:
         n_val = max(n_val, 4)
-    n_val = min(n_val, len(files) - 2)
+    n_val = max(0, min(n_val, len(files) - 2))  # keep at least 2 images for training
     val = sorted(files[i] for i in order[:n_val])
     return sorted(files[i] for i in order[n_val:]), val
 
@@ -190,46 +189,6 @@ def load_images(files, size, workers):
         return torch.zeros(0, 3, size, size, dtype=torch.uint8)
     loader = DataLoader(ds, batch_size=32, num_workers=workers, worker_init_fn=seed_worker)
     return torch.cat([(b * 255).round().to(torch.uint8) for b in loader])
-
-
-class DefectSynthesizer(AnomalySynthesizer):
-    """Recipe "ours": DRAEM's simulation, with half of the Perlin blobs replaced by thin cracks and small pits,
-    and a share of the textures cut from the batch's own good images (flipped, then DRAEM's 3 augmenters)."""
-
-    def __init__(self, *args, self_texture_prob=0.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.self_texture_prob = self_texture_prob
-        self._batch = None
-
-    def __call__(self, images, generator):
-        self._batch = images
-        try:
-            return super().__call__(images, generator)
-        finally:
-            self._batch = None
-
-    def masks(self, n, h, w, generator, device):
-        perlin = super().masks
-        return mixed_masks(n, h, w, generator, lambda k, hh, ww: perlin(k, hh, ww, generator, device), device)
-
-    def textures(self, n, h, w, generator, device):
-        tex = super().textures(n, h, w, generator, device)
-        if self.self_texture_prob > 0 and self._batch is not None:
-            u = torch.rand(n, generator=generator, device=generator.device)
-            pick = (u < self.self_texture_prob).nonzero().flatten().to(device)
-            if len(pick):
-                src = torch.randint(0, len(self._batch), (len(pick),), generator=generator,
-                                    device=generator.device).to(device)
-                tex[pick] = augment_textures(self._batch[src].flip(-1, -2), generator)
-        return tex
-
-
-def make_synthesizer(recipe, bank, grayscale, **overrides):
-    """The anomaly simulation for --recipe `recipe` ("paper": DRAEM as published)."""
-    if recipe == "paper":
-        overrides.pop("self_texture_prob", None)
-        return AnomalySynthesizer(bank, grayscale=grayscale, **overrides)
-    return DefectSynthesizer(bank, grayscale=grayscale, **overrides)
 
 
 def init_weights(model, recipe):

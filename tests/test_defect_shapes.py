@@ -2,6 +2,7 @@ import torch
 
 import train
 from utils.defect_shapes import crack_masks, mixed_masks, pit_masks
+from utils.synthesis import DefectSynthesizer
 
 
 def gen(seed=0):
@@ -32,7 +33,7 @@ def test_same_seed_same_masks_and_mix_proportions():
 def test_recipes_and_focal_prior_init():
     ours = train.make_synthesizer("ours", None, grayscale=True)
     paper = train.make_synthesizer("paper", None, grayscale=True)
-    assert isinstance(ours, train.DefectSynthesizer) and not isinstance(paper, train.DefectSynthesizer)
+    assert isinstance(ours, DefectSynthesizer) and not isinstance(paper, DefectSynthesizer)
     out = ours(torch.rand(8, 1, 64, 64).expand(-1, 3, -1, -1), gen())
     assert out["augmented_image"].shape == (8, 3, 64, 64)
     assert torch.allclose(out["augmented_image"][:, 0], out["augmented_image"][:, 1])  # grey in, grey out

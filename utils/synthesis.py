@@ -5,8 +5,9 @@ clean image, threshold a rotated Perlin noise map into a mask, paste a texture t
 augmenters into the mask with opacity 1 - beta; half of the samples stay normal. Here it runs on a whole
 batch on the training device, which is ~10x faster than the original numpy/imgaug code on one CPU core.
 
-Sample grid (rows: clean image, augmented image, mask):
-    python -m utils.synthesis --data_path FOLDER [--anomaly_source_path DTD_FOLDER] --out grid.png
+Recipes: "paper" is `AnomalySynthesizer`; "ours" (`DefectSynthesizer`) also draws thin cracks and small pits
+(utils/defect_shapes.py). Sample grid (rows: clean image, augmented image, mask):
+    python -m utils.synthesis --data_path FOLDER [--anomaly_source_path DTD_FOLDER] [--recipe paper] --out grid.png
 """
 import argparse
 import logging
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.data_loader import list_images, read_image
+from utils.defect_shapes import mixed_masks
 from utils.perlin import perlin_noise, random_perlin_scales
 
 log = logging.getLogger(__name__)
@@ -420,6 +422,46 @@ class AnomalySynthesizer:
         return {"image": image, "augmented_image": augmented, "anomaly_mask": mask, "has_anomaly": has_anomaly}
 
 
+class DefectSynthesizer(AnomalySynthesizer):
+    """Recipe "ours": DRAEM's simulation, with half of the Perlin blobs replaced by thin cracks and small pits,
+    and a share of the textures cut from the batch's own good images (flipped, then DRAEM's 3 augmenters)."""
+
+    def __init__(self, *args, self_texture_prob=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.self_texture_prob = self_texture_prob
+        self._batch = None
+
+    def __call__(self, images, generator):
+        self._batch = images
+        try:
+            return super().__call__(images, generator)
+        finally:
+            self._batch = None
+
+    def masks(self, n, h, w, generator, device):
+        perlin = super().masks
+        return mixed_masks(n, h, w, generator, lambda k, hh, ww: perlin(k, hh, ww, generator, device), device)
+
+    def textures(self, n, h, w, generator, device):
+        tex = super().textures(n, h, w, generator, device)
+        if self.self_texture_prob > 0 and self._batch is not None:
+            u = torch.rand(n, generator=generator, device=generator.device)
+            pick = (u < self.self_texture_prob).nonzero().flatten().to(device)
+            if len(pick):
+                src = torch.randint(0, len(self._batch), (len(pick),), generator=generator,
+                                    device=generator.device).to(device)
+                tex[pick] = augment_textures(self._batch[src].flip(-1, -2), generator)
+        return tex
+
+
+def make_synthesizer(recipe, bank, grayscale, **overrides):
+    """The anomaly simulation for --recipe `recipe` ("paper": DRAEM as published)."""
+    if recipe == "paper":
+        overrides.pop("self_texture_prob", None)
+        return AnomalySynthesizer(bank, grayscale=grayscale, **overrides)
+    return DefectSynthesizer(bank, grayscale=grayscale, **overrides)
+
+
 def synthesis_throughput(synth, batch=32, size=256, iters=5, device="cpu"):
     """Samples per second of `synth` on random (batch, 3, size, size) images, warm-up call excluded.
 
@@ -453,6 +495,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default="docs/synthetic_samples.png", help="output PNG")
     p.add_argument("--grayscale", action="store_true", help="grey anomalies (for grayscale datasets)")
     p.add_argument("--n", type=int, default=8, help="number of columns (samples)")
+    p.add_argument("--recipe", choices=("ours", "paper"), default="ours", help="as train.py --recipe")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--anomaly_prob", type=float, default=1.0,
                    help="probability that a shown sample gets an anomaly (training uses 0.5)")
@@ -497,7 +540,7 @@ def main(argv=None):
     bank = None
     if args.anomaly_source_path:
         bank = load_texture_bank(args.anomaly_source_path, args.size, args.max_textures, generator)
-    synth = AnomalySynthesizer(bank, grayscale=args.grayscale, anomaly_prob=args.anomaly_prob)
+    synth = make_synthesizer(args.recipe, bank, args.grayscale, anomaly_prob=args.anomaly_prob)
     save_grid(synth(images, generator), args.out)
     log.info("wrote %s", args.out)
 
