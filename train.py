@@ -25,7 +25,7 @@ from tqdm import tqdm
 from model import DRAEM, weights_init
 from model.scoring import score_kernel
 from utils.checkpoint import atomic_save, base_model_name, safe_load, save_pair
-from utils.data_loader import NormalImageDataset, is_grayscale, list_images, normal_image_folder
+from utils.data_loader import NormalImageDataset, is_grayscale, list_images
 from utils.inference import autocast, predict
 from utils.loss import DraemLoss
 from utils.metrics import image_auroc, pixel_ap
@@ -225,7 +225,8 @@ def calibrate_threshold(normal_scores):
     """
     s = torch.as_tensor(normal_scores, dtype=torch.float64)
     q99, q50 = torch.quantile(s, 0.99).item(), s.median().item()
-    return {"threshold": min(q99 + 0.5 * (q99 - q50), 1.0), "rule": "q99 + 0.5 * (q99 - median) of held-out normal scores",
+    return {"threshold": min(q99 + 0.5 * (q99 - q50), 1.0),
+            "rule": "q99 + 0.5 * (q99 - median) of held-out normal scores",
             "normal_q50": q50, "normal_q99": q99, "normal_max": s.max().item(), "n_normal": len(s)}
 
 

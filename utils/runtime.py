@@ -23,7 +23,8 @@ def select_device(gpu_id=0):
         if gpu_id >= n:
             raise UsageError(f"--gpu_id {gpu_id}: no such GPU (this machine has {n}: 0..{n - 1})")
         return torch.device(f"cuda:{gpu_id}")
-    if gpu_id is not None and gpu_id >= 0 and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+    mps = getattr(torch.backends, "mps", None)
+    if gpu_id is not None and gpu_id >= 0 and mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
 

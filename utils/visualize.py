@@ -10,7 +10,6 @@ Example:
     3
 """
 import logging
-from pathlib import Path
 
 import cv2
 import matplotlib
