@@ -385,7 +385,11 @@ def train_class(args, obj_name, good_dir, device, preset):
                 sums[k] = sums.get(k, 0.0) + v
             n += 1
             bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
-            out_of_time = args.max_minutes and time.time() - t0 > args.max_minutes * 60
+            out_of_time = bool(args.max_minutes) and time.time() - t0 > args.max_minutes * 60
+            if world > 1 and args.max_minutes:  # every rank must stop at the same step, or DDP hangs
+                flag = torch.tensor(float(out_of_time), device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                out_of_time = bool(flag.item())
             if (args.val_every and step % args.val_every == 0) or out_of_time:
                 checkpoint(epoch, {"epoch": epoch + n / steps_per_epoch, "step": step,
                                    "lr": optimizer.param_groups[0]["lr"], **{k: v / n for k, v in sums.items()},
