@@ -320,8 +320,8 @@ def train_class(args, obj_name, good_dir, device, preset):
     synth_gen = torch.Generator(device=device).manual_seed(args.seed + 7919 * rank)
     criterion = DraemLoss().to(device)
     # validation: every held-out image gets a defect, none is rotated
-    val = build_validation(val_images, make_synthesizer(args.recipe, bank, grayscale, rotate_prob=0.0,
-                                                        anomaly_prob=1.0).to(device), device)
+    val_synth = make_synthesizer(args.recipe, synthesizer.texture_bank, grayscale, rotate_prob=0.0, anomaly_prob=1.0)
+    val = build_validation(val_images, val_synth, device)
 
     resume_path = Path(args.checkpoint_path) / f"{base}_resume.pt"
     start_epoch, step, best, run_dir = 0, 0, -1.0, None
