@@ -25,7 +25,7 @@ from tqdm import tqdm
 from model import DRAEM, weights_init
 from model.scoring import score_kernel
 from utils.checkpoint import atomic_save, base_model_name, safe_load, save_pair
-from utils.data_loader import NormalImageDataset, is_grayscale, list_images
+from utils.data_loader import is_grayscale, list_images, read_image
 from utils.inference import autocast, predict
 from utils.loss import DraemLoss
 from utils.metrics import image_auroc, pixel_ap
@@ -182,13 +182,38 @@ def split_files(files, val_fraction, seed):
     return sorted(files[i] for i in order[n_val:]), val
 
 
+def _read_or_none(path, size):
+    try:
+        return (read_image(path, size) * 255).round().to(torch.uint8)
+    except ValueError as e:
+        log.warning("skipping %s", e)
+        return None
+
+
+class _Uint8Images(torch.utils.data.Dataset):
+    def __init__(self, files, size):
+        self.files, self.size = files, size
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, idx):
+        return _read_or_none(self.files[idx], self.size)
+
+
+def _keep_readable(batch):
+    return [x for x in batch if x is not None]
+
+
 def load_images(files, size, workers):
-    """Decode every image once into a uint8 tensor (N, 3, size, size): epochs then cost no decoding."""
-    ds = NormalImageDataset(files, size)
-    if len(ds) == 0:
-        return torch.zeros(0, 3, size, size, dtype=torch.uint8)
-    loader = DataLoader(ds, batch_size=32, num_workers=workers, worker_init_fn=seed_worker)
-    return torch.cat([(b * 255).round().to(torch.uint8) for b in loader])
+    """Decode every image once into a uint8 tensor (N, 3, size, size): epochs then cost no decoding.
+
+    Unreadable files are skipped with one warning each.
+    """
+    loader = DataLoader(_Uint8Images(files, size), batch_size=32, num_workers=workers, worker_init_fn=seed_worker,
+                        collate_fn=_keep_readable)
+    images = [x for batch in loader for x in batch]
+    return torch.stack(images) if images else torch.zeros(0, 3, size, size, dtype=torch.uint8)
 
 
 def init_weights(model, recipe):

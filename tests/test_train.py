@@ -124,3 +124,13 @@ def test_two_process_gloo_ddp_keeps_ranks_identical(tmp_path):
     w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     assert pair_paths(tmp_path / "ckpt", base_model_name(0.0001, 1, 4, "widget"))[0].is_file()
+
+
+def test_unreadable_training_file_is_skipped_with_a_warning(tmp_path, caplog):
+    data = tmp_path / "widget" / "train" / "good"
+    write_images(data, 12)
+    (data / "zz_broken.png").write_bytes(b"not a png")
+    assert run_train(tmp_path, "--epochs", "1", data=data) == 0
+    assert "zz_broken.png" in caplog.text
+    images = train.load_images(sorted(data.iterdir()), 32, workers=0)
+    assert images.shape == (12, 3, 32, 32) and images.dtype == torch.uint8
