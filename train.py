@@ -31,6 +31,8 @@ from utils.loss import DraemLoss
 from utils.metrics import image_auroc, pixel_ap
 from utils.runtime import (UsageError, distributed_env, resolve_amp, seed_everything, seed_worker,
                            select_device)
+from utils.jitter import jitter_images, parse_kinds
+from utils.schedules import SCHEDULES, WeightEMA, make_scheduler
 from utils.synthesis import load_texture_bank, make_synthesizer
 from utils.training_logger import TrainingLogger
 
@@ -74,6 +76,13 @@ def fraction(s):
     return v
 
 
+def jitter_kinds(s):
+    try:
+        return parse_kinds(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train DRAEM (reconstructive + discriminative network) on good images.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -96,6 +105,12 @@ def parse_args(argv=None):
     g.add_argument("--self_texture_prob", type=float, default=0.0,
                    help="recipe ours: share of simulated defects textured with the batch's own (augmented) good "
                         "images instead of --anomaly_source_path textures")
+    g.add_argument("--surface_defect_prob", type=fraction, default=0.0,
+                   help="recipe ours: share of simulated defects made of the part's own surface (shading, smooth "
+                        "blobs, faint stains, warps; utils/surface_defects.py) instead of a pasted texture")
+    g.add_argument("--jitter", type=jitter_kinds, default="none",
+                   help="normal variation of whole good images, input and target alike (utils/jitter.py): none, "
+                        "photo (brightness,contrast,gamma,blur,noise), geo (flip,rot90), all, or a comma list")
     g.add_argument("--val_fraction", type=fraction, default=0.1,
                    help="share of good images held out for synthetic validation and threshold calibration")
     g.add_argument("--workers", type=int, default=0, help="DataLoader workers for decoding images once at start")
@@ -112,6 +127,11 @@ def parse_args(argv=None):
     g.add_argument("--bs", type=positive_int, default=None, help="batch size; None = from --preset")
     g.add_argument("--epochs", type=positive_int, default=None,
                    help="passes over the training images; lr x0.2 at 80%% and 90%%; None = from --preset")
+    g.add_argument("--schedule", choices=SCHEDULES, default="step",
+                   help="step: lr x0.2 at 80%% and 90%% of the steps (the paper's); cosine: warm-up, then cosine")
+    g.add_argument("--warmup", type=fraction, default=0.05, help="--schedule cosine: share of steps warming up")
+    g.add_argument("--ema", type=fraction, default=0.0,
+                   help="decay of an EMA of the weights used for validation and checkpoints (0: off; e.g. 0.99)")
     g.add_argument("--max_minutes", type=positive_float, default=None,
                    help="stop after this many minutes of training (the schedule still assumes --epochs)")
     g.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
@@ -297,11 +317,11 @@ def train_step(model, batch, synthesizer, gen, criterion, optimizer, amp_dtype, 
     return losses
 
 
-def make_optimizer(model, lr, total_steps):
-    """Adam at lr; lr x0.2 at 80% and 90% of training (the paper's epochs, counted in steps so short runs decay)."""
+def make_optimizer(model, lr, total_steps, schedule="step", warmup=0.05):
+    """Adam at lr; "step": lr x0.2 at 80% and 90% of training (the paper's epochs, counted in steps so short runs
+    decay), "cosine": warm-up + cosine (utils/schedules.py)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    milestones = [int(total_steps * 0.8), int(total_steps * 0.9)]
-    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.2)
+    return optimizer, make_scheduler(optimizer, total_steps, schedule, warmup)
 
 
 def train_class(args, obj_name, good_dir, device, preset):
@@ -318,7 +338,8 @@ def train_class(args, obj_name, good_dir, device, preset):
     val_images = load_images(val_files, args.size, args.workers)
     grayscale = {"on": True, "off": False}.get(args.grayscale, is_grayscale(train_images[:64].float() / 255))
     bank = load_texture_bank(args.anomaly_source_path, args.size) if args.anomaly_source_path else None
-    synthesizer = make_synthesizer(args.recipe, bank, grayscale, self_texture_prob=args.self_texture_prob).to(device)
+    synthesizer = make_synthesizer(args.recipe, bank, grayscale, self_texture_prob=args.self_texture_prob,
+                                   surface_defect_prob=args.surface_defect_prob).to(device)
 
     base = base_model_name(args.lr, args.epochs, args.bs, obj_name)
     config = {"size": args.size, "rec_base_width": args.rec_base_width, "seg_base_width": args.seg_base_width,
@@ -340,7 +361,8 @@ def train_class(args, obj_name, good_dir, device, preset):
     loader = DataLoader(TensorDataset(train_images), batch_size=args.bs, shuffle=sampler is None,
                         sampler=sampler, generator=loader_gen, drop_last=len(train_images) // world > args.bs)
     steps_per_epoch = len(loader)
-    optimizer, scheduler = make_optimizer(model, args.lr, args.epochs * steps_per_epoch)
+    optimizer, scheduler = make_optimizer(model, args.lr, args.epochs * steps_per_epoch, args.schedule, args.warmup)
+    ema = WeightEMA(model, args.ema) if args.ema else None
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     synth_gen = torch.Generator(device=device).manual_seed(args.seed + 7919 * rank)
     criterion = DraemLoss().to(device)
@@ -360,6 +382,8 @@ def train_class(args, obj_name, good_dir, device, preset):
         loader_gen.set_state(st["loader_gen"])
         synth_gen.set_state(st["synth_gen"].to(synth_gen.get_state().device))
         start_epoch, step, best, run_dir = st["epoch"], st["step"], st["best"], st["run_dir"]
+        if ema is not None and "ema" in st:
+            ema.load_state_dict(st["ema"])
         log.info("resumed %s at epoch %d, step %d", resume_path, start_epoch, step)
     train_model = DDP(model) if world > 1 else model
     logger = TrainingLogger(args.log_path, base, {**vars(args), **config}, argv=args.command, enabled=is_main,
@@ -371,22 +395,23 @@ def train_class(args, obj_name, good_dir, device, preset):
             for buf in model.buffers():
                 dist.broadcast(buf, 0)
         calib = {"threshold": None, "rule": "no validation images"}
+        saved = ema.model if ema is not None else model  # what validation, calibration and the pairs see
         if val is not None:
-            metrics, calib = validate(model, val, amp_dtype, args.bs, config["score_kernel"])
+            metrics, calib = validate(saved, val, amp_dtype, args.bs, config["score_kernel"])
             row.update(metrics)
         if not is_main:
             return
         pair_id = f"{logger.run_dir.name}-s{step}"
-        save_pair(model, args.checkpoint_path, base + "last", config, calib, pair_id)
+        save_pair(saved, args.checkpoint_path, base + "last", config, calib, pair_id)
         # best by image AUROC + pixel AP on the synthetic validation set (nan counts as 0)
         score = sum(v for v in (row.get("val_image_auroc"), row.get("val_pixel_ap")) if v is not None and v == v)
         if val is None or score > best:
             best = score
-            save_pair(model, args.checkpoint_path, base, config, calib, pair_id)
+            save_pair(saved, args.checkpoint_path, base, config, calib, pair_id)
         atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "loader_gen": loader_gen.get_state(),
                      "synth_gen": synth_gen.get_state().cpu(), "epoch": epoch, "step": step, "best": best,
-                     "run_dir": str(logger.run_dir)}, resume_path)
+                     "run_dir": str(logger.run_dir), **({"ema": ema.state_dict()} if ema else {})}, resume_path)
         logger.log_epoch(row)
 
     t0 = time.time()
@@ -399,8 +424,12 @@ def train_class(args, obj_name, good_dir, device, preset):
         out_of_time = False
         for (batch,) in bar:
             batch = prepare_batch(batch, device, args.channels_last)
+            if args.jitter:  # the jittered good image is the input and the reconstruction target alike
+                batch = jitter_images(batch, synth_gen, args.jitter)
             losses = train_step(train_model, batch, synthesizer, synth_gen, criterion, optimizer, amp_dtype, scaler)
             scheduler.step()
+            if ema is not None:
+                ema.update(model)
             step += 1
             vals = {k: v.item() for k, v in losses.items()}
             if not math.isfinite(vals["loss"]):

@@ -134,3 +134,17 @@ def test_unreadable_training_file_is_skipped_with_a_warning(tmp_path, caplog):
     assert "zz_broken.png" in caplog.text
     images = train.load_images(sorted(data.iterdir()), 32, workers=0)
     assert images.shape == (12, 3, 32, 32) and images.dtype == torch.uint8
+
+
+def test_short_run_levers_jitter_surface_defects_cosine_ema_and_resume(tmp_path):
+    levers = ["--jitter", "photo,flip", "--surface_defect_prob", "0.5", "--schedule", "cosine", "--ema", "0.9"]
+    assert run_train(tmp_path, "--epochs", "2", "--stop_after_epoch", "1", *levers) == 0
+    assert run_train(tmp_path, "--epochs", "2", "--resume", *levers) == 0
+    model, meta = load_pair(tmp_path / "ckpt", base_model_name(0.0001, 2, 4, "widget"))
+    assert meta["calibration"]["threshold"] is not None
+
+
+def test_unknown_jitter_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_train(tmp_path, "--jitter", "hue")
+    assert e.value.code == 2 and "unknown jitter 'hue'" in capsys.readouterr().err

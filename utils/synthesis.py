@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from utils.data_loader import list_images, read_image
 from utils.defect_shapes import mixed_masks
 from utils.perlin import perlin_noise, random_perlin_scales
+from utils.surface_defects import surface_defects
 
 log = logging.getLogger(__name__)
 
@@ -413,22 +414,28 @@ class AnomalySynthesizer:
         has_anomaly = torch.zeros(b, device=device, dtype=image.dtype)
         augmented = image.clone()
         if len(idx):
-            m = self.masks(len(idx), h, w, generator, device).to(image.dtype)  # 2.
-            texture = self.textures(len(idx), h, w, generator, device).to(image.dtype)  # 3.
-            beta = _uniform(generator, len(idx), 0.0, self.beta_max, device)  # 4.
-            augmented[idx] = blend(image[idx], texture, m, beta, out=texture)
+            augmented[idx], m = self.defects(image[idx], generator)
             mask[idx] = m
             has_anomaly[idx] = m.flatten(1).amax(dim=1)  # an empty mask makes a normal sample
         return {"image": image, "augmented_image": augmented, "anomaly_mask": mask, "has_anomaly": has_anomaly}
+
+    def defects(self, image, generator):
+        """Steps 2-4 for the anomalous samples image (n, 3, H, W): (augmented image, mask (n, 1, H, W))."""
+        n, _, h, w = image.shape
+        m = self.masks(n, h, w, generator, image.device).to(image.dtype)  # 2.
+        texture = self.textures(n, h, w, generator, image.device).to(image.dtype)  # 3.
+        beta = _uniform(generator, n, 0.0, self.beta_max, image.device)  # 4.
+        return blend(image, texture, m, beta, out=texture), m
 
 
 class DefectSynthesizer(AnomalySynthesizer):
     """Recipe "ours": DRAEM's simulation, with half of the Perlin blobs replaced by thin cracks and small pits,
     and a share of the textures cut from the batch's own good images (flipped, then DRAEM's 3 augmenters)."""
 
-    def __init__(self, *args, self_texture_prob=0.0, **kwargs):
+    def __init__(self, *args, self_texture_prob=0.0, surface_defect_prob=0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.self_texture_prob = self_texture_prob
+        self.surface_defect_prob = surface_defect_prob
         self._batch = None
 
     def __call__(self, images, generator):
@@ -437,6 +444,19 @@ class DefectSynthesizer(AnomalySynthesizer):
             return super().__call__(images, generator)
         finally:
             self._batch = None
+
+    def defects(self, image, generator):
+        """The paste, with a share `surface_defect_prob` of the samples changed in their own surface instead
+        (utils/surface_defects.py: shading, smooth blobs, faint stains, warps)."""
+        out, m = super().defects(image, generator)
+        if self.surface_defect_prob <= 0:
+            return out, m
+        u = torch.rand(len(image), generator=generator, device=generator.device)
+        pick = (u < self.surface_defect_prob).nonzero().flatten().to(image.device)
+        if len(pick):
+            texture = self.textures(len(pick), *image.shape[2:], generator, image.device).to(image.dtype)
+            out[pick], m[pick] = surface_defects(image[pick], m[pick], texture, generator)
+        return out, m
 
     def masks(self, n, h, w, generator, device):
         perlin = super().masks
@@ -458,6 +478,7 @@ def make_synthesizer(recipe, bank, grayscale, **overrides):
     """The anomaly simulation for --recipe `recipe` ("paper": DRAEM as published)."""
     if recipe == "paper":
         overrides.pop("self_texture_prob", None)
+        overrides.pop("surface_defect_prob", None)
         return AnomalySynthesizer(bank, grayscale=grayscale, **overrides)
     return DefectSynthesizer(bank, grayscale=grayscale, **overrides)
 
