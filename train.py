@@ -111,6 +111,9 @@ def parse_args(argv=None):
     g.add_argument("--jitter", type=jitter_kinds, default="none",
                    help="normal variation of whole good images, input and target alike (utils/jitter.py): none, "
                         "photo (brightness,contrast,gamma,blur,noise), geo (flip,rot90), all, or a comma list")
+    g.add_argument("--score_top_fraction", type=fraction, default=0.0,
+                   help="image score: 0 = max of the mean-filtered map (the authors'); > 0 = mean of this share of "
+                        "the hottest pixels (model/scoring.py); stored in the checkpoint")
     g.add_argument("--val_fraction", type=fraction, default=0.1,
                    help="share of good images held out for synthetic validation and threshold calibration")
     g.add_argument("--workers", type=int, default=0, help="DataLoader workers for decoding images once at start")
@@ -275,12 +278,12 @@ def calibrate_threshold(normal_scores):
             "normal_q50": q50, "normal_q99": q99, "normal_max": s.max().item(), "n_normal": len(s)}
 
 
-def validate(model, val, amp_dtype, bs, kernel):
+def validate(model, val, amp_dtype, bs, kernel, top_fraction=0.0):
     """Image AUROC and pixel AP on the synthetic validation set, plus the calibration from its normal half."""
     model.eval()
     scores, maps = [], []
     for i in range(0, len(val["images"]), bs):
-        out = predict(model, val["images"][i:i + bs], amp_dtype, kernel)
+        out = predict(model, val["images"][i:i + bs], amp_dtype, kernel, top_fraction)
         scores.append(out["score"].cpu())
         maps.append(out["anomaly_map"].cpu())
     model.train()
@@ -346,7 +349,8 @@ def train_class(args, obj_name, good_dir, device, preset):
               "in_channels": 3, "grayscale": grayscale, "obj_name": obj_name, "lr": args.lr, "epochs": args.epochs,
               "bs": args.bs, "preset": preset, "recipe": args.recipe, "seed": args.seed,
               "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
-              "score_kernel": score_kernel(args.size, scaled=args.recipe != "paper")}
+              "score_kernel": score_kernel(args.size, scaled=args.recipe != "paper"),
+              "score_top_fraction": args.score_top_fraction}
     log.info("class %s: %d training + %d validation images from %s, %s synthesis%s, %s", obj_name,
              len(train_images), len(val_images), good_dir, args.recipe, " (grayscale)" if grayscale else "",
              config["amp"])
@@ -397,7 +401,7 @@ def train_class(args, obj_name, good_dir, device, preset):
         calib = {"threshold": None, "rule": "no validation images"}
         saved = ema.model if ema is not None else model  # what validation, calibration and the pairs see
         if val is not None:
-            metrics, calib = validate(saved, val, amp_dtype, args.bs, config["score_kernel"])
+            metrics, calib = validate(saved, val, amp_dtype, args.bs, config["score_kernel"], args.score_top_fraction)
             row.update(metrics)
         if not is_main:
             return

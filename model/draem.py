@@ -29,11 +29,11 @@ class DRAEM(nn.Module):
 class DRAEMScorer(nn.Module):
     """Inference graph for export: image (B,3,H,W) in [0,1] -> (anomaly map (B,H,W), score (B,))."""
 
-    def __init__(self, draem, kernel=21):
+    def __init__(self, draem, kernel=21, top_fraction=0.0):
         super().__init__()
-        self.draem, self.kernel = draem, kernel
+        self.draem, self.kernel, self.top_fraction = draem, kernel, top_fraction
 
     def forward(self, image):
         _, logits = self.draem(image)
         amap = anomaly_map(logits)
-        return amap, image_score(amap, self.kernel)
+        return amap, image_score(amap, self.kernel, self.top_fraction)

@@ -21,12 +21,19 @@ def score_kernel(size, scaled=True):
     return max(3, int(round(SCORE_KERNEL * size / 256 / 2)) * 2 + 1)
 
 
-def image_score(amap, kernel=SCORE_KERNEL):
-    """Image-level score: max of the map after a kernel x kernel mean filter (stride 1, zero padding).
+def image_score(amap, kernel=SCORE_KERNEL, top_fraction=0.0):
+    """Image-level score. amap: (B, H, W) -> (B,).
 
-    amap: (B, H, W) -> (B,). Same as the authors' `avg_pool2d(..., 21, stride=1, padding=10)` then max,
-    so a single hot pixel does not make an image anomalous, but a defect of ~21x21 px does.
+    top_fraction 0 (the authors' rule): max of the map after a kernel x kernel mean filter (stride 1, zero
+    padding), as `avg_pool2d(..., 21, stride=1, padding=10)` then max, so a single hot pixel does not make an
+    image anomalous, but a defect of ~kernel x kernel px does.
+    top_fraction > 0: the mean of the `top_fraction` hottest pixels of the raw map (at least one pixel); it does
+    not depend on the defect's shape (a thin crack fills little of a square window).
     """
+    if top_fraction > 0:
+        flat = amap.flatten(1)  # (B, H*W)
+        k = max(1, int(round(flat.shape[1] * top_fraction)))
+        return flat.topk(k, dim=1).values.mean(dim=1)
     # A zero-padded box mean is separable: a k x 1 then a 1 x k mean equals the k x k one (to float rounding)
     # at 2k instead of k*k operations per pixel.
     pad = kernel // 2

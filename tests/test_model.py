@@ -61,6 +61,16 @@ def test_image_score_is_max_of_21x21_mean():
     assert torch.allclose(s, ref, atol=1e-6)
 
 
+def test_image_score_top_fraction_is_the_mean_of_the_hottest_pixels():
+    amap = torch.zeros(2, 10, 10)
+    amap[0, 0, :5] = 1.0  # 5 hot pixels in a row: a thin defect
+    amap[1] = torch.linspace(0, 1, 100).view(10, 10)
+    s = image_score(amap, top_fraction=0.05)  # 5 of 100 pixels
+    assert s[0].item() == pytest.approx(1.0)
+    assert s[1].item() == pytest.approx(torch.linspace(0, 1, 100)[-5:].mean().item())
+    assert image_score(amap, top_fraction=1e-9)[1].item() == pytest.approx(1.0)  # at least one pixel
+
+
 def test_score_kernel_keeps_the_authors_share_of_the_image():
     from model.scoring import score_kernel
     assert score_kernel(256) == 21 and score_kernel(128) == 11 and score_kernel(512) == 43

@@ -15,13 +15,14 @@ def autocast(device, dtype):
 
 
 @torch.inference_mode()
-def predict(model, images, amp_dtype=None, kernel=SCORE_KERNEL):
+def predict(model, images, amp_dtype=None, kernel=SCORE_KERNEL, top_fraction=0.0):
     """images (B, 3, H, W) in [0, 1] on the model's device -> dict of
-    reconstruction (B, 3, H, W), anomaly_map (B, H, W) and score (B,) (mean filter `kernel`), all fp32."""
+    reconstruction (B, 3, H, W), anomaly_map (B, H, W) and score (B,) (`image_score` with kernel, top_fraction),
+    all fp32."""
     with autocast(images.device, amp_dtype):
         rec, logits = model(images)
     amap = anomaly_map(logits)  # fp32 softmax
-    return {"reconstruction": rec.float().clamp(0, 1), "anomaly_map": amap, "score": image_score(amap, kernel)}
+    return {"reconstruction": rec.float().clamp(0, 1), "anomaly_map": amap, "score": image_score(amap, kernel, top_fraction)}
 
 
 class Detector:
@@ -33,6 +34,7 @@ class Detector:
         self.size = int(meta["config"]["size"])
         self.threshold = meta["calibration"].get("threshold")
         self.kernel = int(meta["config"].get("score_kernel", SCORE_KERNEL))
+        self.top_fraction = float(meta["config"].get("score_top_fraction", 0.0))
 
     @classmethod
     def from_checkpoint(cls, checkpoint_path, base_model_name, device, amp_dtype=None):
@@ -41,7 +43,8 @@ class Detector:
 
     def __call__(self, images):
         """images (B, 3, size, size) on any device -> predict() outputs on self.device."""
-        return predict(self.model, images.to(self.device, non_blocking=True), self.amp_dtype, self.kernel)
+        return predict(self.model, images.to(self.device, non_blocking=True), self.amp_dtype, self.kernel,
+                       self.top_fraction)
 
     def verdict(self, score):
         if self.threshold is None:

@@ -34,7 +34,8 @@ def export_onnx(detector, path, check=True):
     _require("onnx")
     path = Path(path)
     # A CPU fp32 copy: the detector itself stays on its device, and autocast plays no part in the graph.
-    scorer = DRAEMScorer(copy.deepcopy(detector.model).cpu().float(), detector.kernel).eval()
+    scorer = DRAEMScorer(copy.deepcopy(detector.model).cpu().float(), detector.kernel,
+                         detector.top_fraction).eval()
     example = _random_batch(2, detector.size, seed=0)
     atomic_write_bytes(path, _export_bytes(scorer, example))
     log.info("exported %s (input image (B, 3, %d, %d) in [0, 1] -> anomaly_map, score)",
