@@ -46,6 +46,7 @@ PRESETS = {
 }
 DEMO_ROOT = Path("data") / "demo"
 VAL_SEED = 1234  # the synthetic validation set is the same in every run
+OURS_TOP_FRACTION = 0.003  # recipe ours: image score = mean of the hottest 0.3% of pixels (README: ablation)
 
 
 def positive_int(s):
@@ -111,9 +112,10 @@ def parse_args(argv=None):
     g.add_argument("--jitter", type=jitter_kinds, default="none",
                    help="normal variation of whole good images, input and target alike (utils/jitter.py): none, "
                         "photo (brightness,contrast,gamma,blur,noise), geo (flip,rot90), all, or a comma list")
-    g.add_argument("--score_top_fraction", type=fraction, default=0.0,
+    g.add_argument("--score_top_fraction", type=fraction, default=None,
                    help="image score: 0 = max of the mean-filtered map (the authors'); > 0 = mean of this share of "
-                        "the hottest pixels (model/scoring.py); stored in the checkpoint")
+                        "the hottest pixels (model/scoring.py); stored in the checkpoint. None = "
+                        f"{OURS_TOP_FRACTION} with --recipe ours, 0 with --recipe paper")
     g.add_argument("--val_fraction", type=fraction, default=0.1,
                    help="share of good images held out for synthetic validation and threshold calibration")
     g.add_argument("--workers", type=int, default=0, help="DataLoader workers for decoding images once at start")
@@ -165,6 +167,8 @@ def apply_preset(args, device):
         name = "demo"
     elif name == "auto":
         name = "paper" if device.type == "cuda" else "cpu"
+    if args.score_top_fraction is None:
+        args.score_top_fraction = 0.0 if args.recipe == "paper" else OURS_TOP_FRACTION
     for k, v in PRESETS[name].items():
         if getattr(args, k) is None:
             setattr(args, k, v)

@@ -148,3 +148,14 @@ def test_unknown_jitter_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         run_train(tmp_path, "--jitter", "hue")
     assert e.value.code == 2 and "unknown jitter 'hue'" in capsys.readouterr().err
+
+
+def test_score_rule_default_follows_the_recipe():
+    cpu = torch.device("cpu")
+    for recipe, expected in (("ours", train.OURS_TOP_FRACTION), ("paper", 0.0)):
+        args = train.parse_args(["--data_path", "x", "--recipe", recipe])
+        train.apply_preset(args, cpu)
+        assert args.score_top_fraction == expected
+    args = train.parse_args(["--data_path", "x", "--score_top_fraction", "0"])
+    train.apply_preset(args, cpu)
+    assert args.score_top_fraction == 0.0
