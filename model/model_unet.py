@@ -129,17 +129,15 @@ class DiscriminativeSubNetwork(nn.Module):
     Returns raw logits (B, out_channels, H, W); channel 1 after softmax is the anomaly probability.
     """
 
-    def __init__(self, in_channels=6, out_channels=2, base_channels=64, out_features=False):
+    def __init__(self, in_channels=6, out_channels=2, base_channels=64):
         super().__init__()
         self.encoder_segment = EncoderDiscriminative(in_channels, base_channels)
         self.decoder_segment = DecoderDiscriminative(base_channels, out_channels=out_channels)
-        self.out_features = out_features
 
     def forward(self, x):
         check_spatial_size(x, 32)
         feats = self.encoder_segment(x)
-        out = self.decoder_segment(*feats)
-        return (out, *feats[1:]) if self.out_features else out
+        return self.decoder_segment(*feats)
 
 
 def weights_init(m):
