@@ -46,6 +46,15 @@ def read_image(path, size=None):
     img = _decode(path, cv2.IMREAD_UNCHANGED)
     if img is None or img.ndim not in (2, 3):
         raise ValueError(f"cannot read image file {path}")
+    return image_to_tensor(img, size, bgr=True)
+
+
+def image_to_tensor(img, size=None, bgr=False):
+    """An image array (H, W) or (H, W, 1|3|4), uint8 / uint16 / float in [0, 1] -> float tensor (3, H, W) in
+    [0, 1], RGB, resized to (size, size) if given. bgr: the channels are in OpenCV's order (as cv2.imread gives)."""
+    img = np.asarray(img)
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"expected an image array (H, W) or (H, W, 1|3|4), got shape {img.shape}")
     scale = 65535.0 if img.dtype == np.uint16 else 255.0
     if img.dtype not in (np.uint8, np.uint16):  # float TIFFs etc.: assume [0, 1]
         img, scale = img.astype(np.float32), 1.0
@@ -54,8 +63,8 @@ def read_image(path, size=None):
     elif img.shape[2] == 1:
         img = cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
     elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    else:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB)
+    elif bgr:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if size is not None:
         img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
