@@ -2,19 +2,8 @@
 import pytest
 import torch
 
+from tests.conftest import generator, grey_images, random_images
 from utils.synthesis import AnomalySynthesizer, DefectSynthesizer, blend, make_synthesizer
-
-
-def _gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
-def _images(b=4, h=32, w=32, seed=0):
-    return torch.rand(b, 3, h, w, generator=_gen(seed))
-
-
-def _grey(b=4, h=32, w=32):
-    return _images(b, h, w)[:, :1].expand(-1, 3, -1, -1).contiguous()
 
 
 def test_blend_hand_example():
@@ -28,7 +17,7 @@ def test_blend_hand_example():
 
 
 def _bank(n=5, size=16):
-    return (torch.rand(n, 3, size, size, generator=_gen(7)) * 255).to(torch.uint8)
+    return (torch.rand(n, 3, size, size, generator=generator(7)) * 255).to(torch.uint8)
 
 
 def _check_batch(out, images):
@@ -46,31 +35,31 @@ def _check_batch(out, images):
 
 @pytest.mark.parametrize("bank", [None, _bank(size=32), _bank(size=16)], ids=["procedural", "bank", "resize"])
 def test_synthesizer_output_contract(bank):
-    images = _images(16, 32, 32)
-    out = AnomalySynthesizer(bank)(images, _gen(2))
+    images = random_images(16, 32, 32)
+    out = AnomalySynthesizer(bank)(images, generator(2))
     _check_batch(out, images)
     assert out["has_anomaly"].sum() > 0
 
 
 def test_anomaly_fraction_and_normal_samples():
-    images = _images(256, 32, 32)
-    out = AnomalySynthesizer(_bank(size=32), rotate_prob=0.0)(images, _gen(3))
+    images = random_images(256, 32, 32)
+    out = AnomalySynthesizer(_bank(size=32), rotate_prob=0.0)(images, generator(3))
     _check_batch(out, images)
     assert torch.equal(out["image"], images)  # no rotation asked for
     assert 0.3 < out["has_anomaly"].mean() < 0.6  # 0.5 minus the few empty masks
-    none = AnomalySynthesizer(_bank(), anomaly_prob=0.0)(images[:8], _gen())
+    none = AnomalySynthesizer(_bank(), anomaly_prob=0.0)(images[:8], generator())
     assert none["has_anomaly"].sum() == 0 and torch.equal(none["augmented_image"], none["image"])
 
 
 def test_rotation_of_clean_image():
-    images = _images(8, 32, 32)
-    out = AnomalySynthesizer(_bank(), rotate_prob=1.0, anomaly_prob=0.0)(images, _gen())
+    images = random_images(8, 32, 32)
+    out = AnomalySynthesizer(_bank(), rotate_prob=1.0, anomaly_prob=0.0)(images, generator())
     assert not torch.equal(out["image"], images)
     assert (out["image"][:, :, 0, 0] == 0).float().mean() > 0.5  # corners filled with 0, as imgaug
 
 
-def test_grayscale_anomalies_are_grey():
-    out = AnomalySynthesizer(_bank(size=32), grayscale=True, anomaly_prob=1.0)(_grey(8), _gen(4))
+def test_grayscale_anomalies_aregrey_images():
+    out = AnomalySynthesizer(_bank(size=32), grayscale=True, anomaly_prob=1.0)(grey_images(8), generator(4))
     aug = out["augmented_image"]
     torch.testing.assert_close(aug[:, 0], aug[:, 1], atol=1e-5, rtol=0)
     torch.testing.assert_close(aug[:, 0], aug[:, 2], atol=1e-5, rtol=0)
@@ -79,10 +68,10 @@ def test_grayscale_anomalies_are_grey():
 
 def test_same_seed_same_batch():
     synth = AnomalySynthesizer(_bank())
-    images = _images(8)
-    a, b = synth(images, _gen(9)), synth(images, _gen(9))
+    images = random_images(8)
+    a, b = synth(images, generator(9)), synth(images, generator(9))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    c = synth(images, _gen(10))
+    c = synth(images, generator(10))
     assert not torch.equal(a["augmented_image"], c["augmented_image"])
 
 
@@ -95,14 +84,14 @@ def test_recipes():
     ours = make_synthesizer("ours", None, grayscale=True)
     paper = make_synthesizer("paper", None, grayscale=True)
     assert isinstance(ours, DefectSynthesizer) and not isinstance(paper, DefectSynthesizer)
-    out = ours(torch.rand(8, 1, 64, 64).expand(-1, 3, -1, -1), _gen())
+    out = ours(torch.rand(8, 1, 64, 64).expand(-1, 3, -1, -1), generator())
     assert out["augmented_image"].shape == (8, 3, 64, 64)
     assert torch.allclose(out["augmented_image"][:, 0], out["augmented_image"][:, 1])  # grey in, grey out
 
 
 def test_self_textures_are_seeded_and_leave_no_state():
     synth = make_synthesizer("ours", _bank(size=32), grayscale=False, self_texture_prob=1.0, anomaly_prob=1.0)
-    images = _images(8, 32, 32)
-    a, b = synth(images, _gen(5)), synth(images, _gen(5))
+    images = random_images(8, 32, 32)
+    a, b = synth(images, generator(5)), synth(images, generator(5))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert vars(synth).keys() == vars(make_synthesizer("ours", None, False)).keys()  # nothing kept per call

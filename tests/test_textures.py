@@ -6,18 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import generator
 from utils.textures import load_texture_bank, procedural_textures
 
 
-def _gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
 def test_procedural_textures():
-    tex = procedural_textures(12, 24, 40, _gen())
+    tex = procedural_textures(12, 24, 40, generator())
     assert tex.shape == (12, 3, 24, 40) and tex.min() >= 0 and tex.max() <= 1
     assert tex.flatten(1).std(dim=1).min() > 0  # patterns, not flat colours
-    assert torch.equal(tex, procedural_textures(12, 24, 40, _gen()))
+    assert torch.equal(tex, procedural_textures(12, 24, 40, generator()))
 
 
 def _write(path, img):
