@@ -8,6 +8,7 @@
 
 Writes the checkpoint pair DRAEM_test_{lr}_{epochs}_bs{bs}_{obj}_.pt / ..._seg.pt (best by synthetic
 validation), the pair ..._last.pt / ..._last_seg.pt, a resumable state ..._resume.pt, and a run folder of logs.
+This file holds the flags, the preset resolution and main; the run itself is utils/engine.py.
 """
 import argparse
 import logging
