@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from utils.data_loader import resolve_classes
 from utils.demo_data import DEMO_ROOT, make_demo_dataset
-from utils.engine import LR, OURS_TOP_FRACTION, PRESETS, Diverged, train_class
+from utils.engine import LR, OURS_JITTER, OURS_TOP_FRACTION, PRESETS, Diverged, train_class
 from utils.evaluation import evaluate_class, results_text
 from utils.inference import Detector
 from utils.jitter import parse_kinds
@@ -62,9 +62,10 @@ def parse_args(argv=None):
     g.add_argument("--surface_defect_prob", type=fraction, default=0.0,
                    help="recipe ours: share of simulated defects made of the part's own surface (shading, smooth "
                         "blobs, faint stains, warps; utils/surface_defects.py) instead of a pasted texture")
-    g.add_argument("--jitter", type=jitter_kinds, default="none",
+    g.add_argument("--jitter", type=jitter_kinds, default=None,
                    help="normal variation of whole good images, input and target alike (utils/jitter.py): none, "
-                        "photo (brightness,contrast,gamma,blur,noise), geo (flip,rot90), all, or a comma list")
+                        "photo (brightness,contrast,gamma,blur,noise), geo (flip,rot90), all, or a comma list. "
+                        f"None = {OURS_JITTER} with --recipe ours, none with --recipe paper")
     g.add_argument("--score_top_fraction", type=fraction, default=None,
                    help="image score: 0 = max of the mean-filtered map (the authors'); > 0 = mean of this share of "
                         "the hottest pixels (model/scoring.py); stored in the checkpoint. None = "
@@ -126,8 +127,11 @@ def resolve_settings(args, device):
     else:
         name = args.preset
     filled = {k: v for k, v in PRESETS[name].items() if getattr(args, k) is None}
+    paper = args.recipe == "paper"  # the published method stays as published
     if args.score_top_fraction is None:
-        filled["score_top_fraction"] = 0.0 if args.recipe == "paper" else OURS_TOP_FRACTION
+        filled["score_top_fraction"] = 0.0 if paper else OURS_TOP_FRACTION
+    if args.jitter is None:
+        filled["jitter"] = () if paper else parse_kinds(OURS_JITTER)
     if args.data_path is None:
         filled["data_path"] = str(make_demo_dataset(DEMO_ROOT))
     return name, argparse.Namespace(**{**vars(args), **filled})

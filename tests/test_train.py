@@ -11,7 +11,8 @@ import train
 from tests.conftest import write_images
 from utils.checkpoint import base_model_name, load_pair, pair_paths
 from utils.data_loader import resolve_classes
-from utils.engine import PRESETS, train_class
+from utils.engine import OURS_TOP_FRACTION, PRESETS, train_class
+from utils.jitter import PHOTOMETRIC
 from utils.runtime import init_distributed
 
 TINY = ["--size", "32", "--rec_base_width", "4", "--seg_base_width", "2", "--bs", "4", "--amp", "off"]
@@ -160,10 +161,11 @@ def test_unknown_jitter_is_a_usage_error(tmp_path, capsys):
     assert e.value.code == 2 and "unknown jitter 'hue'" in capsys.readouterr().err
 
 
-def test_score_rule_default_follows_the_recipe():
+def test_score_rule_and_jitter_defaults_follow_the_recipe():
     cpu = torch.device("cpu")
-    for recipe, expected in (("ours", train.OURS_TOP_FRACTION), ("paper", 0.0)):
+    for recipe, top, jitter in (("ours", OURS_TOP_FRACTION, PHOTOMETRIC), ("paper", 0.0, ())):
         _, settings = train.resolve_settings(train.parse_args(["--data_path", ".", "--recipe", recipe]), cpu)
-        assert settings.score_top_fraction == expected
-    _, settings = train.resolve_settings(train.parse_args(["--data_path", ".", "--score_top_fraction", "0"]), cpu)
-    assert settings.score_top_fraction == 0.0
+        assert settings.score_top_fraction == top and settings.jitter == jitter
+    flags = ["--data_path", ".", "--score_top_fraction", "0", "--jitter", "none"]
+    _, settings = train.resolve_settings(train.parse_args(flags), cpu)
+    assert settings.score_top_fraction == 0.0 and settings.jitter == ()

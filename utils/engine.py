@@ -45,6 +45,7 @@ LR = 0.0001  # Adam, as the paper
 ANOMALY_PRIOR = 0.01  # recipe ours: p(anomaly) the segmentation head starts at
 VAL_SEED = 1234  # the synthetic validation set is the same in every run
 OURS_TOP_FRACTION = 0.003  # recipe ours: image score = mean of the hottest 0.3% of pixels (README: ablation)
+OURS_JITTER = "photo"  # recipe ours: photometric jitter of the good images (utils/jitter.py; README: ablation)
 
 
 class Diverged(RuntimeError):
