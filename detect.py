@@ -95,11 +95,11 @@ def panel_args(image, out, i):
             out["anomaly_map"][i].cpu().numpy(), float(out["score"][i]))
 
 
-def report(path, score, verdict, as_json):
+def report(path, score, threshold, verdict, as_json):
     if as_json:
-        print(json.dumps({"file": str(path), "score": round(score, 6), "verdict": verdict}))
+        print(json.dumps({"file": str(path), "score": round(score, 6), "threshold": threshold, "verdict": verdict}))
     else:
-        print(f"{path}: score {score:.4f}  {verdict}")
+        print(f"{path}: score {score:.4f}  {verdict}" + ("" if threshold is None else f" (threshold {threshold:.4f})"))
 
 
 def detect_single(detector, path, output, as_json):
@@ -108,7 +108,7 @@ def detect_single(detector, path, output, as_json):
     score = float(out["score"][0])
     verdict = detector.verdict(score)
     save_panels(output, *panel_args(image, out, 0), threshold=detector.threshold, title=Path(path).name)
-    report(path, score, verdict, as_json)
+    report(path, score, detector.threshold, verdict, as_json)
     return [(str(path), score, verdict)]
 
 
@@ -132,7 +132,7 @@ def detect_folder(detector, files, root, output, bs, as_json):
             save_panels(output / rel.with_suffix(".png"), *panel_args(images[j], out, j),
                         threshold=detector.threshold, title=str(rel))
             rows.append((str(rel), score, detector.verdict(score)))
-            report(rel, score, rows[-1][2], as_json)
+            report(rel, score, detector.threshold, rows[-1][2], as_json)
     write_csv(output / "report.csv", rows)
     return rows
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from model import DRAEM, weights_init
 from model.scoring import score_kernel
+from utils.calibration import DEFAULT_TARGET_FALSE_REJECT, fit_threshold
 from utils.checkpoint import atomic_save, base_model_name, safe_load, save_pair
 from utils.data_loader import is_grayscale, list_images, read_image
 from utils.inference import autocast, predict
@@ -44,6 +45,7 @@ PRESETS = {
 }
 DEMO_ROOT = Path("data") / "demo"
 VAL_SEED = 1234  # the synthetic validation set is the same in every run
+MIN_HELD_OUT = 30  # good images held out for the threshold when the data allow (README "Choosing the threshold")
 
 
 def positive_int(s):
@@ -64,6 +66,13 @@ def positive_float(s):
     v = float(s)
     if not v > 0 or not math.isfinite(v):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
+    return v
+
+
+def false_reject_rate(s):
+    v = float(s)
+    if not 0 < v < 0.5:
+        raise argparse.ArgumentTypeError(f"must be a rate in (0, 0.5), e.g. 0.02 for 2%, got {s}")
     return v
 
 
@@ -97,7 +106,10 @@ def parse_args(argv=None):
                    help="recipe ours: share of simulated defects textured with the batch's own (augmented) good "
                         "images instead of --anomaly_source_path textures")
     g.add_argument("--val_fraction", type=fraction, default=0.1,
-                   help="share of good images held out for synthetic validation and threshold calibration")
+                   help="share of good images held out for synthetic validation and threshold calibration "
+                        f"(at least {MIN_HELD_OUT}, or a third of them when there are fewer)")
+    g.add_argument("--target_false_reject", type=false_reject_rate, default=DEFAULT_TARGET_FALSE_REJECT,
+                   help="share of good parts the OK/NG threshold may call NG, estimated on the held-out images")
     g.add_argument("--workers", type=int, default=0, help="DataLoader workers for decoding images once at start")
     g = p.add_argument_group("Model")
     g.add_argument("--preset", choices=("auto", "paper", "cpu"), default="auto",
@@ -171,12 +183,12 @@ def resolve_classes(data_path, obj_id):
 
 
 def split_files(files, val_fraction, seed):
-    """Seeded shuffle, then hold out round(n * val_fraction) files (at least 4 when there are >= 20)."""
+    """Seeded shuffle, then hold out round(n * val_fraction) files, at least min(MIN_HELD_OUT, n // 3)."""
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(files), generator=g).tolist()
     n_val = round(len(files) * val_fraction) if val_fraction > 0 else 0
-    if val_fraction > 0 and len(files) >= 20:
-        n_val = max(n_val, 4)
+    if val_fraction > 0:  # the threshold's uncertainty shrinks with the held-out count: take enough
+        n_val = max(n_val, min(MIN_HELD_OUT, len(files) // 3))
     n_val = max(0, min(n_val, len(files) - 2))  # keep at least 2 images for training
     val = sorted(files[i] for i in order[:n_val])
     return sorted(files[i] for i in order[n_val:]), val
@@ -242,20 +254,15 @@ def build_validation(images, synthesizer, device):
     return {"images": x, "masks": masks, "labels": labels, "n_normal": len(clean)}
 
 
-def calibrate_threshold(normal_scores):
-    """Image-score threshold from held-out *normal* scores only: q99 + 0.5 * (q99 - median).
+def calibrate_threshold(normal_scores, target_false_reject=DEFAULT_TARGET_FALSE_REJECT):
+    """Image-score threshold from held-out *normal* scores only, aimed at a false-reject rate (utils/calibration.py).
 
-    A high quantile with a margin proportional to the spread of normal scores, so a clean part rarely reads NG;
-    no defect images are needed (or used).
+    No defect images are needed (or used); the calibration dict records the rule, n and the expected rate.
     """
-    s = torch.as_tensor(normal_scores, dtype=torch.float64)
-    q99, q50 = torch.quantile(s, 0.99).item(), s.median().item()
-    return {"threshold": min(q99 + 0.5 * (q99 - q50), 1.0),
-            "rule": "q99 + 0.5 * (q99 - median) of held-out normal scores",
-            "normal_q50": q50, "normal_q99": q99, "normal_max": s.max().item(), "n_normal": len(s)}
+    return fit_threshold(torch.as_tensor(normal_scores, dtype=torch.float64).numpy(), target_false_reject)
 
 
-def validate(model, val, amp_dtype, bs, kernel):
+def validate(model, val, amp_dtype, bs, kernel, target_false_reject=DEFAULT_TARGET_FALSE_REJECT):
     """Image AUROC and pixel AP on the synthetic validation set, plus the calibration from its normal half."""
     model.eval()
     scores, maps = [], []
@@ -267,7 +274,7 @@ def validate(model, val, amp_dtype, bs, kernel):
     scores, maps = torch.cat(scores), torch.cat(maps)
     labels, masks = val["labels"].cpu().numpy(), val["masks"][:, 0].cpu().numpy()
     return ({"val_image_auroc": image_auroc(labels, scores.numpy()), "val_pixel_ap": pixel_ap(masks, maps.numpy())},
-            calibrate_threshold(scores[:val["n_normal"]]))
+            calibrate_threshold(scores[:val["n_normal"]], target_false_reject))
 
 
 class Diverged(RuntimeError):
@@ -372,7 +379,7 @@ def train_class(args, obj_name, good_dir, device, preset):
                 dist.broadcast(buf, 0)
         calib = {"threshold": None, "rule": "no validation images"}
         if val is not None:
-            metrics, calib = validate(model, val, amp_dtype, args.bs, config["score_kernel"])
+            metrics, calib = validate(model, val, amp_dtype, args.bs, config["score_kernel"], args.target_false_reject)
             row.update(metrics)
         if not is_main:
             return

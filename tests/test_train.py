@@ -33,7 +33,7 @@ def test_short_run_writes_seed_named_pair_csv_and_png(tmp_path):
     obj = torch.load(rec, weights_only=True)
     assert obj["config"]["rec_base_width"] == 4 and obj["config"]["size"] == 32
     model, meta = load_pair(tmp_path / "ckpt", base)
-    assert meta["calibration"]["threshold"] is not None
+    assert meta["calibration"]["threshold"] is not None and meta["calibration"]["target_false_reject"] == 0.02
     rec_out, logits = model(torch.rand(1, 3, 32, 32))
     assert logits.shape == (1, 2, 32, 32)
     run_dir = next((tmp_path / "logs").iterdir())
@@ -42,6 +42,14 @@ def test_short_run_writes_seed_named_pair_csv_and_png(tmp_path):
     assert (run_dir / "loss_curve.png").stat().st_size > 1000
     assert (run_dir / "config.json").is_file() and (run_dir / "command.txt").is_file()
     assert pair_paths(tmp_path / "ckpt", base + "last")[1].is_file()
+
+
+def test_held_out_split_takes_enough_images_for_the_threshold():
+    for n, held_out in ((12, 4), (54, 18), (100, 30), (761, 76)):
+        files = [f"{i:04d}.png" for i in range(n)]
+        train_files, val = train.split_files(files, 0.1, 0)
+        assert len(val) == held_out and sorted(train_files + val) == files
+    assert train.split_files(files, 0.0, 0)[1] == []
 
 
 def test_resume_gives_the_same_weights_as_uninterrupted(tmp_path):

@@ -1,10 +1,15 @@
 """Scoring images with a trained pair: one code path for detect.py, evaluate.py, validation and the benchmark."""
 import contextlib
+import logging
 
+import numpy as np
 import torch
 
 from model.scoring import SCORE_KERNEL, anomaly_map, image_score
 from utils.checkpoint import load_pair
+from utils.data_loader import read_image
+
+log = logging.getLogger(__name__)
 
 
 def autocast(device, dtype):
@@ -47,3 +52,18 @@ class Detector:
         if self.threshold is None:
             return "n/a"
         return "NG" if score > self.threshold else "OK"
+
+
+def score_files(detector, files, bs=8):
+    """Image scores (N,) as a numpy array for image files, read and scored in batches; unreadable files skipped."""
+    scores = []
+    for i in range(0, len(files), bs):
+        images = []
+        for f in files[i:i + bs]:
+            try:
+                images.append(read_image(f, detector.size))
+            except ValueError as e:
+                log.warning("skipping %s", e)
+        if images:
+            scores.append(detector(torch.stack(images))["score"].cpu().numpy())
+    return np.concatenate(scores) if scores else np.zeros(0)
