@@ -262,12 +262,15 @@ def calibrate_threshold(normal_scores, target_false_reject=DEFAULT_TARGET_FALSE_
     return fit_threshold(torch.as_tensor(normal_scores, dtype=torch.float64).numpy(), target_false_reject)
 
 
-def validate(model, val, amp_dtype, bs, kernel, target_false_reject=DEFAULT_TARGET_FALSE_REJECT):
-    """Image AUROC and pixel AP on the synthetic validation set, plus the calibration from its normal half."""
+def validate(model, val, bs, kernel, target_false_reject=DEFAULT_TARGET_FALSE_REJECT):
+    """Image AUROC and pixel AP on the synthetic validation set, plus the calibration from its normal half.
+
+    Scored in fp32 whatever the training precision: the threshold must fit the scores detect.py computes.
+    """
     model.eval()
     scores, maps = [], []
     for i in range(0, len(val["images"]), bs):
-        out = predict(model, val["images"][i:i + bs], amp_dtype, kernel)
+        out = predict(model, val["images"][i:i + bs], None, kernel)  # fp32, as detect/evaluate score by default
         scores.append(out["score"].cpu())
         maps.append(out["anomaly_map"].cpu())
     model.train()
@@ -379,7 +382,7 @@ def train_class(args, obj_name, good_dir, device, preset):
                 dist.broadcast(buf, 0)
         calib = {"threshold": None, "rule": "no validation images"}
         if val is not None:
-            metrics, calib = validate(model, val, amp_dtype, args.bs, config["score_kernel"], args.target_false_reject)
+            metrics, calib = validate(model, val, args.bs, config["score_kernel"], args.target_false_reject)
             row.update(metrics)
         if not is_main:
             return
