@@ -175,9 +175,10 @@ def main(argv=None):
     except (UsageError, FileNotFoundError, ValueError) as e:
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
-    print_results(results, title=f"{args.base_model_name} on {args.data_path}\n{describe(detector.meta['calibration'])}")
+    calibration = detector.meta["calibration"]
+    print_results(results, title=f"{args.base_model_name} on {args.data_path}\n{describe(calibration)}")
     write_results(results, args.output_path, {"base_model_name": args.base_model_name, **detector.meta["config"],
-                                              "calibration": detector.meta["calibration"]})
+                                              "calibration": calibration})
     if args.json:
         print(json.dumps(json_safe({k: results["overall"][k] for k in (*METRICS, *VERDICTS)})))
     return 0
