@@ -136,3 +136,13 @@ def test_write_calibration_failure_leaves_the_old_pair(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_pair(tmp_path, "part_")[1]["calibration"]["threshold"] == 0.9
     assert len(list(tmp_path.iterdir())) == 2  # no temp files left
+
+
+def test_write_calibration_on_the_authors_raw_pair(tmp_path):
+    """A released raw pair (*.pckl, no metadata) gets our self-describing .pt pair with the threshold."""
+    model = DRAEM(4, 2)
+    torch.save(model.reconstructive.state_dict(), tmp_path / "orig_.pckl")
+    torch.save(model.discriminative.state_dict(), tmp_path / "orig__seg.pckl")
+    write_calibration(tmp_path, "orig_", fit_threshold(good_scores(30)))
+    _, meta = load_pair(tmp_path, "orig_")
+    assert not meta["original"] and meta["config"]["size"] == 256 and meta["calibration"]["threshold"] is not None
