@@ -107,7 +107,7 @@ def parse_args(argv=None):
                         "images instead of --anomaly_source_path textures")
     g.add_argument("--val_fraction", type=fraction, default=0.1,
                    help="share of good images held out for synthetic validation and threshold calibration "
-                        f"(at least {MIN_HELD_OUT}, or a fifth of them when there are fewer than {5 * MIN_HELD_OUT})")
+                        f"(at least {MIN_HELD_OUT}, or a third of them when there are fewer than {3 * MIN_HELD_OUT})")
     g.add_argument("--target_false_reject", type=false_reject_rate, default=DEFAULT_TARGET_FALSE_REJECT,
                    help="share of good parts the OK/NG threshold may call NG, estimated on the held-out images")
     g.add_argument("--workers", type=int, default=0, help="DataLoader workers for decoding images once at start")
@@ -183,12 +183,12 @@ def resolve_classes(data_path, obj_id):
 
 
 def split_files(files, val_fraction, seed):
-    """Seeded shuffle, then hold out round(n * val_fraction) files, at least min(MIN_HELD_OUT, max(3, n // 5))."""
+    """Seeded shuffle, then hold out round(n * val_fraction) files, at least min(MIN_HELD_OUT, max(3, n // 3))."""
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(files), generator=g).tolist()
     n_val = round(len(files) * val_fraction) if val_fraction > 0 else 0
     if val_fraction > 0:  # the threshold's uncertainty shrinks with the held-out count: take enough
-        n_val = max(n_val, min(MIN_HELD_OUT, max(MIN_FIT, len(files) // 5)))
+        n_val = max(n_val, min(MIN_HELD_OUT, max(MIN_FIT, len(files) // 3)))
     n_val = max(0, min(n_val, len(files) - 2))  # keep at least 2 images for training
     val = sorted(files[i] for i in order[:n_val])
     return sorted(files[i] for i in order[n_val:]), val

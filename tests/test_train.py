@@ -45,7 +45,7 @@ def test_short_run_writes_seed_named_pair_csv_and_png(tmp_path):
 
 
 def test_held_out_split_takes_enough_images_for_the_threshold():
-    for n, held_out in ((12, 3), (54, 10), (100, 20), (150, 30), (761, 76)):
+    for n, held_out in ((12, 4), (54, 18), (90, 30), (761, 76)):
         files = [f"{i:04d}.png" for i in range(n)]
         train_files, val = train.split_files(files, 0.1, 0)
         assert len(val) == held_out and sorted(train_files + val) == files
