@@ -105,11 +105,9 @@ def parse_args(argv=None):
     g.add_argument("--self_texture_prob", type=float, default=0.0,
                    help="recipe ours: share of simulated defects textured with the batch's own (augmented) good "
                         "images instead of --anomaly_source_path textures")
-    g.add_argument("--val_fraction", type=fraction, default=0.1,
-                   help="share of good images held out for synthetic validation and threshold calibration "
-                        f"(at least {MIN_HELD_OUT}, or a third of them when there are fewer than {3 * MIN_HELD_OUT})")
-    g.add_argument("--target_false_reject", type=false_reject_rate, default=DEFAULT_TARGET_FALSE_REJECT,
-                   help="share of good parts the OK/NG threshold may call NG, estimated on the held-out images")
+    g.add_argument("--val_fraction", type=fraction, default=0.1, help="share of good images held out, >= min(30, n/3)")
+    g.add_argument("--target_false_reject", type=false_reject_rate, default=DEFAULT_TARGET_FALSE_REJECT, help="share "
+                   "of good parts the OK/NG threshold may call NG, estimated on the held-out images")
     g.add_argument("--workers", type=int, default=0, help="DataLoader workers for decoding images once at start")
     g = p.add_argument_group("Model")
     g.add_argument("--preset", choices=("auto", "paper", "cpu"), default="auto",
