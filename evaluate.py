@@ -13,27 +13,20 @@ Recalibrate the threshold on the line's own good images (written into both files
         [--target_false_reject 0.02 | --threshold_rule f1] [--data_path path/to/class]
 """
 import argparse
-import csv
 import json
 import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
-
-from utils.calibration import (DEFAULT_TARGET_FALSE_REJECT, add_verdicts, describe, f1_threshold, fit_threshold,
-                               format_verdicts, recalibration_report, write_calibration)
-from utils.data_loader import MVTecTestDataset, list_images
+from utils.calibration import (DEFAULT_TARGET_FALSE_REJECT, describe, f1_threshold, fit_threshold,
+                               recalibration_report, write_calibration)
+from utils.data_loader import list_images
+from utils.evaluation import VERDICTS, evaluate_class, json_safe, results_text, write_results
 from utils.inference import Detector, score_files
-from utils.metrics import format_table, per_type_metrics
-from utils.runtime import UsageError, resolve_amp, select_device
+from utils.metrics import METRIC_NAMES
+from utils.runtime import AMP_CHOICES, UsageError, false_reject_rate, resolve_amp, select_device
 
 log = logging.getLogger("evaluate")
-METRICS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")
-VERDICTS = ("threshold", "false_reject_rate", "defect_recall", "best_recall_at_same_frr")
 
 
 def parse_args(argv=None):
@@ -47,7 +40,7 @@ def parse_args(argv=None):
     p.add_argument("--output_path", default="./eval_results/", help="folder for metrics.csv / metrics.json")
     p.add_argument("--gpu_id", type=int, default=0, help="CUDA device index (CPU when CUDA is absent)")
     p.add_argument("--bs", type=int, default=8, help="images per forward pass")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="off", help="mixed precision")
+    p.add_argument("--amp", choices=AMP_CHOICES, default="off", help="mixed precision")
     p.add_argument("--save_images", action="store_true", help="also write the 4-panel PNG of every test image")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object of the overall metrics")
     g = p.add_argument_group("Threshold (recalibration on the line's own images; README 'Choosing the threshold')")
@@ -58,7 +51,7 @@ def parse_args(argv=None):
     g.add_argument("--threshold_rule", choices=("false_reject", "f1"), default="false_reject",
                    help="false_reject: aim at --target_false_reject on the good images; f1: the best F1 on good "
                         "and --defect_path images (anomalib's adaptive threshold)")
-    g.add_argument("--target_false_reject", type=float, default=DEFAULT_TARGET_FALSE_REJECT,
+    g.add_argument("--target_false_reject", type=false_reject_rate, default=DEFAULT_TARGET_FALSE_REJECT,
                    help="share of good parts the threshold may call NG (rule false_reject)")
     args = p.parse_args(argv)
     if args.bs <= 0:
@@ -69,50 +62,7 @@ def parse_args(argv=None):
         p.error("argument --defect_path: only with --recalibrate")
     if args.threshold_rule == "f1" and args.defect_path is None:
         p.error("argument --threshold_rule f1: needs --defect_path (known-defective images)")
-    if not 0 < args.target_false_reject < 0.5:
-        p.error(f"argument --target_false_reject: must be in (0, 0.5), got {args.target_false_reject}")
     return args
-
-
-def collate(batch):
-    return {"image": torch.stack([b["image"] for b in batch]), "mask": torch.stack([b["mask"] for b in batch]),
-            "label": [b["label"] for b in batch], "type": [b["type"] for b in batch],
-            "path": [b["path"] for b in batch]}
-
-
-def evaluate_class(detector, class_dir, bs=8, save_images_dir=None, workers=0):
-    """Score every test image; returns {type: {metric: value}, ..., "overall": {...}}."""
-    ds = MVTecTestDataset(class_dir, detector.size)
-    loader = DataLoader(ds, batch_size=bs, num_workers=workers, collate_fn=collate)
-    labels, scores, masks, maps, types = [], [], [], [], []  # per batch
-    for batch in tqdm(loader, desc="evaluate", leave=False):
-        out = detector(batch["image"])
-        scores.append(out["score"].cpu().numpy())
-        maps.append(out["anomaly_map"].cpu().numpy().astype(np.float32))
-        masks.append(batch["mask"][:, 0].numpy().astype(np.uint8))
-        labels += batch["label"]
-        types += batch["type"]
-        if save_images_dir is not None:
-            save_batch_panels(detector, batch, out, Path(save_images_dir))
-    scores = np.concatenate(scores)  # (N,)
-    results = per_type_metrics(np.array(types), np.array(labels), scores, np.concatenate(masks),
-                               np.concatenate(maps))
-    return add_verdicts(results, types, labels, scores, detector.threshold)
-
-
-def save_batch_panels(detector, batch, out, folder):
-    from utils.visualize import save_panels
-    for i, path in enumerate(batch["path"]):
-        p = Path(path)
-        save_panels(folder / p.parent.name / f"{p.stem}.png", batch["image"][i].permute(1, 2, 0).numpy(),
-                    out["reconstruction"][i].permute(1, 2, 0).cpu().numpy(), out["anomaly_map"][i].cpu().numpy(),
-                    float(out["score"][i]), threshold=detector.threshold, title=p.name)
-
-
-def print_results(results, title=""):
-    print(f"\n{title}" if title else "")
-    print(format_table(results))
-    print(format_verdicts(results))
 
 
 def _folder_images(flag, folder):
@@ -140,22 +90,6 @@ def recalibrate(args, detector):
     detector.threshold, detector.meta["calibration"] = calib["threshold"], calib
 
 
-def json_safe(results):
-    """nan -> None: strict JSON has no NaN (a metric is undefined when a split lacks one class)."""
-    return {k: (json_safe(v) if isinstance(v, dict) else (None if v != v else v)) for k, v in results.items()}
-
-
-def write_results(results, folder, meta):
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "metrics.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["type", *METRICS, *VERDICTS])
-        for name, m in results.items():
-            w.writerow([name, *("" if m.get(k) is None else f"{m[k]:.4f}" for k in (*METRICS, *VERDICTS))])
-    (folder / "metrics.json").write_text(json.dumps({"results": json_safe(results), "checkpoint": meta}, indent=2))
-
-
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
@@ -176,11 +110,11 @@ def main(argv=None):
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
     calibration = detector.meta["calibration"]
-    print_results(results, title=f"{args.base_model_name} on {args.data_path}\n{describe(calibration)}")
+    print(results_text(results, title=f"{args.base_model_name} on {args.data_path}\n{describe(calibration)}"))
     write_results(results, args.output_path, {"base_model_name": args.base_model_name, **detector.meta["config"],
                                               "calibration": calibration})
     if args.json:
-        print(json.dumps(json_safe({k: results["overall"][k] for k in (*METRICS, *VERDICTS)})))
+        print(json.dumps(json_safe({k: results["overall"][k] for k in (*METRIC_NAMES, *VERDICTS)})))
     return 0
 
 

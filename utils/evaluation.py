@@ -1,0 +1,79 @@
+"""Scoring a labelled MVTec-style test split: per-type metrics and OK/NG verdicts, their table, the metrics files.
+
+Used by evaluate.py and by train.py's built-in demo:
+    results = evaluate_class(Detector.from_checkpoint(...), "path/to/class")   # {type: {metric: value}}
+    print(results_text(results, "title"))
+"""
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from utils.calibration import add_verdicts, format_verdicts
+from utils.data_loader import MVTecTestDataset
+from utils.metrics import METRIC_NAMES, format_table, per_type_metrics
+from utils.visualize import save_panels
+
+VERDICTS = ("threshold", "false_reject_rate", "defect_recall", "best_recall_at_same_frr")  # overall, in --json
+
+
+def collate(batch):
+    return {"image": torch.stack([b["image"] for b in batch]), "mask": torch.stack([b["mask"] for b in batch]),
+            "label": [b["label"] for b in batch], "type": [b["type"] for b in batch],
+            "path": [b["path"] for b in batch]}
+
+
+def evaluate_class(detector, class_dir, bs=8, save_images_dir=None, workers=0):
+    """Score every test image; returns {type: {metric: value}, ..., "overall": {...}}, with the verdicts at the
+    detector's threshold among the metrics (utils/calibration.py add_verdicts)."""
+    ds = MVTecTestDataset(class_dir, detector.size)
+    loader = DataLoader(ds, batch_size=bs, num_workers=workers, collate_fn=collate)
+    labels, scores, masks, maps, types = [], [], [], [], []
+    for batch in tqdm(loader, desc="evaluate", leave=False):
+        out = detector(batch["image"])
+        scores.append(out["score"].cpu().numpy())
+        maps.append(out["anomaly_map"].cpu().numpy().astype(np.float32))
+        masks.append(batch["mask"][:, 0].numpy().astype(np.uint8))
+        labels += batch["label"]
+        types += batch["type"]
+        if save_images_dir is not None:
+            save_batch_panels(detector, batch, out, Path(save_images_dir))
+    scores = np.concatenate(scores)  # (N,)
+    results = per_type_metrics(np.array(types), np.array(labels), scores, np.concatenate(masks),
+                               np.concatenate(maps))
+    return add_verdicts(results, types, labels, scores, detector.threshold)
+
+
+def save_batch_panels(detector, batch, out, folder):
+    for i, path in enumerate(batch["path"]):
+        p = Path(path)
+        save_panels(folder / p.parent.name / f"{p.stem}.png", batch["image"][i].permute(1, 2, 0).numpy(),
+                    out["reconstruction"][i].permute(1, 2, 0).cpu().numpy(), out["anomaly_map"][i].cpu().numpy(),
+                    float(out["score"][i]), threshold=detector.threshold, title=p.name)
+
+
+def results_text(results, title=""):
+    """The results table under a title line (blank when there is no title), then the verdicts."""
+    table = f"\n{title}\n{format_table(results)}" if title else f"\n{format_table(results)}"
+    return f"{table}\n{format_verdicts(results)}"
+
+
+def json_safe(results):
+    """nan -> None: strict JSON has no NaN (a metric is undefined when a split lacks one class)."""
+    return {k: (json_safe(v) if isinstance(v, dict) else (None if v != v else v)) for k, v in results.items()}
+
+
+def write_results(results, folder, meta):
+    """metrics.csv (a row per type) and metrics.json (results + the checkpoint's config) in `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["type", *METRIC_NAMES, *VERDICTS])
+        for name, m in results.items():
+            w.writerow([name, *("" if m.get(k) is None else f"{m[k]:.4f}" for k in (*METRIC_NAMES, *VERDICTS))])
+    (folder / "metrics.json").write_text(json.dumps({"results": json_safe(results), "checkpoint": meta}, indent=2))
