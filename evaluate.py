@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -47,27 +46,28 @@ def parse_args(argv=None):
 
 
 def collate(batch):
-    return {"image": torch.stack([b["image"] for b in batch]), "mask": torch.stack([b["mask"] for b in batch]),
-            "label": [b["label"] for b in batch], "type": [b["type"] for b in batch],
-            "path": [b["path"] for b in batch]}
+    """Lists, not stacks: at a tiled working scale (--scale native / N) the images differ in size."""
+    return {k: [b[k] for b in batch] for k in ("image", "mask", "label", "type", "path")}
 
 
 def evaluate_class(detector, class_dir, bs=8, save_images_dir=None, workers=0):
-    """Score every test image; returns {type: {metric: value}, ..., "overall": {...}}."""
-    ds = MVTecTestDataset(class_dir, detector.size)
+    """Score every test image; returns {type: {metric: value}, ..., "overall": {...}}.
+
+    Maps and masks are compared at the checkpoint's working scale (masks resized by nearest neighbour).
+    """
+    ds = MVTecTestDataset(class_dir, detector.size, detector.scale)
     loader = DataLoader(ds, batch_size=bs, num_workers=workers, collate_fn=collate)
     labels, scores, masks, maps, types = [], [], [], [], []
     for batch in tqdm(loader, desc="evaluate", leave=False):
-        out = detector(batch["image"])
-        scores.append(out["score"].cpu().numpy())
-        maps.append(out["anomaly_map"].cpu().numpy().astype(np.float32))
-        masks.append(batch["mask"][:, 0].numpy().astype(np.uint8))
+        out = detector.predict_batch(batch["image"], with_reconstruction=save_images_dir is not None)
+        scores += [float(s) for s in out["score"]]
+        maps += [m.cpu().numpy().astype(np.float32) for m in out["anomaly_map"]]  # (H, W) each
+        masks += [m[0].numpy().astype(np.uint8) for m in batch["mask"]]
         labels += batch["label"]
         types += batch["type"]
         if save_images_dir is not None:
             save_batch_panels(detector, batch, out, Path(save_images_dir))
-    return per_type_metrics(np.array(types), np.array(labels), np.concatenate(scores), np.concatenate(masks),
-                            np.concatenate(maps))
+    return per_type_metrics(np.array(types), np.array(labels), np.array(scores), masks, maps)
 
 
 def save_batch_panels(detector, batch, out, folder):

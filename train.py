@@ -25,13 +25,15 @@ from tqdm import tqdm
 from model import DRAEM, weights_init
 from model.scoring import score_kernel
 from utils.checkpoint import atomic_save, base_model_name, safe_load, save_pair
+from utils.crops import RandomCrops, load_images_at_scale, validation_crops
 from utils.data_loader import is_grayscale, list_images, read_image
-from utils.inference import autocast, predict
+from utils.inference import autocast, predict, whole_image_scores
 from utils.loss import DraemLoss
 from utils.metrics import image_auroc, pixel_ap
 from utils.runtime import (UsageError, distributed_env, resolve_amp, seed_everything, seed_worker,
                            select_device)
 from utils.synthesis import load_texture_bank, make_synthesizer
+from utils.tiling import SQUARE, is_tiled, scale_arg
 from utils.training_logger import TrainingLogger
 
 log = logging.getLogger("train")
@@ -88,6 +90,11 @@ def parse_args(argv=None):
                         "omit to use built-in procedural textures")
     g.add_argument("--size", type=size_arg, default=None, help="training image size, a multiple of 32; "
                    "None = from --preset")
+    g.add_argument("--scale", type=scale_arg, default=SQUARE,
+                   help="square = each image resized to --size x --size (the paper); native = the images' own "
+                        "pixels; N = resized so that the longer side is N px, aspect kept. native/N train on "
+                        "random --size crops, and detect.py/evaluate.py tile the whole image (stored in the "
+                        "checkpoint)")
     g.add_argument("--grayscale", choices=("auto", "on", "off"), default="auto",
                    help="synthesise grey anomalies; auto = when the training images are grayscale")
     g.add_argument("--recipe", choices=("ours", "paper"), default="ours",
@@ -216,6 +223,22 @@ def load_images(files, size, workers):
     return torch.stack(images) if images else torch.zeros(0, 3, size, size, dtype=torch.uint8)
 
 
+def load_training_data(args, train_files, val_files):
+    """(training dataset of (uint8 (3, size, size),) items, held-out uint8 (N, 3, size, size) for the synthetic
+    validation, held-out whole images for the threshold or None).
+
+    square: whole images resized. native / N: random crops of the images at the working scale; the synthetic
+    validation uses fixed crops of the held-out images, and the threshold is calibrated on the held-out images
+    scored whole, tiled and stitched exactly as detect.py does.
+    """
+    if not is_tiled(args.scale):
+        return (TensorDataset(load_images(train_files, args.size, args.workers)),
+                load_images(val_files, args.size, args.workers), None)
+    held_out = load_images_at_scale(val_files, args.scale, args.size, args.workers)
+    return (RandomCrops(load_images_at_scale(train_files, args.scale, args.size, args.workers), args.size,
+                        args.seed), validation_crops(held_out, args.size, VAL_SEED), held_out or None)
+
+
 def init_weights(model, recipe):
     """The authors' init; recipe "ours" also starts the segmentation head at p(anomaly) = 0.01.
 
@@ -312,33 +335,33 @@ def train_class(args, obj_name, good_dir, device, preset):
     if not files:
         raise UsageError(f"no images in {good_dir}")
     train_files, val_files = split_files(files, args.val_fraction, args.seed)
-    train_images = load_images(train_files, args.size, args.workers)
-    if len(train_images) == 0:
+    train_set, val_images, whole_val = load_training_data(args, train_files, val_files)
+    if len(train_set) == 0:
         raise UsageError(f"no readable images in {good_dir}")
-    val_images = load_images(val_files, args.size, args.workers)
-    grayscale = {"on": True, "off": False}.get(args.grayscale, is_grayscale(train_images[:64].float() / 255))
+    sample = torch.stack([train_set[i][0] for i in range(min(64, len(train_set)))])  # (<=64, 3, S, S) uint8
+    grayscale = {"on": True, "off": False}.get(args.grayscale, is_grayscale(sample.float() / 255))
     bank = load_texture_bank(args.anomaly_source_path, args.size) if args.anomaly_source_path else None
     synthesizer = make_synthesizer(args.recipe, bank, grayscale, self_texture_prob=args.self_texture_prob).to(device)
 
     base = base_model_name(args.lr, args.epochs, args.bs, obj_name)
     config = {"size": args.size, "rec_base_width": args.rec_base_width, "seg_base_width": args.seg_base_width,
               "in_channels": 3, "grayscale": grayscale, "obj_name": obj_name, "lr": args.lr, "epochs": args.epochs,
-              "bs": args.bs, "preset": preset, "recipe": args.recipe, "seed": args.seed,
+              "bs": args.bs, "preset": preset, "recipe": args.recipe, "seed": args.seed, "scale": args.scale,
               "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
               "score_kernel": score_kernel(args.size, scaled=args.recipe != "paper")}
-    log.info("class %s: %d training + %d validation images from %s, %s synthesis%s, %s", obj_name,
-             len(train_images), len(val_images), good_dir, args.recipe, " (grayscale)" if grayscale else "",
-             config["amp"])
+    log.info("class %s: %d training + %d validation %s from %s, scale %s, %s synthesis%s, %s", obj_name,
+             len(train_set), len(val_images), "crops" if whole_val else "images", good_dir, args.scale,
+             args.recipe, " (grayscale)" if grayscale else "", config["amp"])
 
     seed_everything(args.seed)
     model = init_weights(DRAEM(args.rec_base_width, args.seg_base_width), args.recipe).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    sampler = DistributedSampler(TensorDataset(train_images), num_replicas=world, rank=rank, shuffle=True,
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
                                  seed=args.seed, drop_last=True) if world > 1 else None
     loader_gen = torch.Generator().manual_seed(args.seed)
-    loader = DataLoader(TensorDataset(train_images), batch_size=args.bs, shuffle=sampler is None,
-                        sampler=sampler, generator=loader_gen, drop_last=len(train_images) // world > args.bs)
+    loader = DataLoader(train_set, batch_size=args.bs, shuffle=sampler is None,
+                        sampler=sampler, generator=loader_gen, drop_last=len(train_set) // world > args.bs)
     steps_per_epoch = len(loader)
     optimizer, scheduler = make_optimizer(model, args.lr, args.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
@@ -373,6 +396,9 @@ def train_class(args, obj_name, good_dir, device, preset):
         calib = {"threshold": None, "rule": "no validation images"}
         if val is not None:
             metrics, calib = validate(model, val, amp_dtype, args.bs, config["score_kernel"])
+            if whole_val:  # tiled: the threshold from whole held-out images, scored as detect.py scores them
+                calib = calibrate_threshold(whole_image_scores(model, whole_val, args.size, amp_dtype,
+                                                               config["score_kernel"], device))
             row.update(metrics)
         if not is_main:
             return
@@ -394,6 +420,8 @@ def train_class(args, obj_name, good_dir, device, preset):
     for epoch in range(start_epoch, end_epoch):
         if sampler is not None:
             sampler.set_epoch(epoch)
+        if isinstance(train_set, RandomCrops):
+            train_set.set_epoch(epoch)  # this epoch's crop offsets, seeded by (seed, epoch)
         sums, n, t_epoch = {}, 0, time.time()
         bar = tqdm(loader, desc=f"{obj_name} epoch {epoch + 1}/{args.epochs}", disable=not is_main, leave=False)
         out_of_time = False

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from utils.tiling import SQUARE, to_working_scale
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -61,11 +63,16 @@ def read_image(path, size=None):
 
 
 def read_mask(path, size):
-    """Ground-truth mask as a float tensor (1, size, size) in {0, 1}."""
+    """Ground-truth mask as a float tensor (1, H, W) in {0, 1}; size: an int (square) or (H, W).
+
+    Resized by nearest neighbour (no blur, no new values), for every working scale.
+    """
     m = _decode(path, cv2.IMREAD_GRAYSCALE)
     if m is None:
         raise ValueError(f"cannot read mask file {path}")
-    m = cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST)
+    h, w = (size, size) if isinstance(size, int) else size
+    if m.shape != (h, w):
+        m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
     return torch.from_numpy((m > 127).astype(np.float32))[None]
 
 
@@ -118,11 +125,12 @@ class NormalImageDataset(Dataset):
 class MVTecTestDataset(Dataset):
     """Test split of an MVTec AD class: `test/<type>/*` with masks at `ground_truth/<type>/<stem>_mask.*`.
 
-    Returns dict(image (3,S,S), mask (1,S,S), label 0/1, type str, path str); `good` images get an empty mask.
+    Returns dict(image (3,H,W), mask (1,H,W), label 0/1, type str, path str); `good` images get an empty mask.
+    (H, W) is (size, size) for scale "square", else the image's shape at that working scale (utils/tiling.py).
     """
 
-    def __init__(self, class_dir, size):
-        self.class_dir, self.size = Path(class_dir), size
+    def __init__(self, class_dir, size, scale=SQUARE):
+        self.class_dir, self.size, self.scale = Path(class_dir), size, scale
         test_dir = self.class_dir / "test"
         if not test_dir.is_dir():
             raise FileNotFoundError(f"no test folder in {class_dir} (expected MVTec layout: test/<type>/*)")
@@ -148,12 +156,16 @@ class MVTecTestDataset(Dataset):
 
     def __getitem__(self, idx):
         path, defect_type, mask_path = self.samples[idx]
-        image = read_image(path, self.size)
-        if mask_path is None:
-            mask = torch.zeros(1, self.size, self.size)
-        elif mask_path == "full":
-            mask = torch.ones(1, self.size, self.size)
+        if self.scale == SQUARE:
+            image = read_image(path, self.size)
         else:
-            mask = read_mask(mask_path, self.size)
+            image = to_working_scale(read_image(path), self.scale, self.size)
+        shape = tuple(image.shape[1:])  # (H, W)
+        if mask_path is None:
+            mask = torch.zeros(1, *shape)
+        elif mask_path == "full":
+            mask = torch.ones(1, *shape)
+        else:
+            mask = read_mask(mask_path, shape)
         label = 0 if defect_type == "good" else 1
         return {"image": image, "mask": mask, "label": label, "type": defect_type, "path": str(path)}
