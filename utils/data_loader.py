@@ -58,8 +58,10 @@ def read_image(path, size=None):
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if size is not None:
         img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-    img = img.astype(np.float32) / scale
-    return torch.from_numpy(np.clip(img, 0.0, 1.0)).permute(2, 0, 1).contiguous()
+    img = img.astype(np.float32)
+    img /= scale  # in place: a large image is not copied twice more
+    np.clip(img, 0.0, 1.0, out=img)
+    return torch.from_numpy(img).permute(2, 0, 1).contiguous()
 
 
 def read_mask(path, size):

@@ -158,9 +158,10 @@ def stitch(image, tile_fn, tile, overlap=None, tile_batch=16, with_reconstructio
     # The grid is a product of row and column starts, so the summed 2-D windows are an outer product.
     weight = (_axis_weights(ph, tile, overlap, window)[:, None] * _axis_weights(pw, tile, overlap, window)[None])
     weight = weight.to(device)  # (pH, pW), > 0 everywhere
-    amap = (map_sum / weight)[:h, :w]
-    rec = (rec_sum / weight)[:, :h, :w] if rec_sum is not None else None
-    return {"anomaly_map": amap, "reconstruction": rec}
+    map_sum /= weight  # in place: no second image-sized copy
+    if rec_sum is not None:
+        rec_sum /= weight
+    return {"anomaly_map": map_sum[:h, :w], "reconstruction": None if rec_sum is None else rec_sum[:, :h, :w]}
 
 
 def count_tiles(height, width, tile, overlap=None):

@@ -119,14 +119,16 @@ def _draw_result(ax, image, anomaly_map, score, threshold, contour_level) -> Non
 def _build_figure(image, reconstruction, anomaly_map, score, threshold=None, title=None,
                   contour_level=None) -> Figure:
     """Build (but do not draw) the 4-panel figure; see ``render_panels`` for the arguments."""
-    image, reconstruction = _as_rgb01(image), _as_rgb01(reconstruction)
-    anomaly_map = np.clip(np.asarray(anomaly_map, dtype=np.float32).squeeze(), 0.0, 1.0)  # (H, W)
-    if anomaly_map.shape != image.shape[:2]:
-        raise ValueError(f"anomaly_map shape {anomaly_map.shape} != image shape {image.shape[:2]}")
-    if reconstruction.shape != image.shape:
-        raise ValueError(f"reconstruction shape {reconstruction.shape} != image shape {image.shape}")
+    image, reconstruction = np.asarray(image), np.asarray(reconstruction)
+    anomaly_map = np.asarray(anomaly_map, dtype=np.float32).squeeze()  # (H, W)
+    if not anomaly_map.shape == image.shape[:2] == reconstruction.shape[:2]:
+        raise ValueError(f"anomaly_map {anomaly_map.shape}, image {image.shape[:2]} and reconstruction "
+                         f"{reconstruction.shape[:2]} differ in size")
     figsize, panel_px = _figsize(*anomaly_map.shape)
+    # reduced first, so a large image is never copied at full size for drawing
     image, reconstruction, anomaly_map = _reduce_for_display(image, reconstruction, anomaly_map, panel_px)
+    image, reconstruction = _as_rgb01(image), _as_rgb01(reconstruction)
+    anomaly_map = np.clip(anomaly_map, 0.0, 1.0)
     score = float(score)
     threshold = None if threshold is None else float(threshold)
 
