@@ -21,6 +21,7 @@ from utils.data_loader import MVTecTestDataset
 from utils.inference import Detector
 from utils.metrics import format_table, per_type_metrics
 from utils.runtime import UsageError, resolve_amp, select_device
+from utils.tiling import SQUARE
 
 log = logging.getLogger("evaluate")
 METRICS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")
@@ -56,7 +57,9 @@ def evaluate_class(detector, class_dir, bs=8, save_images_dir=None, workers=0):
     Maps and masks are compared at the checkpoint's working scale (masks resized by nearest neighbour).
     """
     ds = MVTecTestDataset(class_dir, detector.size, detector.scale)
-    loader = DataLoader(ds, batch_size=bs, num_workers=workers, collate_fn=collate)
+    # tiled scales: one image at a time, so memory is bounded by one image (plus the maps kept for the metrics)
+    loader = DataLoader(ds, batch_size=bs if detector.scale == SQUARE else 1, num_workers=workers,
+                        collate_fn=collate)
     labels, scores, masks, maps, types = [], [], [], [], []
     for batch in tqdm(loader, desc="evaluate", leave=False):
         out = detector.predict_batch(batch["image"], with_reconstruction=save_images_dir is not None)

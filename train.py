@@ -33,7 +33,7 @@ from utils.metrics import image_auroc, pixel_ap
 from utils.runtime import (UsageError, distributed_env, resolve_amp, seed_everything, seed_worker,
                            select_device)
 from utils.synthesis import load_texture_bank, make_synthesizer
-from utils.tiling import SQUARE, is_tiled, scale_arg
+from utils.tiling import SCALE_HELP, SQUARE, is_tiled, scale_arg
 from utils.training_logger import TrainingLogger
 
 log = logging.getLogger("train")
@@ -90,11 +90,7 @@ def parse_args(argv=None):
                         "omit to use built-in procedural textures")
     g.add_argument("--size", type=size_arg, default=None, help="training image size, a multiple of 32; "
                    "None = from --preset")
-    g.add_argument("--scale", type=scale_arg, default=SQUARE,
-                   help="square = each image resized to --size x --size (the paper); native = the images' own "
-                        "pixels; N = resized so that the longer side is N px, aspect kept. native/N train on "
-                        "random --size crops, and detect.py/evaluate.py tile the whole image (stored in the "
-                        "checkpoint)")
+    g.add_argument("--scale", type=scale_arg, default=SQUARE, help=SCALE_HELP)
     g.add_argument("--grayscale", choices=("auto", "on", "off"), default="auto",
                    help="synthesise grey anomalies; auto = when the training images are grayscale")
     g.add_argument("--recipe", choices=("ours", "paper"), default="ours",

@@ -33,6 +33,9 @@ import numpy as np
 import torch
 
 SQUARE, NATIVE = "square", "native"
+SCALE_HELP = ("square = each image resized to --size x --size (the paper); native = the images' own pixels; N = "
+              "resized so that the longer side is N px, aspect kept. native / N train on random --size crops, and "
+              "detect.py / evaluate.py cover the whole image with overlapping tiles (stored in the checkpoint)")
 
 
 def scale_arg(s):
