@@ -21,13 +21,13 @@ from utils.atomic import atomic_open
 from utils.checkpoint import EXTENSIONS
 from utils.data_loader import list_images
 from utils.inference import Detector
-from utils.runtime import UsageError, resolve_amp, select_device
+from utils.demo_data import DEMO_ROOT
+from utils.runtime import AMP_CHOICES, UsageError, resolve_amp, select_device
 from utils.tiling import SQUARE
 from utils.visualize import save_panels
 
 log = logging.getLogger("detect")
 DEFAULT_OUTPUT = "single_test_result.png"
-DEMO_ROOT = Path("data") / "demo"
 
 
 def parse_args(argv=None):
@@ -42,7 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--output_path", default=DEFAULT_OUTPUT,
                    help="PNG to write; with a folder --image_path, a folder (default detect_results/)")
     p.add_argument("--gpu_id", type=int, default=0, help="CUDA device index (CPU when CUDA is absent)")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="off",
+    p.add_argument("--amp", choices=AMP_CHOICES, default="off",
                    help="mixed precision for inference (scores agree with fp32 within 0.01)")
     p.add_argument("--bs", type=int, default=8, help="images per forward pass in folder mode")
     p.add_argument("--json", action="store_true", help="print one JSON line per image instead of text")

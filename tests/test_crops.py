@@ -1,10 +1,8 @@
 """utils/crops.py: images at the working scale, seeded random crops, fixed validation crops."""
-import cv2
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from utils.crops import RandomCrops, crops_per_image, load_images_at_scale, validation_crops
+from utils.crops import RandomCrops, crops_per_image, validation_crops
 
 
 def _images():
@@ -50,12 +48,3 @@ def test_validation_crops_fixed_and_capped():
     assert a.shape == (4 + 2 + 4, 3, 64, 64) and torch.equal(a, b)
     assert validation_crops([], 64, seed=0).shape == (0, 3, 64, 64)
 
-
-def test_load_images_at_scale(tmp_path):
-    rng = np.random.default_rng(0)
-    cv2.imwrite(str(tmp_path / "a.png"), rng.integers(0, 255, (160, 640, 3), np.uint8))
-    (tmp_path / "b.png").write_bytes(b"not an image")
-    files = [tmp_path / "a.png", tmp_path / "b.png"]
-    native = load_images_at_scale(files, "native", 64)
-    assert [im.shape for im in native] == [(3, 160, 640)] and native[0].dtype == torch.uint8  # b.png skipped
-    assert [im.shape for im in load_images_at_scale(files, 320, 64)] == [(3, 80, 320)]

@@ -122,3 +122,13 @@ def test_detector_reads_and_scores_at_the_stored_scale(tmp_path):
     assert float(out["score"][0]) == pytest.approx(float(image_score(out["anomaly_map"][0][None], 5)[0]))
     det.scale = 150
     assert det.read(tmp_path / "wide.png").shape == (3, 45, 150)
+
+
+def test_python_api_scores_numpy_images_at_the_stored_scale():
+    model = DRAEM(4, 2)
+    meta = {"config": {"size": 64, "scale": "native", "score_kernel": 5}, "calibration": {"threshold": 0.5}}
+    det = Detector(model, meta, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    out = det.score([rng.integers(0, 255, (90, 300, 3), np.uint8), rng.random((40, 50))])
+    assert [m.shape for m in out["anomaly_map"]] == [(90, 300), (40, 50)] and out["score"].shape == (2,)
+    assert out["verdict"] in (["OK", "OK"], ["OK", "NG"], ["NG", "OK"], ["NG", "NG"])

@@ -6,6 +6,9 @@ dict of tensors and plain types (loadable with `torch.load(..., weights_only=Tru
      "state_dict": {...}, "config": {rec_base_width, seg_base_width, in_channels, size, grayscale, ...},
      "calibration": {"threshold": float | None, "rule": str, ...}}
 The authors' released files (`*.pckl`, raw state dicts, widths 128/64, 256 px, RGB) load too.
+
+The resumable state `{base}_resume.pt` (RESUME_KEYS) holds the state dicts of the model, optimizer and scheduler,
+both random generators' states, and the progress: epoch to restart at, step, best validation score, run folder.
 """
 import logging
 import pickle
@@ -21,6 +24,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 EXTENSIONS = (".pt", ".pckl", ".pth")
+RESUME_KEYS = ("model", "optimizer", "scheduler", "loader_gen", "synth_gen", "epoch", "step", "best", "run_dir")
 
 
 def base_model_name(lr, epochs, bs, obj_name, suffix=""):
@@ -48,6 +52,36 @@ def save_pair(model, checkpoint_path, base, config, calibration, pair_id):
         atomic_save({"format_version": FORMAT_VERSION, "kind": kind, "pair_id": pair_id, "state_dict": state,
                      "config": dict(config), "calibration": dict(calibration)}, path)
     return rec_path, seg_path
+
+
+def resume_path(checkpoint_path, base):
+    return Path(checkpoint_path) / f"{base}_resume.pt"
+
+
+def save_resume_state(path, state):
+    """Write the resumable state of a run. `state`: a utils.engine.TrainState (model unwrapped from DDP)."""
+    atomic_save({"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+                 "scheduler": state.scheduler.state_dict(), "loader_gen": state.loader_gen.get_state(),
+                 "synth_gen": state.synth_gen.get_state().cpu(), "epoch": state.epoch, "step": state.step,
+                 "best": state.best, "run_dir": state.run_dir}, path)
+
+
+def load_resume_state(path, state):
+    """Restore `state` (freshly built for the same run) in place from save_resume_state's file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--resume: no resumable state {path}")
+    saved = safe_load(path)
+    missing = [k for k in RESUME_KEYS if k not in saved] if isinstance(saved, dict) else list(RESUME_KEYS)
+    if missing:
+        raise UsageError(f"--resume: {path} is not a resumable state (missing {', '.join(missing)})")
+    state.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scheduler.load_state_dict(saved["scheduler"])
+    state.loader_gen.set_state(saved["loader_gen"])
+    state.synth_gen.set_state(saved["synth_gen"].to(state.synth_gen.get_state().device))
+    state.epoch, state.step, state.best, state.run_dir = (saved[k] for k in ("epoch", "step", "best", "run_dir"))
+    return state
 
 
 def safe_load(path):

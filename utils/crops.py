@@ -1,54 +1,16 @@
 """Training data for `--scale native` / N: images at the working scale, random size x size crops per batch.
 
 Images of different sizes cannot be stacked, so they are kept as a list of uint8 tensors (3, H_i, W_i), decoded
-once (a 640x160 RGB image is 300 KB). An epoch covers each image's area about once: image i gives
-max(1, round(H_i * W_i / size**2)) crops at random offsets. The offsets of an epoch are drawn at `set_epoch`
+once by utils.data_loader.load_images_at_scale (a 640x160 RGB image is 300 KB). An epoch covers each image's area
+about once: image i gives max(1, round(H_i * W_i / size**2)) crops at random offsets. The offsets of an epoch are drawn at `set_epoch`
 from a generator seeded with (seed, epoch), so a run is bit-reproducible and a resumed run sees the same crops.
 Images smaller than a crop are padded by reflection (utils.tiling.pad_to_tile), never stretched. The defect
 simulation then runs on the crops, on the training device, as for square images.
 """
-import logging
-
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from utils.data_loader import read_image
-from utils.runtime import seed_worker
-from utils.tiling import pad_to_tile, to_working_scale
-
-log = logging.getLogger(__name__)
-
-
-def read_uint8_at_scale(path, scale, size):
-    """(3, H, W) uint8 at the working scale, or None (with a warning) when the file cannot be decoded."""
-    try:
-        image = to_working_scale(read_image(path), scale, size)
-    except ValueError as e:
-        log.warning("skipping %s", e)
-        return None
-    return (image * 255).round().to(torch.uint8)
-
-
-class _ScaledImages(Dataset):
-    def __init__(self, files, scale, size):
-        self.files, self.scale, self.size = files, scale, size
-
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, idx):
-        return read_uint8_at_scale(self.files[idx], self.scale, self.size)
-
-
-def _keep_readable(batch):
-    return [x for x in batch if x is not None]
-
-
-def load_images_at_scale(files, scale, size, workers=0):
-    """Decode every image once: a list of uint8 tensors (3, H_i, W_i) at the working scale (unreadable skipped)."""
-    loader = DataLoader(_ScaledImages(files, scale, size), batch_size=8, num_workers=workers,
-                        worker_init_fn=seed_worker, collate_fn=_keep_readable)
-    return [x for batch in loader for x in batch]
+from utils.tiling import pad_to_tile
 
 
 def crops_per_image(image, size):

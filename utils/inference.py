@@ -1,11 +1,17 @@
-"""Scoring images with a trained pair: one code path for detect.py, evaluate.py, validation and the benchmark."""
+"""Scoring images with a trained pair: one code path for detect.py, evaluate.py, validation and the benchmark.
+
+For a line's own software (the README's "Python API"):
+    detector = Detector.from_checkpoint("checkpoints/", "DRAEM_test_0.0001_20_bs8_coil_")   # load once
+    result = detector.score(rgb_image)   # numpy (H, W, 3) or a batch -> score, anomaly_map, verdict per image
+"""
 import contextlib
 
+import numpy as np
 import torch
 
 from model.scoring import SCORE_KERNEL, anomaly_map, image_score
 from utils.checkpoint import load_pair
-from utils.data_loader import read_image
+from utils.data_loader import image_to_tensor, read_at_scale
 from utils.tiling import SQUARE, is_tiled, scale_of, stitch, to_working_scale
 
 
@@ -57,9 +63,9 @@ class Detector:
         self.kernel = int(meta["config"].get("score_kernel", SCORE_KERNEL))
 
     @classmethod
-    def from_checkpoint(cls, checkpoint_path, base_model_name, device, amp_dtype=None):
+    def from_checkpoint(cls, checkpoint_path, base_model_name, device="cpu", amp_dtype=None):
         model, meta = load_pair(checkpoint_path, base_model_name)
-        return cls(model, meta, device, amp_dtype)
+        return cls(model, meta, torch.device(device), amp_dtype)
 
     def __call__(self, images):
         """images (B, 3, size, size) on any device -> predict() outputs on self.device."""
@@ -67,9 +73,7 @@ class Detector:
 
     def read(self, path):
         """An image file as (3, H, W) in [0, 1] at this checkpoint's working scale."""
-        if self.scale == SQUARE:
-            return read_image(path, self.size)
-        return to_working_scale(read_image(path), self.scale, self.size)
+        return read_at_scale(path, self.size, self.scale)
 
     def predict_image(self, image, with_reconstruction=True):
         """One image (3, H, W) at the working scale -> predict_tiled() outputs on self.device."""
@@ -88,6 +92,26 @@ class Detector:
         if self.threshold is None:
             return "n/a"
         return "NG" if score > self.threshold else "OK"
+
+    def score(self, images):
+        """Numpy images in, numpy results out: one image (H, W) / (H, W, 1|3|4), or a batch (a list of such, or
+        an (N, H, W, C) array), RGB, uint8 / uint16 / float in [0, 1], any size (resized as detect.py does).
+
+        Returns dict(score (N,) float32, anomaly_map (N, size, size) float32 in [0, 1] (with --scale native / N:
+        a list of (H, W) maps at the working scale, tiled and stitched), verdict [N x "OK" / "NG" / "n/a"]), one
+        entry per image, also for a single image.
+        """
+        single = isinstance(images, np.ndarray) and (images.ndim == 2 or (images.ndim == 3 and images.shape[2] <= 4))
+        if self.scale == SQUARE:
+            tensors = [image_to_tensor(im, self.size) for im in ([images] if single else images)]
+        else:
+            tensors = [to_working_scale(image_to_tensor(im), self.scale, self.size)
+                       for im in ([images] if single else images)]
+        out = self.predict_batch(tensors, with_reconstruction=False)
+        scores = np.array([float(s) for s in out["score"]], dtype=np.float32)
+        maps = [m.float().cpu().numpy() for m in out["anomaly_map"]]
+        return {"score": scores, "anomaly_map": np.stack(maps) if self.scale == SQUARE else maps,
+                "verdict": [self.verdict(float(s)) for s in scores]}
 
 
 def whole_image_scores(model, images, tile, amp_dtype=None, kernel=SCORE_KERNEL, device=None):

@@ -1,0 +1,75 @@
+"""Scoring a labelled MVTec-style test split: per-type metrics, their table, and the metrics files.
+
+Used by evaluate.py and by train.py's built-in demo:
+    results = evaluate_class(Detector.from_checkpoint(...), "path/to/class")   # {type: {metric: value}}
+    print(results_text(results, "title"))
+"""
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from utils.data_loader import MVTecTestDataset
+from utils.metrics import METRIC_NAMES, format_table, per_type_metrics
+from utils.tiling import SQUARE
+from utils.visualize import save_panels
+
+
+def collate(batch):
+    """Lists, not stacks: at a tiled working scale (--scale native / N) the images differ in size."""
+    return {k: [b[k] for b in batch] for k in ("image", "mask", "label", "type", "path")}
+
+
+def evaluate_class(detector, class_dir, bs=8, save_images_dir=None, workers=0):
+    """Score every test image; returns {type: {metric: value}, ..., "overall": {...}}.
+
+    Maps and masks are compared at the checkpoint's working scale (masks resized by nearest neighbour).
+    """
+    ds = MVTecTestDataset(class_dir, detector.size, detector.scale)
+    # tiled scales: one image at a time, so memory is bounded by one image (plus the maps kept for the metrics)
+    loader = DataLoader(ds, batch_size=bs if detector.scale == SQUARE else 1, num_workers=workers,
+                        collate_fn=collate)
+    labels, scores, masks, maps, types = [], [], [], [], []
+    for batch in tqdm(loader, desc="evaluate", leave=False):
+        out = detector.predict_batch(batch["image"], with_reconstruction=save_images_dir is not None)
+        scores += [float(s) for s in out["score"]]
+        maps += [m.cpu().numpy().astype(np.float32) for m in out["anomaly_map"]]  # (H, W) each
+        masks += [m[0].numpy().astype(np.uint8) for m in batch["mask"]]
+        labels += batch["label"]
+        types += batch["type"]
+        if save_images_dir is not None:
+            save_batch_panels(detector, batch, out, Path(save_images_dir))
+    return per_type_metrics(np.array(types), np.array(labels), np.array(scores), masks, maps)
+
+
+def save_batch_panels(detector, batch, out, folder):
+    for i, path in enumerate(batch["path"]):
+        p = Path(path)
+        save_panels(folder / p.parent.name / f"{p.stem}.png", batch["image"][i].permute(1, 2, 0).numpy(),
+                    out["reconstruction"][i].permute(1, 2, 0).cpu().numpy(), out["anomaly_map"][i].cpu().numpy(),
+                    float(out["score"][i]), threshold=detector.threshold, title=p.name)
+
+
+def results_text(results, title=""):
+    """The results table under a title line (blank when there is no title)."""
+    return f"\n{title}\n{format_table(results)}" if title else f"\n{format_table(results)}"
+
+
+def json_safe(results):
+    """nan -> None: strict JSON has no NaN (a metric is undefined when a split lacks one class)."""
+    return {k: (json_safe(v) if isinstance(v, dict) else (None if v != v else v)) for k, v in results.items()}
+
+
+def write_results(results, folder, meta):
+    """metrics.csv (a row per type) and metrics.json (results + the checkpoint's config) in `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["type", *METRIC_NAMES])
+        for name, m in results.items():
+            w.writerow([name, *(f"{m[k]:.4f}" for k in METRIC_NAMES)])
+    (folder / "metrics.json").write_text(json.dumps({"results": json_safe(results), "checkpoint": meta}, indent=2))
