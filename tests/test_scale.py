@@ -62,12 +62,12 @@ def test_scale_is_stored_and_threshold_calibrated_on_whole_images(wide):
 
 def test_detect_json_and_a_wide_panel(wide, tmp_path, capsys):
     _, cls, ckpt = wide
-    out = tmp_path / "panel.png"
-    assert detect.main(["--image_path", str(cls / "test" / "spot" / "000.png"), "--base_model_name", BASE,
-                        "--checkpoint_path", str(ckpt), "--output_path", str(out), "--json"]) == 0
-    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert 0 <= line["score"] <= 1 and line["verdict"] in ("OK", "NG")
-    h, w = cv2.imread(str(out)).shape[:2]
+    picture, image = tmp_path / "panel.png", cls / "test" / "spot" / "000.png"
+    common = ["--base_model_name", BASE, "--checkpoint_path", str(ckpt), "--output_path", str(picture)]
+    assert detect.main(["--image_path", str(image), *common, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["file"] == str(image) and result["verdict"] in ("OK", "NG") and 0 <= result["score"] <= 1
+    h, w = cv2.imread(str(picture)).shape[:2]
     assert 2 * h < w  # a 4:1 image: a 2 x 2 layout, each panel at the image's aspect ratio
 
 
