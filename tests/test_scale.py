@@ -18,6 +18,16 @@ WIDE = dict(height=160, width=640)
 BASE = base_model_name(0.001, 1, 8, "wide")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These trainings run many tiny convolutions: one thread is as fast, and much faster on a busy machine
+    (two threads on two shared cores were 10x slower here); the thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _wide_images(folder, n, seed):
     """n smooth random 640x160 PNGs."""
     folder.mkdir(parents=True, exist_ok=True)
