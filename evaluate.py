@@ -18,13 +18,13 @@ import logging
 import sys
 from pathlib import Path
 
-from utils.calibration import (DEFAULT_TARGET_FALSE_REJECT, describe, f1_threshold, fit_threshold,
-                               recalibration_report, write_calibration)
+from utils.calibration import (add_target_flag, describe, f1_threshold, fit_threshold, recalibration_report,
+                               write_calibration)
 from utils.data_loader import list_images
 from utils.evaluation import VERDICTS, evaluate_class, json_safe, results_text, write_results
 from utils.inference import Detector, score_files
 from utils.metrics import METRIC_NAMES
-from utils.runtime import AMP_CHOICES, UsageError, false_reject_rate, resolve_amp, select_device
+from utils.runtime import AMP_CHOICES, UsageError, resolve_amp, select_device
 
 log = logging.getLogger("evaluate")
 
@@ -51,8 +51,7 @@ def parse_args(argv=None):
     g.add_argument("--threshold_rule", choices=("false_reject", "f1"), default="false_reject",
                    help="false_reject: aim at --target_false_reject on the good images; f1: the best F1 on good "
                         "and --defect_path images (anomalib's adaptive threshold)")
-    g.add_argument("--target_false_reject", type=false_reject_rate, default=DEFAULT_TARGET_FALSE_REJECT,
-                   help="share of good parts the threshold may call NG (rule false_reject)")
+    add_target_flag(g, "; rule false_reject")
     args = p.parse_args(argv)
     if args.bs <= 0:
         p.error(f"argument --bs: must be positive, got {args.bs}")

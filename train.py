@@ -22,9 +22,10 @@ from utils.demo_data import DEMO_ROOT, make_demo_dataset
 from utils.engine import LR, PRESETS, Diverged, train_class
 from utils.evaluation import evaluate_class, results_text
 from utils.inference import Detector
-from utils.calibration import DEFAULT_TARGET_FALSE_REJECT
-from utils.runtime import (AMP_CHOICES, UsageError, distributed_env, false_reject_rate, fraction, init_distributed,
-                           positive_float, positive_int, resolve_amp, select_device, size_arg)
+from utils.calibration import add_target_flag
+from utils.runtime import (AMP_CHOICES, UsageError, distributed_env, fraction, init_distributed, positive_float,
+                           positive_int, resolve_amp, select_device, size_arg)
+from utils.tiling import SCALE_HELP, SQUARE, scale_arg
 
 log = logging.getLogger("train")
 
@@ -43,6 +44,7 @@ def parse_args(argv=None):
                         "omit to use built-in procedural textures")
     g.add_argument("--size", type=size_arg, default=None, help="training image size, a multiple of 32; "
                    "None = from --preset")
+    g.add_argument("--scale", type=scale_arg, default=SQUARE, help=SCALE_HELP)
     g.add_argument("--grayscale", choices=("auto", "on", "off"), default="auto",
                    help="synthesise grey anomalies; auto = when the training images are grayscale")
     g.add_argument("--recipe", choices=("ours", "paper"), default="ours",
@@ -52,8 +54,7 @@ def parse_args(argv=None):
                    help="recipe ours: share of simulated defects textured with the batch's own (augmented) good "
                         "images instead of --anomaly_source_path textures")
     g.add_argument("--val_fraction", type=fraction, default=0.1, help="share of good images held out, >= min(30, n/3)")
-    g.add_argument("--target_false_reject", type=false_reject_rate, default=DEFAULT_TARGET_FALSE_REJECT,
-                   help="share of good parts the OK/NG threshold may call NG, estimated on the held-out images")
+    add_target_flag(g, ", estimated on the held-out images")
     g.add_argument("--workers", type=int, default=0, help="DataLoader workers for decoding images once at start")
     g = p.add_argument_group("Model")
     g.add_argument("--preset", choices=("auto", "paper", "cpu"), default="auto",

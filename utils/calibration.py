@@ -48,6 +48,14 @@ RULE_TAIL = "Gumbel tail fitted to the upper half of logit scores: prediction bo
 RULE_F1 = "max F1 over good and defective images (anomalib's adaptive threshold)"
 
 
+def add_target_flag(parser, help_suffix=""):
+    """--target_false_reject, the same flag in train.py and evaluate.py."""
+    from utils.runtime import false_reject_rate  # argparse type (runtime imports torch; keep this module light)
+    parser.add_argument("--target_false_reject", type=false_reject_rate, default=DEFAULT_TARGET_FALSE_REJECT,
+                        help="share of good parts the OK/NG threshold may call NG (README 'Choosing the threshold')"
+                             + help_suffix)
+
+
 def _scores(x):
     """Any 1-D array-like of scores -> float64 numpy array (N,)."""
     return np.asarray(x, dtype=np.float64).ravel()
