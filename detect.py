@@ -15,15 +15,15 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from utils.atomic import atomic_open
 from utils.checkpoint import EXTENSIONS
-from utils.data_loader import list_images, read_image
+from utils.data_loader import list_images
 from utils.inference import Detector
 from utils.demo_data import DEMO_ROOT
 from utils.runtime import AMP_CHOICES, UsageError, resolve_amp, select_device
+from utils.tiling import SQUARE
 from utils.visualize import save_panels
 
 log = logging.getLogger("detect")
@@ -95,20 +95,20 @@ def panel_args(image, out, i):
             out["anomaly_map"][i].cpu().numpy(), float(out["score"][i]))
 
 
-def report(path, score, verdict, as_json):
+def report(path, score, threshold, verdict, as_json):
     if as_json:
-        print(json.dumps({"file": str(path), "score": round(score, 6), "verdict": verdict}))
+        print(json.dumps({"file": str(path), "score": round(score, 6), "threshold": threshold, "verdict": verdict}))
     else:
-        print(f"{path}: score {score:.4f}  {verdict}")
+        print(f"{path}: score {score:.4f}  {verdict}" + ("" if threshold is None else f" (threshold {threshold:.4f})"))
 
 
 def detect_single(detector, path, output, as_json):
-    image = read_image(path, detector.size)
-    out = detector(image[None])
+    image = detector.read(path)  # (3, H, W) at the checkpoint's working scale
+    out = detector.predict_batch([image])
     score = float(out["score"][0])
     verdict = detector.verdict(score)
     save_panels(output, *panel_args(image, out, 0), threshold=detector.threshold, title=Path(path).name)
-    report(path, score, verdict, as_json)
+    report(path, score, detector.threshold, verdict, as_json)
     return [(str(path), score, verdict)]
 
 
@@ -119,20 +119,20 @@ def detect_folder(detector, files, root, output, bs, as_json):
         chunk, images = [], []
         for f in files[i:i + bs]:
             try:
-                images.append(read_image(f, detector.size))
+                images.append(detector.read(f))
                 chunk.append(f)
             except ValueError as e:
                 log.warning("skipping %s", e)
         if not chunk:
             continue
-        out = detector(torch.stack(images))
+        out = detector.predict_batch(images)
         for j, f in enumerate(chunk):
             score = float(out["score"][j])
             rel = f.relative_to(root)
             save_panels(output / rel.with_suffix(".png"), *panel_args(images[j], out, j),
                         threshold=detector.threshold, title=str(rel))
             rows.append((str(rel), score, detector.verdict(score)))
-            report(rel, score, rows[-1][2], as_json)
+            report(rel, score, detector.threshold, rows[-1][2], as_json)
     write_csv(output / "report.csv", rows)
     return rows
 
@@ -151,13 +151,15 @@ def main(argv=None):
         files, base, output, folder_mode = resolve_inputs(args)
         device = select_device(args.gpu_id)
         detector = Detector.from_checkpoint(args.checkpoint_path, base, device, resolve_amp(args.amp, device))
-        log.info("device: %s, model: %s (%d px%s)", device, base, detector.size,
+        log.info("device: %s, model: %s (%d px, scale %s%s)", device, base, detector.size, detector.scale,
                  "" if detector.threshold is not None else ", no calibrated threshold")
         if args.export_onnx:
             from utils.onnx_export import export_onnx
             export_onnx(detector, args.export_onnx)
         if folder_mode:
-            detect_folder(detector, files, Path(args.image_path), output, args.bs, args.json)
+            # tiled: one image at a time, so memory stays bounded by one image and the tile batch
+            bs = args.bs if detector.scale == SQUARE else 1
+            detect_folder(detector, files, Path(args.image_path), output, bs, args.json)
         else:
             detect_single(detector, files[0], output, args.json)
     except (UsageError, FileNotFoundError, ValueError) as e:

@@ -23,9 +23,11 @@ from utils.engine import LR, OURS_JITTER, OURS_TOP_FRACTION, PRESETS, Diverged, 
 from utils.evaluation import evaluate_class, results_text
 from utils.inference import Detector
 from utils.jitter import parse_kinds
+from utils.calibration import add_target_flag
 from utils.runtime import (AMP_CHOICES, UsageError, distributed_env, fraction, init_distributed, positive_float,
                            positive_int, resolve_amp, select_device, size_arg)
 from utils.schedules import SCHEDULES
+from utils.tiling import SCALE_HELP, SQUARE, scale_arg
 
 log = logging.getLogger("train")
 
@@ -35,6 +37,27 @@ def jitter_kinds(s):
         return parse_kinds(s)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_quality_flags(p):
+    """The detection-quality levers of README "How ours differs from the paper" (issue 13's ablation)."""
+    g = p.add_argument_group("Detection quality (see the README's ablation)")
+    g.add_argument("--jitter", type=jitter_kinds, default=None,
+                   help="normal variation of whole good images, input and target alike (utils/jitter.py): none, "
+                        "photo (brightness,contrast,gamma,blur,noise), geo (flip,rot90), all, or a comma list. "
+                        f"None = {OURS_JITTER} with --recipe ours, none with --recipe paper")
+    g.add_argument("--score_top_fraction", type=fraction, default=None,
+                   help="image score: 0 = max of the mean-filtered map (the authors'); > 0 = mean of this share of "
+                        "the hottest pixels (model/scoring.py); stored in the checkpoint. None = "
+                        f"{OURS_TOP_FRACTION} with --recipe ours, 0 with --recipe paper")
+    g.add_argument("--surface_defect_prob", type=fraction, default=0.0,
+                   help="recipe ours: share of simulated defects made of the part's own surface (shading, smooth "
+                        "blobs, faint stains, warps; utils/surface_defects.py) instead of a pasted texture")
+    g.add_argument("--schedule", choices=SCHEDULES, default="step",
+                   help="step: lr x0.2 at 80%% and 90%% of the steps (the paper's); cosine: warm-up, then cosine")
+    g.add_argument("--warmup", type=fraction, default=0.05, help="--schedule cosine: share of steps warming up")
+    g.add_argument("--ema", type=fraction, default=0.0,
+                   help="decay of an EMA of the weights used for validation and checkpoints (0: off; e.g. 0.99)")
 
 
 def parse_args(argv=None):
@@ -51,6 +74,7 @@ def parse_args(argv=None):
                         "omit to use built-in procedural textures")
     g.add_argument("--size", type=size_arg, default=None, help="training image size, a multiple of 32; "
                    "None = from --preset")
+    g.add_argument("--scale", type=scale_arg, default=SQUARE, help=SCALE_HELP)
     g.add_argument("--grayscale", choices=("auto", "on", "off"), default="auto",
                    help="synthesise grey anomalies; auto = when the training images are grayscale")
     g.add_argument("--recipe", choices=("ours", "paper"), default="ours",
@@ -59,19 +83,8 @@ def parse_args(argv=None):
     g.add_argument("--self_texture_prob", type=float, default=0.0,
                    help="recipe ours: share of simulated defects textured with the batch's own (augmented) good "
                         "images instead of --anomaly_source_path textures")
-    g.add_argument("--surface_defect_prob", type=fraction, default=0.0,
-                   help="recipe ours: share of simulated defects made of the part's own surface (shading, smooth "
-                        "blobs, faint stains, warps; utils/surface_defects.py) instead of a pasted texture")
-    g.add_argument("--jitter", type=jitter_kinds, default=None,
-                   help="normal variation of whole good images, input and target alike (utils/jitter.py): none, "
-                        "photo (brightness,contrast,gamma,blur,noise), geo (flip,rot90), all, or a comma list. "
-                        f"None = {OURS_JITTER} with --recipe ours, none with --recipe paper")
-    g.add_argument("--score_top_fraction", type=fraction, default=None,
-                   help="image score: 0 = max of the mean-filtered map (the authors'); > 0 = mean of this share of "
-                        "the hottest pixels (model/scoring.py); stored in the checkpoint. None = "
-                        f"{OURS_TOP_FRACTION} with --recipe ours, 0 with --recipe paper")
-    g.add_argument("--val_fraction", type=fraction, default=0.1,
-                   help="share of good images held out for synthetic validation and threshold calibration")
+    g.add_argument("--val_fraction", type=fraction, default=0.1, help="share of good images held out, >= min(30, n/3)")
+    add_target_flag(g, ", estimated on the held-out images")
     g.add_argument("--workers", type=int, default=0, help="DataLoader workers for decoding images once at start")
     g = p.add_argument_group("Model")
     g.add_argument("--preset", choices=("auto", "paper", "cpu"), default="auto",
@@ -86,11 +99,6 @@ def parse_args(argv=None):
     g.add_argument("--bs", type=positive_int, default=None, help="batch size; None = from --preset")
     g.add_argument("--epochs", type=positive_int, default=None,
                    help="passes over the training images; lr x0.2 at 80%% and 90%%; None = from --preset")
-    g.add_argument("--schedule", choices=SCHEDULES, default="step",
-                   help="step: lr x0.2 at 80%% and 90%% of the steps (the paper's); cosine: warm-up, then cosine")
-    g.add_argument("--warmup", type=fraction, default=0.05, help="--schedule cosine: share of steps warming up")
-    g.add_argument("--ema", type=fraction, default=0.0,
-                   help="decay of an EMA of the weights used for validation and checkpoints (0: off; e.g. 0.99)")
     g.add_argument("--max_minutes", type=positive_float, default=None,
                    help="stop after this many minutes of training (the schedule still assumes --epochs)")
     g.add_argument("--amp", choices=AMP_CHOICES, default="auto",
@@ -106,6 +114,7 @@ def parse_args(argv=None):
     g.add_argument("--stop_after_epoch", type=positive_int, default=None,
                    help="end this run after N epochs, keeping the resumable state (split long runs)")
     g.add_argument("--gpu_id", type=int, default=0, help="CUDA device index (CPU when CUDA is absent; -1 forces CPU)")
+    add_quality_flags(p)
     args = p.parse_args(argv)
     if args.val_every < 0:
         p.error(f"argument --val_every: must be >= 0, got {args.val_every}")

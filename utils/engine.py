@@ -22,9 +22,11 @@ from tqdm import tqdm
 
 from model import DRAEM
 from model.scoring import score_kernel
+from utils.calibration import DEFAULT_TARGET_FALSE_REJECT, fit_threshold
 from utils.checkpoint import base_model_name, load_resume_state, resume_path, save_pair, save_resume_state
-from utils.data_loader import is_grayscale, list_images, load_images, split_files
-from utils.inference import autocast, predict
+from utils.crops import RandomCrops, validation_crops
+from utils.data_loader import is_grayscale, list_images, load_images, load_images_at_scale, split_files
+from utils.inference import autocast, predict, whole_image_scores
 from utils.jitter import jitter_images
 from utils.loss import DraemLoss
 from utils.metrics import image_auroc, pixel_ap
@@ -32,6 +34,7 @@ from utils.runtime import UsageError, distributed_env, resolve_amp, seed_everyth
 from utils.schedules import WeightEMA, make_scheduler
 from utils.synthesis import make_synthesizer
 from utils.textures import load_texture_bank
+from utils.tiling import is_tiled
 from utils.training_logger import TrainingLogger
 
 log = logging.getLogger(__name__)
@@ -106,32 +109,30 @@ def build_validation(images, synthesizer, device):
     return {"images": x, "masks": masks, "labels": labels, "n_normal": len(clean)}
 
 
-def calibrate_threshold(normal_scores):
-    """Image-score threshold from held-out *normal* scores only: q99 + 0.5 * (q99 - median).
+def calibrate_threshold(normal_scores, target_false_reject=DEFAULT_TARGET_FALSE_REJECT):
+    """Image-score threshold from held-out *normal* scores only, aimed at a false-reject rate (utils/calibration.py).
 
-    A high quantile with a margin proportional to the spread of normal scores, so a clean part rarely reads NG;
-    no defect images are needed (or used).
+    No defect images are needed (or used); the calibration dict records the rule, n and the expected rate.
     """
-    s = torch.as_tensor(normal_scores, dtype=torch.float64)
-    q99, q50 = torch.quantile(s, 0.99).item(), s.median().item()
-    return {"threshold": min(q99 + 0.5 * (q99 - q50), 1.0),
-            "rule": "q99 + 0.5 * (q99 - median) of held-out normal scores",
-            "normal_q50": q50, "normal_q99": q99, "normal_max": s.max().item(), "n_normal": len(s)}
+    return fit_threshold(torch.as_tensor(normal_scores, dtype=torch.float64).numpy(), target_false_reject)
 
 
-def validate(model, val, amp_dtype, bs, kernel, top_fraction=0.0):
-    """Image AUROC and pixel AP on the synthetic validation set, plus the calibration from its normal half."""
+def validate(model, val, bs, kernel, target_false_reject=DEFAULT_TARGET_FALSE_REJECT, top_fraction=0.0):
+    """Image AUROC and pixel AP on the synthetic validation set, plus the calibration from its normal half.
+
+    Scored in fp32 whatever the training precision: the threshold must fit the scores detect.py computes.
+    """
     model.eval()
     scores, maps = [], []
     for i in range(0, len(val["images"]), bs):
-        out = predict(model, val["images"][i:i + bs], amp_dtype, kernel, top_fraction)
+        out = predict(model, val["images"][i:i + bs], None, kernel, top_fraction)
         scores.append(out["score"].cpu())
         maps.append(out["anomaly_map"].cpu())
     model.train()
     scores, maps = torch.cat(scores), torch.cat(maps)
     labels, masks = val["labels"].cpu().numpy(), val["masks"][:, 0].cpu().numpy()
     return ({"val_image_auroc": image_auroc(labels, scores.numpy()), "val_pixel_ap": pixel_ap(masks, maps.numpy())},
-            calibrate_threshold(scores[:val["n_normal"]]))
+            calibrate_threshold(scores[:val["n_normal"]], target_false_reject))
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -167,6 +168,7 @@ class Run:
     criterion: torch.nn.Module
     scaler: torch.amp.GradScaler | None
     val: dict | None  # build_validation's set
+    whole_val: list | None  # --scale native / N: held-out uint8 images (3, H, W), the threshold's calibration set
     train_model: torch.nn.Module  # the model, DDP-wrapped when distributed
     logger: TrainingLogger
 
@@ -175,21 +177,39 @@ class Run:
         return self.rank == 0
 
 
+def load_training_sets(settings, train_files, val_files):
+    """(training dataset of (uint8 (3, size, size),) items, held-out uint8 (N, 3, size, size) for the synthetic
+    validation, held-out whole images for the threshold or None).
+
+    --scale square: whole images resized. native / N: random crops of the images at the working scale
+    (utils/crops.py); the synthetic validation uses fixed crops of the held-out images, and the threshold is
+    calibrated on the held-out images scored whole, tiled and stitched exactly as detect.py does.
+    """
+    if not is_tiled(settings.scale):
+        return (TensorDataset(load_images(train_files, settings.size, settings.workers)),
+                load_images(val_files, settings.size, settings.workers), None)
+    held_out = load_images_at_scale(val_files, settings.size, settings.workers, settings.scale)
+    train_images = load_images_at_scale(train_files, settings.size, settings.workers, settings.scale)
+    return (RandomCrops(train_images, settings.size, settings.seed),
+            validation_crops(held_out, settings.size, VAL_SEED), held_out or None)
+
+
 def load_class_data(settings, good_dir, device):
-    """(training images, validation images) as uint8 tensors, the grayscale flag, and the training synthesiser."""
+    """(training dataset, validation images, held-out whole images or None) from load_training_sets, the grayscale
+    flag, and the training synthesiser."""
     files = list_images(good_dir)
     if not files:
         raise UsageError(f"no images in {good_dir}")
     train_files, val_files = split_files(files, settings.val_fraction, settings.seed)
-    train_images = load_images(train_files, settings.size, settings.workers)
-    if len(train_images) == 0:
+    train_set, val_images, whole_val = load_training_sets(settings, train_files, val_files)
+    if len(train_set) == 0:
         raise UsageError(f"no readable images in {good_dir}")
-    val_images = load_images(val_files, settings.size, settings.workers)
-    grayscale = {"on": True, "off": False}.get(settings.grayscale, is_grayscale(train_images[:64].float() / 255))
+    sample = torch.stack([train_set[i][0] for i in range(min(64, len(train_set)))])  # (<=64, 3, S, S) uint8
+    grayscale = {"on": True, "off": False}.get(settings.grayscale, is_grayscale(sample.float() / 255))
     bank = load_texture_bank(settings.anomaly_source_path, settings.size) if settings.anomaly_source_path else None
     synthesizer = make_synthesizer(settings.recipe, bank, grayscale, self_texture_prob=settings.self_texture_prob,
                                    surface_defect_prob=settings.surface_defect_prob)
-    return train_images, val_images, grayscale, synthesizer.to(device)
+    return (train_set, val_images, whole_val), grayscale, synthesizer.to(device)
 
 
 def checkpoint_config(settings, obj_name, grayscale, preset, amp_dtype):
@@ -197,29 +217,28 @@ def checkpoint_config(settings, obj_name, grayscale, preset, amp_dtype):
     return {"size": settings.size, "rec_base_width": settings.rec_base_width,
             "seg_base_width": settings.seg_base_width, "in_channels": 3, "grayscale": grayscale,
             "obj_name": obj_name, "lr": settings.lr, "epochs": settings.epochs, "bs": settings.bs, "preset": preset,
-            "recipe": settings.recipe, "seed": settings.seed,
+            "recipe": settings.recipe, "seed": settings.seed, "scale": settings.scale,
             "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
             "score_kernel": score_kernel(settings.size, scaled=settings.recipe != "paper"),
             "score_top_fraction": settings.score_top_fraction}
 
 
-def build_state(settings, train_images, device, rank, world):
+def build_state(settings, data, device, rank, world):
     """Seeded model, data loader (and DDP sampler), optimizer and generators: (TrainState, loader, sampler)."""
     seed_everything(settings.seed)
     prior = ANOMALY_PRIOR if settings.recipe != "paper" else None
     model = DRAEM(settings.rec_base_width, settings.seg_base_width).init_weights(prior).to(device)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    data = TensorDataset(train_images)
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=settings.seed,
                                  drop_last=True) if world > 1 else None
     loader_gen = torch.Generator().manual_seed(settings.seed)
     loader = DataLoader(data, batch_size=settings.bs, shuffle=sampler is None, sampler=sampler,
-                        generator=loader_gen, drop_last=len(train_images) // world > settings.bs)
+                        generator=loader_gen, drop_last=len(data) // world > settings.bs)
     optimizer, scheduler = make_optimizer(model, settings.lr, settings.epochs * len(loader), settings.schedule,
                                           settings.warmup)
-    synth_gen = torch.Generator(device=device).manual_seed(settings.seed + 7919 * rank)
     ema = WeightEMA(model, settings.ema) if settings.ema else None
+    synth_gen = torch.Generator(device=device).manual_seed(settings.seed + 7919 * rank)
     return TrainState(model, optimizer, scheduler, loader_gen, synth_gen, ema=ema), loader, sampler
 
 
@@ -227,13 +246,13 @@ def setup_run(settings, obj_name, good_dir, device, preset, command):
     """Everything one class's training needs: (Run, TrainState), the state resumed when --resume is set."""
     rank, _, world = distributed_env()
     amp_dtype = resolve_amp(settings.amp, device)
-    train_images, val_images, grayscale, synthesizer = load_class_data(settings, good_dir, device)
+    (train_set, val_images, whole_val), grayscale, synthesizer = load_class_data(settings, good_dir, device)
     base = base_model_name(settings.lr, settings.epochs, settings.bs, obj_name)
     config = checkpoint_config(settings, obj_name, grayscale, preset, amp_dtype)
-    log.info("class %s: %d training + %d validation images from %s, %s synthesis%s, %s", obj_name,
-             len(train_images), len(val_images), good_dir, settings.recipe, " (grayscale)" if grayscale else "",
-             config["amp"])
-    state, loader, sampler = build_state(settings, train_images, device, rank, world)
+    log.info("class %s: %d training + %d validation %s from %s, scale %s, %s synthesis%s, %s", obj_name,
+             len(train_set), len(val_images), "crops" if whole_val else "images", good_dir, settings.scale,
+             settings.recipe, " (grayscale)" if grayscale else "", config["amp"])
+    state, loader, sampler = build_state(settings, train_set, device, rank, world)
     # validation: every held-out image gets a defect, none is rotated
     val_synth = make_synthesizer(settings.recipe, synthesizer.texture_bank, grayscale, rotate_prob=0.0,
                                  anomaly_prob=1.0)
@@ -248,7 +267,7 @@ def setup_run(settings, obj_name, good_dir, device, preset, command):
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     train_model = DDP(state.model) if world > 1 else state.model
     run = Run(settings, obj_name, base, config, device, amp_dtype, rank, world, loader, sampler, synthesizer,
-              DraemLoss().to(device), scaler, val, train_model, logger)
+              DraemLoss().to(device), scaler, val, whole_val, train_model, logger)
     return run, state
 
 
@@ -261,9 +280,14 @@ def checkpoint(run, state, row):
             dist.broadcast(buf, 0)
     calib = {"threshold": None, "rule": "no validation images"}
     model = state.ema.model if state.ema is not None else state.model  # what validation and the pairs see
+    top = run.config["score_top_fraction"]
     if run.val is not None:
-        metrics, calib = validate(model, run.val, run.amp_dtype, settings.bs, run.config["score_kernel"],
-                                  run.config["score_top_fraction"])
+        metrics, calib = validate(model, run.val, settings.bs, run.config["score_kernel"],
+                                  settings.target_false_reject, top)
+        if run.whole_val:  # tiled: the threshold from whole held-out images, scored as detect.py scores them (fp32)
+            calib = calibrate_threshold(whole_image_scores(model, run.whole_val, settings.size, None,
+                                                           run.config["score_kernel"], run.device, top),
+                                        settings.target_false_reject)
         row.update(metrics)
     if not run.is_main:
         return
@@ -330,6 +354,8 @@ def run_epochs(run, state):
     for epoch in range(state.epoch, end_epoch):
         if run.sampler is not None:
             run.sampler.set_epoch(epoch)
+        if isinstance(run.loader.dataset, RandomCrops):
+            run.loader.dataset.set_epoch(epoch)  # this epoch's crop offsets, seeded by (seed, epoch)
         t_epoch = time.time()
         row, late = train_epoch(run, state, t0)
         if late:

@@ -1,4 +1,4 @@
-"""Scoring a labelled MVTec-style test split: per-type metrics, their table, and the metrics files.
+"""Scoring a labelled MVTec-style test split: per-type metrics and OK/NG verdicts, their table, the metrics files.
 
 Used by evaluate.py and by train.py's built-in demo:
     results = evaluate_class(Detector.from_checkpoint(...), "path/to/class")   # {type: {metric: value}}
@@ -9,37 +9,46 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from utils.calibration import add_verdicts, format_verdicts
 from utils.data_loader import MVTecTestDataset
 from utils.metrics import METRIC_NAMES, format_table, per_type_metrics
+from utils.tiling import SQUARE
 from utils.visualize import save_panels
+
+VERDICTS = ("threshold", "false_reject_rate", "defect_recall", "best_recall_at_same_frr")  # overall, in --json
 
 
 def collate(batch):
-    return {"image": torch.stack([b["image"] for b in batch]), "mask": torch.stack([b["mask"] for b in batch]),
-            "label": [b["label"] for b in batch], "type": [b["type"] for b in batch],
-            "path": [b["path"] for b in batch]}
+    """Lists, not stacks: at a tiled working scale (--scale native / N) the images differ in size."""
+    return {k: [b[k] for b in batch] for k in ("image", "mask", "label", "type", "path")}
 
 
 def evaluate_class(detector, class_dir, bs=8, save_images_dir=None, workers=0):
-    """Score every test image; returns {type: {metric: value}, ..., "overall": {...}}."""
-    ds = MVTecTestDataset(class_dir, detector.size)
-    loader = DataLoader(ds, batch_size=bs, num_workers=workers, collate_fn=collate)
+    """Score every test image; returns {type: {metric: value}, ..., "overall": {...}}, with the verdicts at the
+    detector's threshold among the metrics (utils/calibration.py add_verdicts).
+
+    Maps and masks are compared at the checkpoint's working scale (masks resized by nearest neighbour).
+    """
+    ds = MVTecTestDataset(class_dir, detector.size, detector.scale)
+    # tiled scales: one image at a time, so memory is bounded by one image (plus the maps kept for the metrics)
+    loader = DataLoader(ds, batch_size=bs if detector.scale == SQUARE else 1, num_workers=workers,
+                        collate_fn=collate)
     labels, scores, masks, maps, types = [], [], [], [], []
     for batch in tqdm(loader, desc="evaluate", leave=False):
-        out = detector(batch["image"])
-        scores.append(out["score"].cpu().numpy())
-        maps.append(out["anomaly_map"].cpu().numpy().astype(np.float32))
-        masks.append(batch["mask"][:, 0].numpy().astype(np.uint8))
+        out = detector.predict_batch(batch["image"], with_reconstruction=save_images_dir is not None)
+        scores += [float(s) for s in out["score"]]
+        maps += [m.cpu().numpy().astype(np.float32) for m in out["anomaly_map"]]  # (H, W) each
+        masks += [m[0].numpy().astype(np.uint8) for m in batch["mask"]]
         labels += batch["label"]
         types += batch["type"]
         if save_images_dir is not None:
             save_batch_panels(detector, batch, out, Path(save_images_dir))
-    return per_type_metrics(np.array(types), np.array(labels), np.concatenate(scores), np.concatenate(masks),
-                            np.concatenate(maps))
+    scores = np.array(scores)  # (N,)
+    results = per_type_metrics(np.array(types), np.array(labels), scores, masks, maps)
+    return add_verdicts(results, types, labels, scores, detector.threshold)
 
 
 def save_batch_panels(detector, batch, out, folder):
@@ -51,8 +60,9 @@ def save_batch_panels(detector, batch, out, folder):
 
 
 def results_text(results, title=""):
-    """The results table under a title line (blank when there is no title)."""
-    return f"\n{title}\n{format_table(results)}" if title else f"\n{format_table(results)}"
+    """The results table under a title line (blank when there is no title), then the verdicts."""
+    table = f"\n{title}\n{format_table(results)}" if title else f"\n{format_table(results)}"
+    return f"{table}\n{format_verdicts(results)}"
 
 
 def json_safe(results):
@@ -66,7 +76,7 @@ def write_results(results, folder, meta):
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["type", *METRIC_NAMES])
+        w.writerow(["type", *METRIC_NAMES, *VERDICTS])
         for name, m in results.items():
-            w.writerow([name, *(f"{m[k]:.4f}" for k in METRIC_NAMES)])
+            w.writerow([name, *("" if m.get(k) is None else f"{m[k]:.4f}" for k in (*METRIC_NAMES, *VERDICTS))])
     (folder / "metrics.json").write_text(json.dumps({"results": json_safe(results), "checkpoint": meta}, indent=2))
