@@ -32,7 +32,7 @@ def image_score(amap, kernel=SCORE_KERNEL, top_fraction=0.0):
     """
     if top_fraction > 0:
         flat = amap.flatten(1)  # (B, H*W)
-        k = max(1, int(round(flat.shape[1] * top_fraction)))
+        k = max(1, int(flat.shape[1] * top_fraction + 0.5))  # rounded; int() also when tracing for ONNX
         return flat.topk(k, dim=1).values.mean(dim=1)
     # A zero-padded box mean is separable: a k x 1 then a 1 x k mean equals the k x k one (to float rounding)
     # at 2k instead of k*k operations per pixel.
