@@ -1,5 +1,7 @@
 """Run-time helpers shared by the scripts: device choice, seeding, distributed setup, precision."""
+import argparse
 import logging
+import math
 import os
 import random
 
@@ -11,6 +13,22 @@ log = logging.getLogger(__name__)
 
 class UsageError(ValueError):
     """Bad user input (a path, a flag, a file). Scripts print it as one line and exit with code 2."""
+
+
+def positive_int(s):
+    """argparse type: an integer > 0."""
+    v = int(s)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
+def probability(s):
+    """argparse type: a probability or share in [0, 1]."""
+    v = float(s)
+    if not 0.0 <= v <= 1.0 or not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {s}")
+    return v
 
 
 def select_device(gpu_id=0):
