@@ -326,3 +326,28 @@ def test_header_sizes_of_every_format():
         assert header_size(cv2.imencode(ext, img)[1]) == (53, 37), ext
     assert header_size(cv2.imencode(".tif", img.astype(np.uint16) * 200)[1]) == (53, 37)
     assert header_size(b"garbage") is None and header_size(b"") is None
+
+
+def test_check_output_dir_creates_nothing(tmp_path):
+    from utils.outputs import check_output_dir
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    for bad, what in [(a_file, "is a file"), (a_file / "sub", "cannot be created"), ("/proc/draem_x", "/proc"),
+                      (tmp_path / ("d" * 300), "longer than")]:
+        with pytest.raises(UsageError, match=what):
+            check_output_dir(bad, "--checkpoint_path")
+    check_output_dir(tmp_path / "new" / "deeper", "--log_path")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_signals_stop_after_the_step_or_at_once():
+    from utils.signals import Interrupted, StopOnSignal
+    with StopOnSignal() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.interrupted().exit_code == 143
+        with pytest.raises(Interrupted):  # a second signal: at once
+            os.kill(os.getpid(), signal.SIGINT)
+    with pytest.raises(Interrupted) as e, StopOnSignal(armed=False):
+        os.kill(os.getpid(), signal.SIGINT)
+    assert e.value.exit_code == 130 and "SIGINT" in str(e.value)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

@@ -8,6 +8,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from utils.atomic import recover
 from utils.runtime import UsageError
 
 try:
@@ -81,4 +82,22 @@ def lock_names(folder, names, what="train.py"):
         for name in names:
             taking.enter_context(NameLock(folder, name, what))
         stack.push(taking.pop_all())
+    return stack
+
+
+def hold_checkpoint_names(checkpoint_path, names, log_path=None, what="train.py"):
+    """A run's start: create the checkpoint folder, hold every checkpoint name in it (UsageError naming the
+    running process when another run holds one), then finish or remove what killed runs of these names left
+    (there and in their run folders under `log_path`). Returns the ExitStack holding the locks."""
+    folder = Path(checkpoint_path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--checkpoint_path {folder}: cannot create it ({e.strerror})") from None
+    stack = lock_names(folder, names, what)
+    recover(folder)
+    if log_path is not None and Path(log_path).is_dir():
+        for run_dir in Path(log_path).iterdir():
+            if run_dir.is_dir() and any(run_dir.name == n or run_dir.name.startswith(n + "_") for n in names):
+                recover(run_dir)
     return stack

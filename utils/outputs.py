@@ -21,7 +21,7 @@ PNG_MARK = b"Software\x00DRAEM"
 def _nearest_existing(path):
     p = Path(os.path.abspath(path))
     missing = []
-    while not p.exists() and p != p.parent:
+    while not os.path.exists(p) and p != p.parent:  # os.path: False (not an error) for an over-long name
         missing.append(p.name)
         p = p.parent
     return p, missing[::-1]
@@ -53,13 +53,13 @@ def check_output_file(path, flag, is_ours):
     """UsageError unless `path` can be written: not a folder, in a writable folder, and, when it exists, written
     by us before (`is_ours(path)`); the file itself is never touched here."""
     path = Path(path)
-    if path.is_dir():
+    if os.path.isdir(path):
         raise UsageError(f"{flag} {path} is an existing folder; give a file name")
     name_max = os.pathconf(_nearest_existing(path.parent)[0], "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
     if len(os.fsencode(path.name)) > name_max:
         raise UsageError(f"{flag} {path}: the file name is longer than {name_max} bytes")
     check_output_dir(path.parent, flag)
-    if path.exists() and not is_ours(path):
+    if os.path.exists(path) and not is_ours(path):
         raise UsageError(f"{flag} {path} exists and was not written by this tool; refusing to overwrite it "
                          f"(remove it or choose another name)")
 
