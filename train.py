@@ -10,6 +10,7 @@ Writes the checkpoint pair DRAEM_test_{lr}_{epochs}_bs{bs}_{obj}_.pt / ..._seg.p
 validation), the pair ..._last.pt / ..._last_seg.pt, a resumable state ..._resume.pt, and a run folder of logs.
 """
 import argparse
+import contextlib
 import logging
 import math
 import sys
@@ -29,8 +30,12 @@ from utils.data_loader import is_grayscale, list_images, read_image
 from utils.inference import autocast, predict
 from utils.loss import DraemLoss
 from utils.metrics import image_auroc, pixel_ap
-from utils.runtime import (UsageError, distributed_env, resolve_amp, seed_everything, seed_worker,
+from utils.image_size import DEFAULT_MAX_PIXELS, set_max_pixels
+from utils.lock import hold_checkpoint_names
+from utils.outputs import check_output_dir
+from utils.runtime import (UsageError, distributed_env, probability, resolve_amp, seed_everything, seed_worker,
                            select_device)
+from utils.signals import Interrupted, StopOnSignal
 from utils.synthesis import load_texture_bank, make_synthesizer
 from utils.training_logger import TrainingLogger
 
@@ -93,12 +98,14 @@ def parse_args(argv=None):
     g.add_argument("--recipe", choices=("ours", "paper"), default="ours",
                    help="anomaly simulation recipe: 'paper' is DRAEM's as published; 'ours' adds what the "
                         "README's results table measures")
-    g.add_argument("--self_texture_prob", type=float, default=0.0,
+    g.add_argument("--self_texture_prob", type=probability, default=0.0,
                    help="recipe ours: share of simulated defects textured with the batch's own (augmented) good "
                         "images instead of --anomaly_source_path textures")
     g.add_argument("--val_fraction", type=fraction, default=0.1,
                    help="share of good images held out for synthetic validation and threshold calibration")
     g.add_argument("--workers", type=int, default=0, help="DataLoader workers for decoding images once at start")
+    g.add_argument("--max_pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                   help="skip training images with more pixels than this (read from the header, before decoding)")
     g = p.add_argument_group("Model")
     g.add_argument("--preset", choices=("auto", "paper", "cpu"), default="auto",
                    help="sizes: paper = 256 px, widths 128/64, 700 epochs; cpu = the measured CPU preset "
@@ -304,7 +311,17 @@ def make_optimizer(model, lr, total_steps):
     return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.2)
 
 
-def train_class(args, obj_name, good_dir, device, preset):
+def stop_requested(stop, world, device):
+    """A signal asked the run to stop; under DDP every rank agrees (else the others hang)."""
+    requested = stop is not None and stop.requested
+    if world > 1:
+        flag = torch.tensor(float(requested), device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        requested = bool(flag.item())
+    return requested
+
+
+def train_class(args, obj_name, good_dir, device, preset, stop=None):
     rank, _, world = distributed_env()
     is_main = rank == 0
     amp_dtype = resolve_amp(args.amp, device)
@@ -377,20 +394,25 @@ def train_class(args, obj_name, good_dir, device, preset):
         if not is_main:
             return
         pair_id = f"{logger.run_dir.name}-s{step}"
-        save_pair(model, args.checkpoint_path, base + "last", config, calib, pair_id)
+        save_pair(model, args.checkpoint_path, base + "last", config, calib, pair_id, logger.run_dir.name, step)
         # best by image AUROC + pixel AP on the synthetic validation set (nan counts as 0)
         score = sum(v for v in (row.get("val_image_auroc"), row.get("val_pixel_ap")) if v is not None and v == v)
         if val is None or score > best:
             best = score
-            save_pair(model, args.checkpoint_path, base, config, calib, pair_id)
+            save_pair(model, args.checkpoint_path, base, config, calib, pair_id, logger.run_dir.name, step)
+        save_resume(epoch)
+        logger.log_epoch(row)
+
+    def save_resume(epoch):
         atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "loader_gen": loader_gen.get_state(),
                      "synth_gen": synth_gen.get_state().cpu(), "epoch": epoch, "step": step, "best": best,
                      "run_dir": str(logger.run_dir)}, resume_path)
-        logger.log_epoch(row)
 
     t0 = time.time()
     end_epoch = min(args.epochs, args.stop_after_epoch or args.epochs)
+    if stop is not None:
+        stop.armed = True
     for epoch in range(start_epoch, end_epoch):
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -415,6 +437,10 @@ def train_class(args, obj_name, good_dir, device, preset):
                 flag = torch.tensor(float(out_of_time), device=device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 out_of_time = bool(flag.item())
+            if stop_requested(stop, world, device):  # Ctrl-C / SIGTERM: the resumable state, then exit 130 / 143
+                if is_main:
+                    save_resume(epoch)
+                raise stop.interrupted(f"resumable state {resume_path} (continue with --resume)")
             if (args.val_every and step % args.val_every == 0) or out_of_time:
                 checkpoint(epoch, {"epoch": epoch + n / steps_per_epoch, "step": step,
                                    "lr": optimizer.param_groups[0]["lr"], **{k: v / n for k, v in sums.items()},
@@ -426,11 +452,15 @@ def train_class(args, obj_name, good_dir, device, preset):
             break
         row = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
                **{k: v / max(n, 1) for k, v in sums.items()}, "seconds": round(time.time() - t0, 1)}
-        if not args.val_every or epoch + 1 == end_epoch:
+        if not args.val_every or (epoch + 1 == end_epoch and step % args.val_every):
             checkpoint(epoch + 1, row)
+        elif epoch + 1 == end_epoch and is_main:  # this step was just validated: one CSV row, the epoch boundary
+            save_resume(epoch + 1)
         if is_main:
             log.info("epoch %d/%d  loss %.4f  val AUROC %s  (%.1fs)", epoch + 1, args.epochs, row["loss"],
                      f"{row['val_image_auroc']:.3f}" if "val_image_auroc" in row else "-", time.time() - t_epoch)
+    if stop is not None:
+        stop.armed = False
     logger.close()
     if is_main:
         log.info("checkpoints: %s (+_seg.pt), logs: %s", Path(args.checkpoint_path) / f"{base}.pt", logger.run_dir)
@@ -464,34 +494,48 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     args.command = ["train.py", *(sys.argv[1:] if argv is None else argv)]
+    set_max_pixels(args.max_pixels)
     try:
-        device = init_distributed(args)
-        preset = apply_preset(args, device)
-        rank = distributed_env()[0]
-        if rank == 0:
-            log.info("device: %s, preset: %s (size %d, widths %d/%d, bs %d, epochs %d)", device, preset, args.size,
-                     args.rec_base_width, args.seg_base_width, args.bs, args.epochs)
-        demo_dir = None
-        if args.data_path is None:
-            from utils.demo_data import make_demo_dataset
-            demo_dir = make_demo_dataset(DEMO_ROOT)
-            args.data_path = str(demo_dir)
-        if args.anomaly_source_path is not None and not Path(args.anomaly_source_path).is_dir():
-            raise UsageError(f"--anomaly_source_path {args.anomaly_source_path} is not a folder")
-        for obj_name, good_dir in resolve_classes(args.data_path, args.obj_id):
-            base, _ = train_class(args, obj_name, good_dir, device, preset)
-        if demo_dir is not None and rank == 0:
-            run_demo_evaluation(args, base, demo_dir)
+        with StopOnSignal(armed=False) as stop:
+            run(args, stop)
     except (UsageError, FileNotFoundError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    except Diverged as e:
+    except (Diverged, OSError) as e:  # OSError: a write failed (disk full ...); earlier checkpoints are whole
         print(f"train.py: error: {e}", file=sys.stderr)
         return 1
+    except Interrupted as e:
+        print(f"train.py: {e}", file=sys.stderr)
+        return e.exit_code
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0
+
+
+def run(args, stop):
+    device = init_distributed(args)
+    preset = apply_preset(args, device)
+    rank = distributed_env()[0]
+    check_output_dir(args.checkpoint_path, "--checkpoint_path")  # before any work: nothing made on failure
+    check_output_dir(args.log_path, "--log_path")
+    if rank == 0:
+        log.info("device: %s, preset: %s (size %d, widths %d/%d, bs %d, epochs %d)", device, preset, args.size,
+                 args.rec_base_width, args.seg_base_width, args.bs, args.epochs)
+    demo_dir = None
+    if args.data_path is None:
+        from utils.demo_data import make_demo_dataset
+        demo_dir = make_demo_dataset(DEMO_ROOT)
+        args.data_path = str(demo_dir)
+    if args.anomaly_source_path is not None and not Path(args.anomaly_source_path).is_dir():
+        raise UsageError(f"--anomaly_source_path {args.anomaly_source_path} is not a folder")
+    classes = resolve_classes(args.data_path, args.obj_id)
+    names = [base_model_name(args.lr, args.epochs, args.bs, obj_name) for obj_name, _ in classes]
+    with hold_checkpoint_names(args.checkpoint_path, names, args.log_path) if rank == 0 else contextlib.nullcontext():
+        for obj_name, good_dir in classes:
+            base, _ = train_class(args, obj_name, good_dir, device, preset, stop)
+        if demo_dir is not None and rank == 0:
+            run_demo_evaluation(args, base, demo_dir)
 
 
 if __name__ == "__main__":

@@ -351,3 +351,130 @@ def test_signals_stop_after_the_step_or_at_once():
         os.kill(os.getpid(), signal.SIGINT)
     assert e.value.exit_code == 130 and "SIGINT" in str(e.value)
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+# ------------------------------------------------------------------------------------------- train.py
+TINY = ["--size", "32", "--rec_base_width", "4", "--seg_base_width", "2", "--bs", "4", "--amp", "off",
+        "--lr", "0.0001"]
+
+
+def _train(tmp_path, *extra):
+    import train
+    data = tmp_path / "widget" / "train" / "good"
+    if not data.exists():
+        write_images(data, 12)
+    return train.main(["--data_path", str(data), "--checkpoint_path", str(tmp_path / "ckpt"),
+                       "--log_path", str(tmp_path / "logs"), *TINY, *extra])
+
+
+def _at_loss_call(monkeypatch, k, action):
+    """Run `action` at the k-th loss computation (the k-th training step)."""
+    from utils.loss import DraemLoss
+    real, calls = DraemLoss.forward, {"n": 0}
+
+    def forward(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == k:
+            action()
+        return real(self, *a, **kw)
+    monkeypatch.setattr(DraemLoss, "forward", forward)
+
+
+def _errors(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("train.py:")]
+
+
+def test_training_output_paths_are_checked_before_any_work(tmp_path, capsys):
+    """Cases 6 and 8: nothing is created, the error comes at once."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    write_images(tmp_path / "widget" / "train" / "good", 12)
+    import train
+    for flags, what in [(["--checkpoint_path", str(a_file)], "is a file"),
+                        (["--checkpoint_path", "/proc/draem_ckpt"], "/proc"),
+                        (["--log_path", str(a_file / "logs")], "cannot be created"),
+                        (["--log_path", "/proc/draem_logs"], "/proc")]:
+        argv = ["--data_path", str(tmp_path / "widget"), "--checkpoint_path", str(tmp_path / "ckpt"),
+                "--log_path", str(tmp_path / "logs"), *TINY, "--epochs", "1", *flags]
+        assert train.main(argv) == 2
+        err = _errors(capsys)
+        assert len(err) == 1 and what in err[0], err
+        assert not (tmp_path / "ckpt").exists() and not (tmp_path / "logs").exists()
+
+
+def test_a_second_run_on_the_same_names_exits_2_naming_the_first(tmp_path, capsys):
+    """Case 4."""
+    from utils.checkpoint import base_model_name
+    (tmp_path / "ckpt").mkdir()
+    with NameLock(tmp_path / "ckpt", base_model_name(0.0001, 1, 4, "widget")):
+        assert _train(tmp_path, "--epochs", "1", "--seed", "1") == 2
+        err = _errors(capsys)
+        assert len(err) == 1 and f"process {os.getpid()}" in err[0]
+    assert not (tmp_path / "logs").exists()
+    assert _train(tmp_path, "--epochs", "1") == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_training_writes_the_resume_state_and_exits_128_plus_n(tmp_path, capsys, monkeypatch, signum):
+    """Cases 11 and 12: one line, exit 143 / 130, resumable; the next run removes our leftover temp files."""
+    from utils.checkpoint import base_model_name
+    _at_loss_call(monkeypatch, 3, lambda: os.kill(os.getpid(), signum))
+    assert _train(tmp_path, "--epochs", "3", "--val_every", "1") == 128 + signum
+    err = _errors(capsys)
+    assert len(err) == 1 and signal.Signals(signum).name in err[0] and "--resume" in err[0]
+    base = base_model_name(0.0001, 3, 4, "widget")
+    resume = torch.load(tmp_path / "ckpt" / f"{base}_resume.pt", weights_only=True)
+    assert resume["step"] == 3
+    stale = tmp_path / "ckpt" / ".draem-00000000abcd.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    monkeypatch.undo()
+    assert _train(tmp_path, "--epochs", "3", "--val_every", "1", "--resume") == 0
+    assert not stale.exists()
+    assert _pair_ids(tmp_path / "ckpt", base + "last")[0] == _pair_ids(tmp_path / "ckpt", base + "last")[1]
+
+
+def test_a_signal_before_training_exits_130_in_one_line(tmp_path, capsys, monkeypatch):
+    from utils.loss import DraemLoss
+    real = DraemLoss.__init__
+
+    def init(self, *a, **kw):
+        real(self, *a, **kw)
+        os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(DraemLoss, "__init__", init)
+    assert _train(tmp_path, "--epochs", "1") == 130
+    assert len(_errors(capsys)) == 1
+
+
+@pytest.mark.parametrize("val_every,rows", [(1, 6), (2, 3), (4, 2)])
+def test_metrics_csv_has_one_row_per_validation(tmp_path, val_every, rows):
+    """Case 14: 3 epochs of 2 steps; the final step's validation is not repeated."""
+    assert _train(tmp_path, "--epochs", "3", "--val_every", str(val_every)) == 0
+    run_dir = next((tmp_path / "logs").iterdir())
+    steps = [int(r["step"]) for r in csv.DictReader(open(run_dir / "metrics.csv"))]
+    assert len(steps) == rows and len(set(steps)) == rows and steps[-1] == 6, steps
+
+
+def test_a_failed_checkpoint_write_exits_1_and_keeps_the_earlier_pairs(tmp_path, capsys, monkeypatch):
+    """Case 7 in training: disk full at the second validation."""
+    from utils.checkpoint import base_model_name
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    _at_loss_call(monkeypatch, 2, lambda: monkeypatch.setattr("utils.atomic.os.fsync", disk_full))
+    assert _train(tmp_path, "--epochs", "2", "--val_every", "1") == 1
+    err = _errors(capsys)
+    assert len(err) == 1 and "No space left on device" in err[0] and "_last.pt" in err[0]
+    base = base_model_name(0.0001, 2, 4, "widget")
+    assert _pair_ids(tmp_path / "ckpt", base + "last") == [_pair_ids(tmp_path / "ckpt", base)[0]] * 2
+    assert not [p for p in (tmp_path / "ckpt").iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("value", ["5", "-1", "nan"])
+def test_probability_flags_are_range_checked(value, capsys):
+    """Case 9."""
+    import train
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(["--self_texture_prob", value])
+    assert e.value.code == 2 and "[0, 1]" in capsys.readouterr().err
