@@ -5,7 +5,7 @@ makes a valid output name too long), fsynced, then `os.replace`d over the target
 or the new one, never half of one.
 
 A group of files (`atomic_group`): every new file is written under its own temp name and fsynced; then a small
-journal (`.draem-commit-<hash of the first target>.json`: the list of temp -> target moves) is written
+journal (`.draem-commit-<16 hex>.json`: the list of temp -> target moves) is written
 atomically: that is the commit point. Then each temp file replaces its target and the journal is removed.
 After a crash at any moment:
 - before the journal exists: only temp files were written; the targets hold the complete old group;
@@ -16,7 +16,6 @@ only temp files of our own pattern that nobody holds (the writer died) and that 
 """
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -153,11 +152,6 @@ def atomic_write_bytes(path, data: bytes) -> None:
         f.write(data)
 
 
-def journal_path(folder, first_target):
-    digest = hashlib.sha256(str(first_target).encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    return Path(folder) / f".draem-commit-{digest}.json"
-
-
 def atomic_group(targets, write_one):
     """Write several files in one folder as a unit: all old or all new after a crash at any moment.
 
@@ -174,24 +168,34 @@ def atomic_group(targets, write_one):
             write_one(f, i)
             _sync(f)
             temps.append(temp)
-        journal = journal_path(folder, targets[0])
+        journal = folder / f".draem-commit-{secrets.token_hex(8)}.json"  # unique: a reader removes only the one it read
         moves = [[temp.path.name, t.name] for temp, t in zip(temps, targets)]
         atomic_write_bytes(journal, json.dumps({"moves": moves}).encode())  # the commit point
         for temp in temps:
             temp.keep = True  # committed: from now on the group is completed, never undone
-        _roll_forward(journal)
+        _apply(journal, moves)
     return targets
 
 
 def _roll_forward(journal):
     """Apply a committed journal's moves (those not done yet), then remove it. Idempotent."""
-    moves = json.loads(journal.read_text())["moves"]
+    return _apply(journal, json.loads(journal.read_text())["moves"])
+
+
+def _apply(journal, moves):
     for tmp_name, target_name in moves:
         with contextlib.suppress(FileNotFoundError):  # already moved (by us or by a concurrent recover)
             os.replace(journal.parent / tmp_name, journal.parent / target_name)
     _fsync_dir(journal.parent)
     journal.unlink(missing_ok=True)
     return [journal.parent / t for _, t in moves]
+
+
+def _mtime(path):
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _held_by_a_live_writer(path):
@@ -223,11 +227,14 @@ def recover(folder):
     if not folder.is_dir():
         return [], []
     completed = []
-    for journal in sorted(p for p in folder.iterdir() if JOURNAL_RE.match(p.name)):
+    journals = [p for p in folder.iterdir() if JOURNAL_RE.match(p.name)]
+    for journal in sorted(journals, key=_mtime):  # oldest commit first
         try:
             completed += _roll_forward(journal)
-        except (ValueError, KeyError, TypeError):  # an unreadable journal was never committed (atomic write)
-            journal.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass  # its writer finished it meanwhile
+        except (ValueError, KeyError, TypeError):  # not one of ours: journals are written atomically
+            log.warning("ignoring %s: not a readable commit journal", journal)
     removed = []
     for p in sorted(folder.iterdir()):
         if (TEMP_RE.match(p.name) or LEGACY_TEMP_RE.match(p.name)) and p.is_file() \
