@@ -36,17 +36,20 @@ def _probe_writable(folder, flag, path):
     tmp.unlink(missing_ok=True)
 
 
-def check_output_dir(path, flag):
-    """UsageError unless `path` is (or can be created as) a writable folder. Creates nothing."""
+def check_output_dir(path, flag, shown=None):
+    """UsageError unless `path` is (or can be created as) a writable folder. Creates nothing.
+
+    shown: the path the message names (the flag's value), when `path` is its folder."""
+    shown = path if shown is None else shown
     existing, missing = _nearest_existing(path)
     if not existing.is_dir():
         what = "is a file" if existing == Path(os.path.abspath(path)) else f"cannot be created: {existing} is a file"
-        raise UsageError(f"{flag} {path} {what}, not a folder")
+        raise UsageError(f"{flag} {shown} {what}" + (", not a folder" if shown == path else ""))
     name_max = os.pathconf(existing, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
     for name in missing:
         if len(os.fsencode(name)) > name_max:
-            raise UsageError(f"{flag} {path}: the name {name[:40]}... is longer than {name_max} bytes")
-    _probe_writable(existing, flag, path)
+            raise UsageError(f"{flag} {shown}: the name {name[:40]}... is longer than {name_max} bytes")
+    _probe_writable(existing, flag, shown)
 
 
 def check_output_file(path, flag, is_ours):
@@ -58,7 +61,7 @@ def check_output_file(path, flag, is_ours):
     name_max = os.pathconf(_nearest_existing(path.parent)[0], "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
     if len(os.fsencode(path.name)) > name_max:
         raise UsageError(f"{flag} {path}: the file name is longer than {name_max} bytes")
-    check_output_dir(path.parent, flag)
+    check_output_dir(path.parent, flag, shown=path)
     if os.path.exists(path) and not is_ours(path):
         raise UsageError(f"{flag} {path} exists and was not written by this tool; refusing to overwrite it "
                          f"(remove it or choose another name)")
