@@ -24,7 +24,7 @@ from utils.checkpoint import newest_complete_pair
 from utils.data_loader import list_images, read_image
 from utils.image_size import DEFAULT_MAX_PIXELS, set_max_pixels
 from utils.inference import Detector
-from utils.outputs import (check_output_dir, check_output_file, png_is_ours, refuse_input_overwrite,
+from utils.outputs import (check_output_dir, check_output_file, png_is_ours, refuse_foreign, refuse_input_overwrite,
                            text_starts_with)
 from utils.runtime import UsageError, positive_int, resolve_amp, select_device
 from utils.visualize import save_panels
@@ -105,8 +105,7 @@ def check_outputs(files, root, output, folder_mode):
     pictures = [output / picture_name(f.relative_to(root)) for f in files]
     refuse_input_overwrite(pictures, files)
     for path in pictures:
-        if path.exists():
-            check_output_file(path, "--output_path", png_is_ours)
+        refuse_foreign(path, "--output_path", png_is_ours)
     check_output_file(output / "report.csv", "--output_path",
                       text_starts_with(REPORT_HEADER, OLD_REPORT_HEADER))
 

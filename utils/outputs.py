@@ -62,8 +62,13 @@ def check_output_file(path, flag, is_ours):
     if len(os.fsencode(path.name)) > name_max:
         raise UsageError(f"{flag} {path}: the file name is longer than {name_max} bytes")
     check_output_dir(path.parent, flag, shown=path)
-    if os.path.exists(path) and not is_ours(path):
-        raise UsageError(f"{flag} {path} exists and was not written by this tool; refusing to overwrite it "
+    refuse_foreign(path, flag, is_ours)
+
+
+def refuse_foreign(path, flag, is_ours):
+    """UsageError when a file we would replace at `path` was not written by us (or is a folder)."""
+    if os.path.isdir(path) or (os.path.exists(path) and not is_ours(path)):
+        raise UsageError(f"{flag}: {path} exists and was not written by this tool; refusing to overwrite it "
                          f"(remove it or choose another name)")
 
 
