@@ -96,7 +96,7 @@ def _same_file(path, fd):
 def _os_error_of(exc):
     """The OSError behind `exc` (torch.save wraps a failed write in a RuntimeError), or None."""
     while exc is not None and not isinstance(exc, OSError):
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__ if exc.__cause__ is not None else (None if exc.__suppress_context__ else exc.__context__)
     return exc
 
 
@@ -198,23 +198,32 @@ def _mtime(path):
         return 0.0
 
 
-def _held_by_a_live_writer(path):
-    """True when a process holds the flock of `path`: it is being written."""
+def _remove_if_abandoned(path):
+    """Remove a temp file of ours unless a live writer holds its flock; True when removed.
+
+    It is removed while we hold its lock: a writer that created it a moment ago and waits for the lock then
+    finds its name gone and takes another (new_temp_file)."""
     try:
         if fcntl is None:
-            return time.time() - path.stat().st_mtime < UNLOCKED_TEMP_AGE_S
+            if time.time() - path.stat().st_mtime < UNLOCKED_TEMP_AGE_S:
+                return False
+            path.unlink()
+            return True
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        return True  # gone already: nothing to do
+        return False
     try:
         _lock(fd, blocking=False)
-        return False
     except OSError as e:
+        os.close(fd)
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return True
+            return False  # being written
         raise
+    try:
+        path.unlink(missing_ok=True)
     finally:
         os.close(fd)
+    return True
 
 
 def recover(folder):
@@ -237,9 +246,7 @@ def recover(folder):
             log.warning("ignoring %s: not a readable commit journal", journal)
     removed = []
     for p in sorted(folder.iterdir()):
-        if (TEMP_RE.match(p.name) or LEGACY_TEMP_RE.match(p.name)) and p.is_file() \
-                and not _held_by_a_live_writer(p):
-            p.unlink(missing_ok=True)
+        if (TEMP_RE.match(p.name) or LEGACY_TEMP_RE.match(p.name)) and p.is_file() and _remove_if_abandoned(p):
             removed.append(p)
     if completed or removed:
         log.info("%s: completed %d interrupted write(s), removed %d leftover temp file(s)", folder,
