@@ -92,6 +92,21 @@ def test_pair_is_old_or_new_after_a_crash_at_any_moment(tmp_path, with_old_pair)
     assert seen == ({"run-s17", "run-s34"} if with_old_pair else {"none", "run-s34"})
 
 
+def test_a_single_file_is_old_or_new_after_a_crash_at_any_moment(tmp_path):
+    """The resume state, pictures, CSV and JSON files: one atomic write each."""
+    target = tmp_path / "state.pt"
+    contents = set()
+    for k in range(1, 10):
+        target.write_bytes(b"old" * 1000)
+        if not _crash_at(k, lambda: atomic_write_bytes(target, b"new" * 1000)):
+            break
+        recover(tmp_path)
+        contents.add(target.read_bytes()[:3])
+        assert target.read_bytes() in (b"old" * 1000, b"new" * 1000)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"]
+    assert k > 1 and contents == {b"old", b"new"}
+
+
 def test_loader_names_a_half_pair_of_one_run_and_detect_falls_back_to_a_complete_pair(tmp_path, capsys):
     _save(tmp_path, BASE + "last", 10)
     _save(tmp_path, BASE, 17)
