@@ -5,9 +5,9 @@
     python bench.py --device cuda --configs paper --iters 20
 
 Measures, per configuration (size, widths, batch) and precision:
-  * synthesis samples/s (utils.synthesis.synthesis_throughput, 256 px, batch 32, by default);
-  * training images/s end to end (uint8 cache -> DataLoader -> float -> train.train_step, which synthesises)
-    against the same train.train_step fed a pre-made synthetic batch (forward + loss + backward + Adam only);
+  * synthesis samples/s (synthesis_throughput below, 256 px, batch 32, by default);
+  * training images/s end to end (uint8 cache -> DataLoader -> float -> utils.engine.train_step, which
+    synthesises) against the same train_step fed a pre-made synthetic batch (forward + loss + backward + Adam);
   * detection ms/image through Detector.__call__ (model + anomaly map + score) against a bare model forward,
     plus utils.data_loader.read_image (decode + resize) on its own;
   * the peak memory, and the largest |score| difference between fp32 and bf16 detection.
@@ -32,27 +32,27 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-import train
 from model import DRAEM, weights_init
 from utils.data_loader import read_image
+from utils.engine import LR, PRESETS, make_optimizer, prepare_batch, train_step
 from utils.inference import Detector, autocast
 from utils.loss import DraemLoss
-from utils.runtime import cpu_has_native_bf16, resolve_amp, seed_everything
-from utils.synthesis import load_texture_bank, synthesis_throughput
+from utils.runtime import cpu_has_native_bf16, positive_int, resolve_amp, seed_everything, size_arg
+from utils.synthesis import make_synthesizer
+from utils.textures import load_texture_bank
 
 log = logging.getLogger("bench")
 
 # Sizes benchmarked; "tiny" is for the smoke test. Steps: the defaults for --warmup / --iters per device.
 CONFIGS = {
-    "cpu": {k: train.PRESETS["cpu"][k] for k in ("size", "rec_base_width", "seg_base_width", "bs")},
-    "paper": {k: train.PRESETS["paper"][k] for k in ("size", "rec_base_width", "seg_base_width", "bs")},
+    "cpu": {k: PRESETS["cpu"][k] for k in ("size", "rec_base_width", "seg_base_width", "bs")},
+    "paper": {k: PRESETS["paper"][k] for k in ("size", "rec_base_width", "seg_base_width", "bs")},
     "tiny": dict(size=32, rec_base_width=4, seg_base_width=2, bs=2),
 }
 STEPS = {"cpu": {"cpu": (1, 3), "paper": (1, 1), "tiny": (1, 1)},  # (warm-up, timed) training steps
          "cuda": {"cpu": (3, 20), "paper": (3, 20), "tiny": (1, 2)}}
 DETECT_STEPS = {"cpu": (2, 10), "cuda": (5, 50)}
 PRECISIONS = {"fp32": "off", "bf16": "bf16"}  # name -> train.py's --amp value
-LR = 0.0001  # train.py's default
 N_SCORE_IMAGES = 4  # images scored in fp32 and bf16 for the score-difference check
 
 
@@ -66,7 +66,7 @@ def parse_args(argv=None):
     g.add_argument("--precisions", default="fp32,bf16", help="comma-separated, from fp32, bf16")
     g.add_argument("--tiny", action="store_true",
                    help="smoke-test scale: the tiny config, 32 px synthesis of 4 images, one timed step")
-    g.add_argument("--bs", type=train.positive_int, default=None,
+    g.add_argument("--bs", type=positive_int, default=None,
                    help="override every config's training batch size (e.g. 1 to fit paper in minutes on a CPU)")
     g = p.add_argument_group("Data")
     g.add_argument("--anomaly_source_path", default=None,
@@ -74,19 +74,19 @@ def parse_args(argv=None):
     g.add_argument("--image_path", default=None,
                    help="image file for the read+resize timing; omit to time a generated 1024x1024 RGB PNG")
     g.add_argument("--recipe", choices=("ours", "paper"), default="ours", help="as train.py --recipe")
-    g.add_argument("--synth_size", type=train.size_arg, default=256, help="image side for the synthesis timing")
-    g.add_argument("--synth_bs", type=train.positive_int, default=32, help="batch for the synthesis timing")
+    g.add_argument("--synth_size", type=size_arg, default=256, help="image side for the synthesis timing")
+    g.add_argument("--synth_bs", type=positive_int, default=32, help="batch for the synthesis timing")
     g = p.add_argument_group("Timing")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
                    help="where to run")
-    g.add_argument("--threads", type=train.positive_int, default=2, help="torch.set_num_threads")
-    g.add_argument("--iters", type=train.positive_int, default=None,
+    g.add_argument("--threads", type=positive_int, default=2, help="torch.set_num_threads")
+    g.add_argument("--iters", type=positive_int, default=None,
                    help="timed training steps (median reported); default per device and config: "
                         + ", ".join(f"{d}: {v}" for d, v in STEPS.items()))
     g.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default: see --iters)")
-    g.add_argument("--detect_iters", type=train.positive_int, default=None,
+    g.add_argument("--detect_iters", type=positive_int, default=None,
                    help=f"timed detection calls (default per device: {DETECT_STEPS})")
-    g.add_argument("--repeats", type=train.positive_int, default=3, help="synthesis timings (median reported)")
+    g.add_argument("--repeats", type=positive_int, default=3, help="synthesis timings (median reported)")
     g.add_argument("--seed", type=int, default=0, help="random seed")
     g.add_argument("--json", action="store_true", help="also print one JSON object as the last stdout line")
     args = p.parse_args(argv)
@@ -147,7 +147,7 @@ def reset_peak_memory(device):
 
 # -------------------------------------------------------------------------------------------- inputs
 def smooth_images(n, size, generator):
-    """n smooth random uint8 images (n, 3, size, size): stand-ins for train.load_images' decoded cache."""
+    """n smooth random uint8 images (n, 3, size, size): stand-ins for utils.data_loader.load_images' cache."""
     low = torch.rand(n, 3, 8, 8, generator=generator)
     return (F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1) * 255).round() \
         .to(torch.uint8)
@@ -168,24 +168,37 @@ def texture_bank(args, size):
 
 
 # -------------------------------------------------------------------------------------------- benches
+def synthesis_throughput(synth, batch, size, iters, device):
+    """Samples per second of `synth` on random (batch, 3, size, size) images, warm-up call excluded.
+
+    Moves `synth` (its texture bank) to `device`.
+    """
+    synth.to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    images = torch.rand(batch, 3, size, size, generator=generator, device=device)
+    synth(images, generator)
+    seconds = timed(lambda: [synth(images, generator) for _ in range(iters)], device)
+    return batch * iters / seconds
+
+
 def bench_synthesis(args, device):
-    """Median samples/s of train.make_synthesizer's synthesiser at --synth_size / --synth_bs."""
-    synth = train.make_synthesizer(args.recipe, texture_bank(args, args.synth_size), grayscale=False)
+    """Median samples/s of the training synthesiser (utils.synthesis.make_synthesizer) at --synth_size/--synth_bs."""
+    synth = make_synthesizer(args.recipe, texture_bank(args, args.synth_size), grayscale=False)
     runs = [synthesis_throughput(synth, args.synth_bs, args.synth_size, iters=2 if args.tiny else 3, device=device)
             for _ in range(args.repeats)]
     return statistics.median(runs)
 
 
 def bench_train(model, cfg, synthesizer, amp_dtype, device, warmup, iters, seed):
-    """Images/s of train.py's loop body (end to end) and of train.train_step on a pre-made batch (bare)."""
+    """Images/s of the training loop body (end to end) and of train_step on a pre-made batch (bare)."""
     bs = cfg["bs"]
     gen = torch.Generator().manual_seed(seed)
-    cache = smooth_images(bs * 4, cfg["size"], gen)  # (N, 3, S, S) uint8, as train.load_images returns
+    cache = smooth_images(bs * 4, cfg["size"], gen)  # (N, 3, S, S) uint8, as utils.data_loader.load_images returns
     loader = DataLoader(TensorDataset(cache), batch_size=bs, shuffle=True, generator=gen, drop_last=True)
-    optimizer, scheduler = train.make_optimizer(model, LR, 1000)
+    optimizer, scheduler = make_optimizer(model, LR, 1000)
     criterion = DraemLoss().to(device)
     synth_gen = torch.Generator(device=device).manual_seed(seed)
-    scaler = None  # fp32 / bf16 need no loss scaling (train.py makes one for fp16 only)
+    scaler = None  # fp32 / bf16 need no loss scaling (the engine makes one for fp16 only)
     batches = iter(())
 
     def e2e():
@@ -195,15 +208,15 @@ def bench_train(model, cfg, synthesizer, amp_dtype, device, warmup, iters, seed)
         except StopIteration:
             batches = iter(loader)
             (batch,) = next(batches)
-        batch = train.prepare_batch(batch, device)  # as train.train_class's loop
-        losses = train.train_step(model, batch, synthesizer, synth_gen, criterion, optimizer, amp_dtype, scaler)
+        batch = prepare_batch(batch, device)  # as utils.engine.train_epoch
+        losses = train_step(model, batch, synthesizer, synth_gen, criterion, optimizer, amp_dtype, scaler)
         scheduler.step()
-        losses["loss"].item()  # train.py reads every loss term each step
+        losses["loss"].item()  # the engine reads every loss term each step
 
     premade = synthesizer(cache[:bs].to(device).float() / 255, synth_gen)  # synthesised once, outside timing
 
     def bare():
-        losses = train.train_step(model, premade["image"], lambda *_: premade, synth_gen, criterion, optimizer,
+        losses = train_step(model, premade["image"], lambda *_: premade, synth_gen, criterion, optimizer,
                                   amp_dtype, scaler)
         losses["loss"].item()
 
@@ -244,7 +257,7 @@ def max_score_difference(model, size, device, seed):
     """max |score fp32 - score bf16| over a few synthetic defect images, same weights, through Detector."""
     gen = torch.Generator().manual_seed(seed + 1)
     images = smooth_images(N_SCORE_IMAGES, size, gen).float() / 255
-    synth = train.make_synthesizer("ours", None, grayscale=False, anomaly_prob=1.0)
+    synth = make_synthesizer("ours", None, grayscale=False, anomaly_prob=1.0)
     images = synth(images, gen)["augmented_image"]
     meta = {"config": {"size": size}, "calibration": {}}
     scores = [Detector(model, meta, device, dt)(images)["score"].cpu() for dt in (None, torch.bfloat16)]
@@ -266,7 +279,7 @@ def run_config(name, args, device, read_path):
     seed_everything(args.seed)
     model = DRAEM(cfg["rec_base_width"], cfg["seg_base_width"]).apply(weights_init).to(device)
     initial = copy.deepcopy(model.state_dict())
-    synthesizer = train.make_synthesizer(args.recipe, texture_bank(args, cfg["size"]), grayscale=False).to(device)
+    synthesizer = make_synthesizer(args.recipe, texture_bank(args, cfg["size"]), grayscale=False).to(device)
     out = {**cfg, "warmup": warmup, "iters": iters, "read_ms": bench_read(read_path, cfg["size"], d_iters)}
     for prec in args.precisions:
         log.info("%s %s: training (%d warm-up + %d timed steps of e2e and bare) ...", name, prec, warmup, iters)
@@ -288,7 +301,7 @@ def run_config(name, args, device, read_path):
 
 
 # -------------------------------------------------------------------------------------------- report
-def format_table(result):
+def report_table(result):
     lines = [f"device {result['device']}, {result['threads']} threads, load average {result['loadavg']}, "
              f"native bf16: {result['native_bf16']}",
              f"synthesis ({result['texture_source']}): {result['synth_samples_per_s']:.1f} samples/s "
@@ -343,7 +356,7 @@ def main(argv=None):
                   "configs": {name: run_config(name, args, device, read_path) for name in args.configs}}
     result["loadavg"] = "start {:.2f} {:.2f} {:.2f}, end {:.2f} {:.2f} {:.2f}".format(*load_before, *os.getloadavg())
     result.update(summary(result["configs"], args.precisions))
-    print(format_table(result))
+    print(report_table(result))
     if args.json:
         print(json.dumps(result))
     return 0

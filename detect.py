@@ -22,16 +22,16 @@ from tqdm import tqdm
 from utils.atomic import atomic_open
 from utils.checkpoint import newest_complete_pair
 from utils.data_loader import list_images, read_image
+from utils.demo_data import DEMO_ROOT
 from utils.image_size import DEFAULT_MAX_PIXELS, set_max_pixels
 from utils.inference import Detector
 from utils.outputs import (check_output_dir, check_output_file, png_is_ours, refuse_foreign, refuse_input_overwrite,
                            text_starts_with)
-from utils.runtime import UsageError, positive_int, resolve_amp, select_device
+from utils.runtime import AMP_CHOICES, UsageError, positive_int, resolve_amp, select_device
 from utils.visualize import save_panels
 
 log = logging.getLogger("detect")
 DEFAULT_OUTPUT = "single_test_result.png"
-DEMO_ROOT = Path("data") / "demo"
 REPORT_HEADER = "file,picture,score,verdict"
 OLD_REPORT_HEADER = "file,score,verdict"  # report.csv of earlier versions: ours too
 
@@ -48,7 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--output_path", default=DEFAULT_OUTPUT,
                    help="PNG to write; with a folder --image_path, a folder (default detect_results/)")
     p.add_argument("--gpu_id", type=int, default=0, help="CUDA device index (CPU when CUDA is absent)")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="off",
+    p.add_argument("--amp", choices=AMP_CHOICES, default="off",
                    help="mixed precision for inference (scores agree with fp32 within 0.01)")
     p.add_argument("--bs", type=positive_int, default=8, help="images per forward pass in folder mode")
     p.add_argument("--json", action="store_true", help="print one JSON line per image instead of text")

@@ -1,8 +1,10 @@
 """The whole detector as one module: image -> (reconstruction, segmentation logits)."""
+import math
+
 import torch
 import torch.nn as nn
 
-from model.model_unet import DiscriminativeSubNetwork, ReconstructiveSubNetwork, check_spatial_size
+from model.model_unet import DiscriminativeSubNetwork, ReconstructiveSubNetwork, check_spatial_size, weights_init
 from model.scoring import anomaly_map, image_score
 
 
@@ -17,6 +19,20 @@ class DRAEM(nn.Module):
         super().__init__()
         self.reconstructive = ReconstructiveSubNetwork(in_channels, in_channels, base_width=rec_base_width)
         self.discriminative = DiscriminativeSubNetwork(2 * in_channels, 2, base_channels=seg_base_width)
+
+    def init_weights(self, anomaly_prior=None):
+        """The authors' init; with `anomaly_prior` p the segmentation head also starts at p(anomaly) = p.
+
+        The focal-loss prior of RetinaNet (Lin et al. 2017): almost every pixel is normal, so starting at 0.5
+        spends the first hundreds of steps only pushing the background down; short CPU runs cannot afford that.
+        Logits (0, -log(1/p - 1)) give softmax p for the anomaly channel everywhere.
+        """
+        self.apply(weights_init)
+        if anomaly_prior is not None:
+            with torch.no_grad():
+                bias = torch.tensor([0.0, -math.log(1 / anomaly_prior - 1)])
+                self.discriminative.decoder_segment.fin_out[0].bias.copy_(bias)
+        return self
 
     def forward(self, image):
         check_spatial_size(image, 32)

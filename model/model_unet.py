@@ -30,7 +30,7 @@ def check_spatial_size(x, multiple=32):
     h, w = x.shape[-2:]
     if h % multiple or w % multiple:
         raise ValueError(f"input height and width must be multiples of {multiple} "
-                         f"(five 2x poolings in the U-Net), got {h}x{w}")
+                         f"({multiple.bit_length() - 1} 2x poolings in the encoder), got {h}x{w}")
 
 
 class _Encoder(nn.Module):
@@ -46,6 +46,7 @@ class _Encoder(nn.Module):
                 self.add_module(f"mp{i + 1}", nn.Sequential(nn.MaxPool2d(2)))
 
     def forward(self, x):
+        check_spatial_size(x, 2 ** (self.n - 1))  # n - 1 poolings; the decoder must meet the skips exactly
         feats = []
         for i in range(1, self.n + 1):
             if i > 1:
@@ -92,7 +93,6 @@ class ReconstructiveSubNetwork(nn.Module):
         self.decoder = DecoderReconstructive(base_width, out_channels=out_channels)
 
     def forward(self, x):
-        check_spatial_size(x, 16)
         return self.decoder(self.encoder(x))
 
 
@@ -129,17 +129,15 @@ class DiscriminativeSubNetwork(nn.Module):
     Returns raw logits (B, out_channels, H, W); channel 1 after softmax is the anomaly probability.
     """
 
-    def __init__(self, in_channels=6, out_channels=2, base_channels=64, out_features=False):
+    def __init__(self, in_channels=6, out_channels=2, base_channels=64):
         super().__init__()
         self.encoder_segment = EncoderDiscriminative(in_channels, base_channels)
         self.decoder_segment = DecoderDiscriminative(base_channels, out_channels=out_channels)
-        self.out_features = out_features
 
     def forward(self, x):
-        check_spatial_size(x, 32)
-        feats = self.encoder_segment(x)
-        out = self.decoder_segment(*feats)
-        return (out, *feats[1:]) if self.out_features else out
+        """x (B, in_channels, H, W), H and W multiples of 32 -> logits (B, out_channels, H, W)."""
+        b1, b2, b3, b4, b5, b6 = self.encoder_segment(x)  # six levels, 1x .. 1/32x; b1..b5 are the skips
+        return self.decoder_segment(b1, b2, b3, b4, b5, b6)
 
 
 def weights_init(m):

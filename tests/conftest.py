@@ -5,6 +5,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -23,6 +24,20 @@ def write_images(folder, n, size=48, seed=0, gray=False):
         cv2.imwrite(str(p), img)
         paths.append(p)
     return paths
+
+
+def generator(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def random_images(b=4, h=32, w=32, seed=0):
+    """(b, 3, h, w) uniform noise in [0, 1), seeded."""
+    return torch.rand(b, 3, h, w, generator=generator(seed))
+
+
+def grey_images(b=4, h=32, w=32):
+    """(b, 3, h, w) with three equal channels."""
+    return random_images(b, h, w)[:, :1].expand(-1, 3, -1, -1).contiguous()
 
 
 @pytest.fixture

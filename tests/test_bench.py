@@ -5,6 +5,7 @@ import math
 import torch
 
 import bench
+from utils.synthesis import make_synthesizer
 
 REQUIRED = ("synth_samples_per_s", "train_e2e_over_bare", "detect_over_bare", "bf16_speedup")
 
@@ -24,3 +25,8 @@ def test_tiny_bench_prints_json_with_finite_positive_headlines(capsys):
     for prec in ("fp32", "bf16"):
         assert tiny[prec]["train_e2e_img_s"] > 0 and tiny[prec]["detect_e2e_ms"] > 0
     assert tiny["max_score_diff_bf16"] < 0.01
+
+
+def test_synthesis_throughput_runs():
+    synth = make_synthesizer("paper", None, grayscale=False)
+    assert bench.synthesis_throughput(synth, batch=2, size=32, iters=1, device=torch.device("cpu")) > 0

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from tests.conftest import shared_path, write_images
-from utils.data_loader import MVTecTestDataset, NormalImageDataset, is_grayscale, list_images, read_image
+from utils.data_loader import (MVTecTestDataset, is_grayscale, list_images, load_images, read_image, resolve_classes,
+                               split_files)
 
 
 def test_reads_16bit_gray_rgba_bmp_tif_any_size(tmp_path):
@@ -36,15 +37,23 @@ def test_unreadable_file_error_names_it(tmp_path):
         read_image(bad)
 
 
-def test_training_dataset_skips_unreadable_and_errors_when_empty(tmp_path, caplog):
-    write_images(tmp_path / "good", 3)
-    (tmp_path / "good" / "zz_broken.jpg").write_bytes(b"\x00" * 10)
-    ds = NormalImageDataset.from_folder(tmp_path / "good", 32)
-    assert len(ds) == 3 and "zz_broken.jpg" in caplog.text
-    assert ds[0].shape == (3, 32, 32)
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="empty"):
-        NormalImageDataset.from_folder(tmp_path / "empty", 32)
+def test_load_images_skips_unreadable_and_split_keeps_two_for_training(tmp_path, caplog):
+    files = write_images(tmp_path / "good", 3) + [tmp_path / "good" / "zz_broken.jpg"]
+    files[-1].write_bytes(b"\x00" * 10)
+    images = load_images(files, 32, workers=0)
+    assert images.shape == (3, 3, 32, 32) and images.dtype == torch.uint8 and "zz_broken.jpg" in caplog.text
+    assert load_images([], 32, workers=0).shape == (0, 3, 32, 32)
+    train, val = split_files(files, 0.5, seed=0)
+    assert len(train) == 2 and len(val) == 2 and sorted(train + val) == sorted(files)
+
+
+def test_resolve_classes_layouts(tmp_path):
+    write_images(tmp_path / "root" / "a" / "train" / "good", 1)
+    write_images(tmp_path / "flat", 1)
+    assert resolve_classes(tmp_path / "root" / "a" / "train" / "good", -1)[0][0] == "a"
+    assert resolve_classes(tmp_path / "root" / "a", -1)[0][0] == "a"
+    assert [c for c, _ in resolve_classes(tmp_path / "root", -1)] == ["a"]
+    assert resolve_classes(tmp_path / "flat", -1) == [("flat", tmp_path / "flat")]
 
 
 def test_mvtec_test_dataset_masks_and_labels(tmp_path):

@@ -1,8 +1,6 @@
 import torch
 
-import train
 from utils.defect_shapes import crack_masks, mixed_masks, pit_masks
-from utils.synthesis import DefectSynthesizer
 
 
 def gen(seed=0):
@@ -28,17 +26,3 @@ def test_same_seed_same_masks_and_mix_proportions():
     m = mixed_masks(400, 32, 32, gen(), perlin)
     share = (m.flatten(1).amax(1) == 2.0).float().mean().item()
     assert abs(share - 0.5) < 0.08
-
-
-def test_recipes_and_focal_prior_init():
-    ours = train.make_synthesizer("ours", None, grayscale=True)
-    paper = train.make_synthesizer("paper", None, grayscale=True)
-    assert isinstance(ours, DefectSynthesizer) and not isinstance(paper, DefectSynthesizer)
-    out = ours(torch.rand(8, 1, 64, 64).expand(-1, 3, -1, -1), gen())
-    assert out["augmented_image"].shape == (8, 3, 64, 64)
-    assert torch.allclose(out["augmented_image"][:, 0], out["augmented_image"][:, 1])  # grey in, grey out
-    m = train.init_weights(train.DRAEM(4, 2), "ours").eval()
-    p = torch.softmax(m(torch.rand(1, 3, 32, 32))[1], dim=1)[:, 1]
-    assert abs(p.mean().item() - 0.01) < 0.01
-    bias = train.init_weights(train.DRAEM(4, 2), "paper").discriminative.decoder_segment.fin_out[0].bias
-    assert bias[1] - bias[0] > -1  # paper: PyTorch's default bias, no prior (ours: -log 99 = -4.6)

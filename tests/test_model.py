@@ -65,3 +65,11 @@ def test_score_kernel_keeps_the_authors_share_of_the_image():
     from model.scoring import score_kernel
     assert score_kernel(256) == 21 and score_kernel(128) == 11 and score_kernel(512) == 43
     assert score_kernel(32) == 3 and score_kernel(128, scaled=False) == 21
+
+
+def test_focal_prior_init():
+    m = DRAEM(4, 2).init_weights(anomaly_prior=0.01).eval()
+    p = torch.softmax(m(torch.rand(1, 3, 32, 32))[1], dim=1)[:, 1]
+    assert abs(p.mean().item() - 0.01) < 0.01
+    bias = DRAEM(4, 2).init_weights().discriminative.decoder_segment.fin_out[0].bias
+    assert bias[1] - bias[0] > -1  # paper: PyTorch's default bias, no prior (ours: -log 99 = -4.6)

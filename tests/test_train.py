@@ -10,6 +10,9 @@ import torch.multiprocessing as mp
 import train
 from tests.conftest import write_images
 from utils.checkpoint import base_model_name, load_pair, pair_paths
+from utils.data_loader import resolve_classes
+from utils.engine import PRESETS, train_class
+from utils.runtime import init_distributed
 
 TINY = ["--size", "32", "--rec_base_width", "4", "--seg_base_width", "2", "--bs", "4", "--amp", "off"]
 
@@ -103,11 +106,10 @@ def _ddp_worker(rank, world, port, tmp_path, data):
     torch.set_num_threads(1)
     args = train.parse_args(["--data_path", str(data), "--checkpoint_path", str(tmp_path / "ckpt"),
                              "--log_path", str(tmp_path / "logs"), *TINY, "--epochs", "1", "--gpu_id", "-1"])
-    args.command = ["train.py"]
-    device = train.init_distributed(args)  # gloo: the same call torchrun makes
-    train.apply_preset(args, device)
-    [(name, good)] = train.resolve_classes(args.data_path, args.obj_id)
-    _, model = train.train_class(args, name, good, device, "cpu")
+    device = init_distributed(args.gpu_id)  # gloo: the same call torchrun makes
+    preset, settings = train.resolve_settings(args, device)
+    [(name, good)] = resolve_classes(settings.data_path, settings.obj_id)
+    _, model = train_class(settings, name, good, device, preset, ["train.py"])
     # every rank dumps its weights so the parent can compare them
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp_path / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
@@ -132,5 +134,13 @@ def test_unreadable_training_file_is_skipped_with_a_warning(tmp_path, caplog):
     (data / "zz_broken.png").write_bytes(b"not a png")
     assert run_train(tmp_path, "--epochs", "1", data=data) == 0
     assert "zz_broken.png" in caplog.text
-    images = train.load_images(sorted(data.iterdir()), 32, workers=0)
-    assert images.shape == (12, 3, 32, 32) and images.dtype == torch.uint8
+
+
+def test_presets_fill_only_unset_flags_and_leave_args_alone():
+    args = train.parse_args(["--data_path", ".", "--size", "64", "--preset", "paper"])
+    before = vars(args).copy()
+    preset, settings = train.resolve_settings(args, torch.device("cpu"))
+    assert vars(args) == before  # parsed flags are never changed
+    assert preset == "paper" and settings.size == 64 and settings.epochs == PRESETS["paper"]["epochs"]
+    preset, settings = train.resolve_settings(train.parse_args(["--data_path", "."]), torch.device("cpu"))
+    assert preset == "cpu" and settings.bs == PRESETS["cpu"]["bs"]

@@ -7,7 +7,6 @@ from pathlib import Path
 import cv2
 import pytest
 
-import utils.training_logger as training_logger
 from utils.training_logger import TrainingLogger
 
 CONFIG = {"lr": 1e-4, "epochs": 3, "data_root": Path("data") / "mvtec", "obj": "metal_plate"}
@@ -27,9 +26,7 @@ def _header(path: Path) -> list[str]:
 
 @pytest.fixture
 def run(tmp_path):
-    log = TrainingLogger(tmp_path / "logs", "draem_test", CONFIG, argv=ARGV)
-    yield log
-    log.close()
+    return TrainingLogger(tmp_path / "logs", "draem_test", CONFIG, argv=ARGV)
 
 
 def test_run_folder_config_and_command(tmp_path, run):
@@ -111,36 +108,7 @@ def test_plot_has_titles_labels_and_val_panel(run):
 def test_disabled_logger_writes_nothing(tmp_path):
     log = TrainingLogger(tmp_path / "logs", "rank1", CONFIG, argv=ARGV, enabled=False)
     log.log_epoch({"epoch": 1, "loss": 0.5})
-    log.log_scalar("train/loss", 0.5, 1)
-    log.close()
     assert list(tmp_path.iterdir()) == []
-
-
-def test_log_scalar_without_tensorboard_is_a_noop(run, monkeypatch):
-    monkeypatch.setattr(training_logger.importlib.util, "find_spec", lambda name: None)
-    run.log_scalar("train/loss", 0.5, 1)
-    run.close()
-    assert not (run.run_dir / "tensorboard").exists()
-
-
-def test_log_scalar_forwards_to_summary_writer(run, monkeypatch):
-    class FakeWriter:
-        def __init__(self):
-            self.scalars, self.closed = [], False
-
-        def add_scalar(self, tag, value, step):
-            self.scalars.append((tag, value, step))
-
-        def close(self):
-            self.closed = True
-
-    writer = FakeWriter()
-    monkeypatch.setattr(training_logger, "_make_summary_writer", lambda log_dir: writer)
-    run.log_scalar("train/loss", 0.5, 1)
-    run.log_scalar("train/loss", 0.25, 2)
-    run.close()
-    run.close()  # idempotent
-    assert writer.scalars == [("train/loss", 0.5, 1), ("train/loss", 0.25, 2)] and writer.closed
 
 
 def test_sparse_validation_points_are_plotted(run, monkeypatch):

@@ -10,6 +10,9 @@ The authors' released files (`*.pckl`, raw state dicts, widths 128/64, 256 px, R
 A pair is written as a unit (`utils.atomic.atomic_group`): after a crash at any moment both files are the old
 pair or both the new one, with the same pair_id. Loaders first complete or clean up interrupted writes
 (`utils.atomic.recover`).
+
+The resumable state `{base}_resume.pt` (RESUME_KEYS) holds the state dicts of the model, optimizer and scheduler,
+both random generators' states, and the progress: epoch to restart at, step, best validation score, run folder.
 """
 import logging
 import pickle
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 EXTENSIONS = (".pt", ".pckl", ".pth")
+RESUME_KEYS = ("model", "optimizer", "scheduler", "loader_gen", "synth_gen", "epoch", "step", "best", "run_dir")
 
 
 def base_model_name(lr, epochs, bs, obj_name, suffix=""):
@@ -84,6 +88,36 @@ def newest_complete_pair(checkpoint_path, contains=""):
             log.warning("skipping the incomplete checkpoint pair %s in %s", base, d)
     raise UsageError(f"no complete checkpoint pair in {d}{' for the demo' if contains else ''}; "
                      f"train one first (python train.py)")
+
+
+def resume_path(checkpoint_path, base):
+    return Path(checkpoint_path) / f"{base}_resume.pt"
+
+
+def save_resume_state(path, state):
+    """Write the resumable state of a run. `state`: a utils.engine.TrainState (model unwrapped from DDP)."""
+    atomic_save({"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+                 "scheduler": state.scheduler.state_dict(), "loader_gen": state.loader_gen.get_state(),
+                 "synth_gen": state.synth_gen.get_state().cpu(), "epoch": state.epoch, "step": state.step,
+                 "best": state.best, "run_dir": state.run_dir}, path)
+
+
+def load_resume_state(path, state):
+    """Restore `state` (freshly built for the same run) in place from save_resume_state's file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--resume: no resumable state {path}")
+    saved = safe_load(path)
+    missing = [k for k in RESUME_KEYS if k not in saved] if isinstance(saved, dict) else list(RESUME_KEYS)
+    if missing:
+        raise UsageError(f"--resume: {path} is not a resumable state (missing {', '.join(missing)})")
+    state.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scheduler.load_state_dict(saved["scheduler"])
+    state.loader_gen.set_state(saved["loader_gen"])
+    state.synth_gen.set_state(saved["synth_gen"].to(state.synth_gen.get_state().device))
+    state.epoch, state.step, state.best, state.run_dir = (saved[k] for k in ("epoch", "step", "best", "run_dir"))
+    return state
 
 
 def safe_load(path):

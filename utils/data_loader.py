@@ -3,8 +3,9 @@
 One reader (`read_image`) is used by training, validation, detection and evaluation, so every image goes
 through the same decoding and resizing: 8/16-bit, gray/RGB/RGBA, jpg/png/bmp/tif, any size -> float RGB in [0, 1].
 
-Training data is only normal images; the anomalies are synthesised per *batch* on the training device by
-`utils.synthesis.AnomalySynthesizer` (see train.py), so the datasets here stay simple and fast.
+Training data is only normal images, decoded once into a uint8 tensor (`load_images`); the anomalies are
+synthesised per *batch* on the training device by `utils.synthesis` (see utils/engine.py), so the datasets here
+stay simple and fast.
 """
 import logging
 from pathlib import Path
@@ -12,7 +13,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
+
+from utils.runtime import UsageError, seed_worker
 
 from utils.image_size import check_pixels
 
@@ -48,6 +51,15 @@ def read_image(path, size=None):
     img = _decode(path, cv2.IMREAD_UNCHANGED)
     if img is None or img.ndim not in (2, 3):
         raise ValueError(f"cannot read image file {path}")
+    return image_to_tensor(img, size, bgr=True)
+
+
+def image_to_tensor(img, size=None, bgr=False):
+    """An image array (H, W) or (H, W, 1|3|4), uint8 / uint16 / float in [0, 1] -> float tensor (3, H, W) in
+    [0, 1], RGB, resized to (size, size) if given. bgr: the channels are in OpenCV's order (as cv2.imread gives)."""
+    img = np.asarray(img)
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"expected an image array (H, W) or (H, W, 1|3|4), got shape {img.shape}")
     scale = 65535.0 if img.dtype == np.uint16 else 255.0
     if img.dtype not in (np.uint8, np.uint16):  # float TIFFs etc.: assume [0, 1]
         img, scale = img.astype(np.float32), 1.0
@@ -56,8 +68,8 @@ def read_image(path, size=None):
     elif img.shape[2] == 1:
         img = cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
     elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    else:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB)
+    elif bgr:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if size is not None:
         img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
@@ -79,45 +91,70 @@ def is_grayscale(image, tol=2.0 / 255):
     return bool((image - image.mean(dim=-3, keepdim=True)).abs().max() <= tol)
 
 
-def normal_image_folder(path):
-    """A class folder in MVTec layout (`path/train/good`) or a flat folder of normal images."""
-    path = Path(path)
-    good = path / "train" / "good"
-    return good if good.is_dir() else path
+def resolve_classes(data_path, obj_id):
+    """[(class name, folder of good images)] from --data_path / --obj_id."""
+    path = Path(data_path)
+    if not path.is_dir():
+        raise UsageError(f"--data_path {path} is not a folder")
+    if path.name == "good" and path.parent.name == "train":
+        return [(path.parent.parent.name or "custom", path)]
+    if (path / "train" / "good").is_dir():
+        return [(path.name, path / "train" / "good")]
+    classes = sorted(p.name for p in path.iterdir() if (p / "train" / "good").is_dir())
+    if classes:
+        if obj_id == -1:
+            return [(c, path / c / "train" / "good") for c in classes]
+        if not 0 <= obj_id < len(classes):
+            listing = ", ".join(f"{i}={c}" for i, c in enumerate(classes))
+            raise UsageError(f"--obj_id {obj_id} is out of range for {path} (classes: {listing}; -1 = all)")
+        return [(classes[obj_id], path / classes[obj_id] / "train" / "good")]
+    if list_images(path):
+        return [(path.name, path)]
+    raise UsageError(f"--data_path {path} holds no images (expected a folder of images or MVTec layout)")
 
 
-class NormalImageDataset(Dataset):
-    """Normal (defect-free) training images, resized to `size`; returns (3, size, size) float in [0, 1].
+def split_files(files, val_fraction, seed):
+    """Seeded shuffle, then hold out round(n * val_fraction) files (at least 4 when there are >= 20)."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(files), generator=g).tolist()
+    n_val = round(len(files) * val_fraction) if val_fraction > 0 else 0
+    if val_fraction > 0 and len(files) >= 20:
+        n_val = max(n_val, 4)
+    n_val = max(0, min(n_val, len(files) - 2))  # keep at least 2 images for training
+    val = sorted(files[i] for i in order[:n_val])
+    return sorted(files[i] for i in order[n_val:]), val
 
-    Unreadable files are skipped with one warning each, when the dataset is built, so a bad file never
-    kills a run in the middle of an epoch.
-    """
 
-    def __init__(self, files, size, check=True):
-        self.size = size
-        self.files = []
-        for f in files:
-            if check:
-                try:
-                    read_image(f, 32)
-                except ValueError as e:
-                    log.warning("skipping %s", e)
-                    continue
-            self.files.append(Path(f))
+class Uint8Images(Dataset):
+    """Training images as uint8 (3, size, size), or None for a file that cannot be decoded (warned once)."""
 
-    @classmethod
-    def from_folder(cls, folder, size):
-        files = list_images(folder)
-        ds = cls(files, size)
-        if not ds.files:
-            raise FileNotFoundError(f"no readable images in {folder}")
-        return ds
+    def __init__(self, files, size):
+        self.files, self.size = files, size
 
     def __len__(self):
         return len(self.files)
 
     def __getitem__(self, idx):
-        return read_image(self.files[idx], self.size)
+        try:
+            return (read_image(self.files[idx], self.size) * 255).round().to(torch.uint8)
+        except ValueError as e:
+            log.warning("skipping %s", e)
+            return None
+
+
+def _keep_readable(batch):
+    return [x for x in batch if x is not None]
+
+
+def load_images(files, size, workers):
+    """Decode every image once into a uint8 tensor (N, 3, size, size): epochs then cost no decoding.
+
+    Unreadable files are skipped with one warning each.
+    """
+    loader = DataLoader(Uint8Images(files, size), batch_size=32, num_workers=workers, worker_init_fn=seed_worker,
+                        collate_fn=_keep_readable)
+    images = [x for batch in loader for x in batch]
+    return torch.stack(images) if images else torch.zeros(0, 3, size, size, dtype=torch.uint8)
 
 
 class MVTecTestDataset(Dataset):

@@ -11,9 +11,12 @@ import cv2
 import numpy as np
 import torch
 
+from utils.sampling import rand
 
-def _rand(generator, *shape):
-    return torch.rand(*shape, generator=generator, device=generator.device).cpu().numpy()
+
+def _rand_numpy(generator, *shape):
+    """U[0, 1) as a NumPy array (OpenCV draws on the CPU)."""
+    return rand(generator, *shape, device="cpu").numpy()
 
 
 def crack_masks(n, h, w, generator, device=None, n_points=24):
@@ -24,9 +27,9 @@ def crack_masks(n, h, w, generator, device=None, n_points=24):
     """
     m = max(h, w)
     t = np.linspace(0, 1, n_points)[:, None]  # (K, 1)
-    p = _rand(generator, n, 3, 12)  # per sample, per curve: 12 uniform numbers
-    noise = _rand(generator, n, 3, n_points, 2) - 0.5
-    widths = _rand(generator, n)
+    p = _rand_numpy(generator, n, 3, 12)  # per sample, per curve: 12 uniform numbers
+    noise = _rand_numpy(generator, n, 3, n_points, 2) - 0.5
+    widths = _rand_numpy(generator, n)
     masks = np.zeros((n, h, w), np.uint8)
     for i in range(n):
         anchor = None
@@ -52,8 +55,8 @@ def crack_masks(n, h, w, generator, device=None, n_points=24):
 def pit_masks(n, h, w, generator, device=None, max_pits=4):
     """1-4 small ellipses per sample (pits, holes, spots), radius 1.5-7% of the image: (n, 1, H, W) {0, 1}."""
     m = max(h, w)
-    p = _rand(generator, n, max_pits, 6)
-    count = 1 + (_rand(generator, n) * max_pits).astype(int)
+    p = _rand_numpy(generator, n, max_pits, 6)
+    count = 1 + (_rand_numpy(generator, n) * max_pits).astype(int)
     masks = np.zeros((n, h, w), np.uint8)
     for i in range(n):
         for k in range(count[i]):

@@ -24,6 +24,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+DEMO_ROOT = Path("data") / "demo"  # where train.py and detect.py put and find the demo, relative to the cwd
 DEMO_CLASS = "coil"
 DEFECT_TYPES = ("scratch", "dent", "crack", "stain")
 MARKER = ".complete"  # written last: its presence (with matching parameters) means the folder is complete

@@ -1,10 +1,17 @@
-"""Scoring images with a trained pair: one code path for detect.py, evaluate.py, validation and the benchmark."""
+"""Scoring images with a trained pair: one code path for detect.py, evaluate.py, validation and the benchmark.
+
+For a line's own software (the README's "Python API"):
+    detector = Detector.from_checkpoint("checkpoints/", "DRAEM_test_0.0001_20_bs8_coil_")   # load once
+    result = detector.score(rgb_image)   # numpy (H, W, 3) or a batch -> score, anomaly_map, verdict per image
+"""
 import contextlib
 
+import numpy as np
 import torch
 
 from model.scoring import SCORE_KERNEL, anomaly_map, image_score
 from utils.checkpoint import load_pair
+from utils.data_loader import image_to_tensor
 
 
 def autocast(device, dtype):
@@ -35,9 +42,9 @@ class Detector:
         self.kernel = int(meta["config"].get("score_kernel", SCORE_KERNEL))
 
     @classmethod
-    def from_checkpoint(cls, checkpoint_path, base_model_name, device, amp_dtype=None):
+    def from_checkpoint(cls, checkpoint_path, base_model_name, device="cpu", amp_dtype=None):
         model, meta = load_pair(checkpoint_path, base_model_name)
-        return cls(model, meta, device, amp_dtype)
+        return cls(model, meta, torch.device(device), amp_dtype)
 
     def __call__(self, images):
         """images (B, 3, size, size) on any device -> predict() outputs on self.device."""
@@ -47,3 +54,17 @@ class Detector:
         if self.threshold is None:
             return "n/a"
         return "NG" if score > self.threshold else "OK"
+
+    def score(self, images):
+        """Numpy images in, numpy results out: one image (H, W) / (H, W, 1|3|4), or a batch (a list of such, or
+        an (N, H, W, C) array), RGB, uint8 / uint16 / float in [0, 1], any size (resized as detect.py does).
+
+        Returns dict(score (N,) float32, anomaly_map (N, size, size) float32 in [0, 1], verdict [N x "OK" / "NG" /
+        "n/a"]), one entry per image, also for a single image.
+        """
+        single = isinstance(images, np.ndarray) and (images.ndim == 2 or (images.ndim == 3 and images.shape[2] <= 4))
+        batch = torch.stack([image_to_tensor(im, self.size) for im in ([images] if single else images)])
+        out = self(batch)
+        scores = out["score"].float().cpu().numpy()
+        return {"score": scores, "anomaly_map": out["anomaly_map"].float().cpu().numpy(),
+                "verdict": [self.verdict(float(s)) for s in scores]}

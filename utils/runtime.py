@@ -1,4 +1,4 @@
-"""Run-time helpers shared by the scripts: device choice, seeding, distributed setup, precision."""
+"""Run-time helpers shared by the scripts: flag types, device choice, seeding, distributed setup, precision."""
 import argparse
 import logging
 import math
@@ -7,8 +7,12 @@ import random
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 log = logging.getLogger(__name__)
+
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")  # the scripts' --amp
 
 
 class UsageError(ValueError):
@@ -20,6 +24,30 @@ def positive_int(s):
     v = int(s)
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
+def size_arg(s):
+    """argparse type: an image side, a positive multiple of 32."""
+    v = positive_int(s)
+    if v % 32:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 32 (the U-Net pools 5 times), got {s}")
+    return v
+
+
+def positive_float(s):
+    """argparse type: a finite number > 0."""
+    v = float(s)
+    if not v > 0 or not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
+    return v
+
+
+def fraction(s):
+    """argparse type: a number in [0, 1)."""
+    v = float(s)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {s}")
     return v
 
 
@@ -90,3 +118,17 @@ def distributed_env():
     """(rank, local_rank, world_size) from torchrun's environment; (0, 0, 1) when not distributed."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def init_distributed(gpu_id):
+    """The training device; under torchrun (WORLD_SIZE/RANK/LOCAL_RANK set) also the process group: NCCL on
+    GPUs, gloo on CPU."""
+    _, local_rank, world = distributed_env()
+    if world == 1:
+        return select_device(gpu_id)
+    use_cuda = torch.cuda.is_available() and gpu_id >= 0
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        return torch.device(f"cuda:{local_rank}")
+    return torch.device("cpu")

@@ -38,7 +38,8 @@ class StopOnSignal:
         return self.signum is not None
 
     def interrupted(self, saved=""):
-        return Interrupted(self.signum, saved)
+        # under DDP a rank may stop because another rank was signalled: SIGTERM is what launchers send
+        return Interrupted(self.signum or signal.SIGTERM, saved)
 
     def _handle(self, signum, frame):
         if self.armed and self.signum is None:

@@ -7,11 +7,8 @@ Layout::
         command.txt      the command line that started the run
         metrics.csv      one row per epoch; the header widens when new columns appear
         loss_curve.png   losses per epoch (left) and validation metrics in [0, 1] (right), refreshed each epoch
-
-TensorBoard is optional: ``log_scalar`` writes events only when the ``tensorboard`` package is installed.
 """
 import csv
-import importlib.util
 import io
 import json
 import logging
@@ -66,17 +63,6 @@ def _to_float(value) -> float:
         return math.nan
 
 
-def _make_summary_writer(log_dir: Path):
-    """A TensorBoard SummaryWriter, or None when TensorBoard is not available (it is never required)."""
-    if importlib.util.find_spec("tensorboard") is None:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # torch without tensorboard support, or a broken install
-        return None
-    return SummaryWriter(log_dir=str(log_dir))
-
-
 class TrainingLogger:
     """Writes a run folder; with ``enabled=False`` (non-zero distributed ranks) every method does nothing.
 
@@ -92,8 +78,6 @@ class TrainingLogger:
         self.run_name = str(run_name)
         self._columns: list[str] = []
         self._rows: list[dict] = []
-        self._writer = None
-        self._writer_tried = False
         log_root = Path(log_root)
         if not enabled:
             self.run_dir = log_root / self.run_name
@@ -209,21 +193,3 @@ class TrainingLogger:
         ax.set_ylabel("metric")
         ax.grid(True, alpha=0.3)
         ax.legend(loc="lower right")
-
-    def log_scalar(self, tag, value, step) -> None:
-        """Write a TensorBoard scalar if TensorBoard is installed; a no-op otherwise."""
-        if not self.enabled:
-            return
-        if not self._writer_tried:  # created lazily: runs that never call this get no event files
-            self._writer_tried = True
-            self._writer = _make_summary_writer(self.run_dir / "tensorboard")
-            if self._writer is None:
-                logger.debug("tensorboard not installed: log_scalar is a no-op")
-        if self._writer is not None:
-            self._writer.add_scalar(tag, _plain(value), step)
-
-    def close(self) -> None:
-        """Flush and close the TensorBoard writer, if any. Safe to call twice."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None

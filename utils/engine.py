@@ -1,0 +1,359 @@
+"""The training engine: one class's run from its folder of good images to checkpoint pairs.
+
+    run, state = setup_run(settings, "bottle", good_dir, device, "cpu", command)
+    run_epochs(run, state)                  # epochs of train_step, a checkpoint() after each (or every N steps)
+
+`Run` is what a run builds once (data, synthesiser, loader, validation set, logger); `TrainState` is what changes
+and what `--resume` restores (model, optimizer, schedule, generators, step, best score), saved by
+utils/checkpoint.py. `settings` is train.py's parsed flags with the preset filled in (any object with the
+same attributes).
+"""
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from tqdm import tqdm
+
+from model import DRAEM
+from model.scoring import score_kernel
+from utils.checkpoint import base_model_name, load_resume_state, resume_path, save_pair, save_resume_state
+from utils.data_loader import is_grayscale, list_images, load_images, split_files
+from utils.inference import autocast, predict
+from utils.loss import DraemLoss
+from utils.metrics import image_auroc, pixel_ap
+from utils.runtime import UsageError, distributed_env, resolve_amp, seed_everything
+from utils.synthesis import make_synthesizer
+from utils.textures import load_texture_bank
+from utils.training_logger import TrainingLogger
+
+log = logging.getLogger(__name__)
+
+# Defaults, in one place. Size presets (explicit flags win over a preset; see train.py --preset).
+PRESETS = {
+    "paper": dict(size=256, rec_base_width=128, seg_base_width=64, bs=8, epochs=700),
+    "cpu": dict(size=128, rec_base_width=16, seg_base_width=8, bs=8, epochs=20),  # README: "CPU preset"
+}
+LR = 0.0001  # Adam, as the paper
+ANOMALY_PRIOR = 0.01  # recipe ours: p(anomaly) the segmentation head starts at
+VAL_SEED = 1234  # the synthetic validation set is the same in every run
+
+
+class Diverged(RuntimeError):
+    """The loss became nan or inf; the last good checkpoint is kept."""
+
+
+# ------------------------------------------------------------------------------------------- the step
+def prepare_batch(batch, device, channels_last=False):
+    """Cached uint8 images (B, 3, H, W) -> float in [0, 1] on the training device."""
+    batch = batch.to(device, non_blocking=True).float() / 255
+    return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
+
+
+def train_step(model, batch, synthesizer, gen, criterion, optimizer, amp_dtype, scaler):
+    """One optimisation step on a batch of good images (B, 3, H, W) in [0, 1]. Returns the loss terms."""
+    s = synthesizer(batch, gen)
+    with autocast(batch.device, amp_dtype):
+        rec, logits = model(s["augmented_image"])
+    losses = criterion(rec, s["image"], logits, s["anomaly_mask"])
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(losses["loss"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        losses["loss"].backward()
+        optimizer.step()
+    return losses
+
+
+def make_optimizer(model, lr, total_steps):
+    """Adam at lr; lr x0.2 at 80% and 90% of training (the paper's epochs, counted in steps so short runs decay)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    milestones = [int(total_steps * 0.8), int(total_steps * 0.9)]
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.2)
+
+
+def loss_values(losses, step, checkpoint_path):
+    """The loss terms as floats; raises Diverged when the total is not finite."""
+    values = {k: v.item() for k, v in losses.items()}
+    if not math.isfinite(values["loss"]):
+        raise Diverged(f"loss became {values['loss']} at step {step}; the last good checkpoint is kept in "
+                       f"{checkpoint_path} (try a lower --lr or --amp off)")
+    return values
+
+
+# ------------------------------------------------------------------------------------------ validation
+def build_validation(images, synthesizer, device):
+    """A fixed synthetic validation set: each held-out good image once clean, once with a simulated defect."""
+    if len(images) == 0:
+        return None
+    g = torch.Generator(device=device).manual_seed(VAL_SEED)
+    clean = images.to(device).float() / 255
+    out = synthesizer(clean, g)
+    x = torch.cat([clean, out["augmented_image"]])
+    masks = torch.cat([torch.zeros_like(out["anomaly_mask"]), out["anomaly_mask"]])
+    labels = torch.cat([torch.zeros(len(clean), device=device), out["has_anomaly"]])
+    return {"images": x, "masks": masks, "labels": labels, "n_normal": len(clean)}
+
+
+def calibrate_threshold(normal_scores):
+    """Image-score threshold from held-out *normal* scores only: q99 + 0.5 * (q99 - median).
+
+    A high quantile with a margin proportional to the spread of normal scores, so a clean part rarely reads NG;
+    no defect images are needed (or used).
+    """
+    s = torch.as_tensor(normal_scores, dtype=torch.float64)
+    q99, q50 = torch.quantile(s, 0.99).item(), s.median().item()
+    return {"threshold": min(q99 + 0.5 * (q99 - q50), 1.0),
+            "rule": "q99 + 0.5 * (q99 - median) of held-out normal scores",
+            "normal_q50": q50, "normal_q99": q99, "normal_max": s.max().item(), "n_normal": len(s)}
+
+
+def validate(model, val, amp_dtype, bs, kernel):
+    """Image AUROC and pixel AP on the synthetic validation set, plus the calibration from its normal half."""
+    model.eval()
+    scores, maps = [], []
+    for i in range(0, len(val["images"]), bs):
+        out = predict(model, val["images"][i:i + bs], amp_dtype, kernel)
+        scores.append(out["score"].cpu())
+        maps.append(out["anomaly_map"].cpu())
+    model.train()
+    scores, maps = torch.cat(scores), torch.cat(maps)
+    labels, masks = val["labels"].cpu().numpy(), val["masks"][:, 0].cpu().numpy()
+    return ({"val_image_auroc": image_auroc(labels, scores.numpy()), "val_pixel_ap": pixel_ap(masks, maps.numpy())},
+            calibrate_threshold(scores[:val["n_normal"]]))
+
+
+# ------------------------------------------------------------------------------------------- the run
+@dataclass
+class TrainState:
+    """What changes during a run, and all that --resume restores."""
+    model: torch.nn.Module  # unwrapped (not DDP): what the checkpoints hold
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loader_gen: torch.Generator  # data order
+    synth_gen: torch.Generator  # anomaly simulation, on the training device
+    epoch: int = 0  # the epoch a resumed run restarts at
+    step: int = 0  # optimisation steps done
+    best: float = -1.0  # best validation image AUROC + pixel AP so far
+    run_dir: str | None = None  # the run folder of logs
+
+
+@dataclass
+class Run:
+    """What a run builds once and does not change."""
+    settings: object
+    obj_name: str
+    base: str  # checkpoint pair name
+    config: dict  # stored in every checkpoint
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    rank: int
+    world: int
+    loader: DataLoader
+    sampler: DistributedSampler | None
+    synthesizer: object
+    criterion: torch.nn.Module
+    scaler: torch.amp.GradScaler | None
+    val: dict | None  # build_validation's set
+    train_model: torch.nn.Module  # the model, DDP-wrapped when distributed
+    logger: TrainingLogger
+    stop: object = None  # utils.signals.StopOnSignal: Ctrl-C / SIGTERM end the run after a step
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def load_class_data(settings, good_dir, device):
+    """(training images, validation images) as uint8 tensors, the grayscale flag, and the training synthesiser."""
+    files = list_images(good_dir)
+    if not files:
+        raise UsageError(f"no images in {good_dir}")
+    train_files, val_files = split_files(files, settings.val_fraction, settings.seed)
+    train_images = load_images(train_files, settings.size, settings.workers)
+    if len(train_images) == 0:
+        raise UsageError(f"no readable images in {good_dir}")
+    val_images = load_images(val_files, settings.size, settings.workers)
+    grayscale = {"on": True, "off": False}.get(settings.grayscale, is_grayscale(train_images[:64].float() / 255))
+    bank = load_texture_bank(settings.anomaly_source_path, settings.size) if settings.anomaly_source_path else None
+    synthesizer = make_synthesizer(settings.recipe, bank, grayscale, self_texture_prob=settings.self_texture_prob)
+    return train_images, val_images, grayscale, synthesizer.to(device)
+
+
+def checkpoint_config(settings, obj_name, grayscale, preset, amp_dtype):
+    """What a checkpoint pair says about itself (the networks are rebuilt from it without flags)."""
+    return {"size": settings.size, "rec_base_width": settings.rec_base_width,
+            "seg_base_width": settings.seg_base_width, "in_channels": 3, "grayscale": grayscale,
+            "obj_name": obj_name, "lr": settings.lr, "epochs": settings.epochs, "bs": settings.bs, "preset": preset,
+            "recipe": settings.recipe, "seed": settings.seed,
+            "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+            "score_kernel": score_kernel(settings.size, scaled=settings.recipe != "paper")}
+
+
+def build_state(settings, train_images, device, rank, world):
+    """Seeded model, data loader (and DDP sampler), optimizer and generators: (TrainState, loader, sampler)."""
+    seed_everything(settings.seed)
+    prior = ANOMALY_PRIOR if settings.recipe != "paper" else None
+    model = DRAEM(settings.rec_base_width, settings.seg_base_width).init_weights(prior).to(device)
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    data = TensorDataset(train_images)
+    sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=settings.seed,
+                                 drop_last=True) if world > 1 else None
+    loader_gen = torch.Generator().manual_seed(settings.seed)
+    loader = DataLoader(data, batch_size=settings.bs, shuffle=sampler is None, sampler=sampler,
+                        generator=loader_gen, drop_last=len(train_images) // world > settings.bs)
+    optimizer, scheduler = make_optimizer(model, settings.lr, settings.epochs * len(loader))
+    synth_gen = torch.Generator(device=device).manual_seed(settings.seed + 7919 * rank)
+    return TrainState(model, optimizer, scheduler, loader_gen, synth_gen), loader, sampler
+
+
+def setup_run(settings, obj_name, good_dir, device, preset, command, stop=None):
+    """Everything one class's training needs: (Run, TrainState), the state resumed when --resume is set."""
+    rank, _, world = distributed_env()
+    amp_dtype = resolve_amp(settings.amp, device)
+    train_images, val_images, grayscale, synthesizer = load_class_data(settings, good_dir, device)
+    base = base_model_name(settings.lr, settings.epochs, settings.bs, obj_name)
+    config = checkpoint_config(settings, obj_name, grayscale, preset, amp_dtype)
+    log.info("class %s: %d training + %d validation images from %s, %s synthesis%s, %s", obj_name,
+             len(train_images), len(val_images), good_dir, settings.recipe, " (grayscale)" if grayscale else "",
+             config["amp"])
+    state, loader, sampler = build_state(settings, train_images, device, rank, world)
+    # validation: every held-out image gets a defect, none is rotated
+    val_synth = make_synthesizer(settings.recipe, synthesizer.texture_bank, grayscale, rotate_prob=0.0,
+                                 anomaly_prob=1.0)
+    val = build_validation(val_images, val_synth, device)
+    if settings.resume:
+        load_resume_state(resume_path(settings.checkpoint_path, base), state)
+        log.info("resumed %s at epoch %d, step %d", resume_path(settings.checkpoint_path, base), state.epoch,
+                 state.step)
+    logger = TrainingLogger(settings.log_path, base, {**vars(settings), **config}, argv=command, enabled=rank == 0,
+                            run_dir=state.run_dir)
+    state.run_dir = str(logger.run_dir)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    train_model = DDP(state.model) if world > 1 else state.model
+    run = Run(settings, obj_name, base, config, device, amp_dtype, rank, world, loader, sampler, synthesizer,
+              DraemLoss().to(device), scaler, val, train_model, logger, stop)
+    return run, state
+
+
+def checkpoint(run, state, row):
+    """Validate; on rank 0 write the last pair, the best pair when validation improved, the resume state and
+    the CSV row (`row` gets the validation metrics)."""
+    settings = run.settings
+    if run.world > 1:  # BN running stats are updated per rank; rank 0's are the ones DDP broadcasts
+        for buf in state.model.buffers():
+            dist.broadcast(buf, 0)
+    calib = {"threshold": None, "rule": "no validation images"}
+    if run.val is not None:
+        metrics, calib = validate(state.model, run.val, run.amp_dtype, settings.bs, run.config["score_kernel"])
+        row.update(metrics)
+    if not run.is_main:
+        return
+    run_id = run.logger.run_dir.name
+    pair_id = f"{run_id}-s{state.step}"
+    save_pair(state.model, settings.checkpoint_path, run.base + "last", run.config, calib, pair_id, run_id, state.step)
+    # best by image AUROC + pixel AP on the synthetic validation set (nan counts as 0)
+    score = sum(v for v in (row.get("val_image_auroc"), row.get("val_pixel_ap")) if v is not None and v == v)
+    if run.val is None or score > state.best:
+        state.best = score
+        save_pair(state.model, settings.checkpoint_path, run.base, run.config, calib, pair_id, run_id, state.step)
+    save_resume_state(resume_path(settings.checkpoint_path, run.base), state)
+    run.logger.log_epoch(row)
+
+
+def progress_row(state, epoch, sums, n, t0):
+    """A metrics.csv row: the epoch (fractional mid-epoch), step, lr, mean loss terms over n steps, seconds."""
+    return {"epoch": epoch, "step": state.step, "lr": state.optimizer.param_groups[0]["lr"],
+            **{k: v / n for k, v in sums.items()}, "seconds": round(time.time() - t0, 1)}
+
+
+def should_stop(run, t0):
+    """(--max_minutes reached, a signal asked to stop); under DDP every rank must agree, or the ranks stop at
+    different steps and hang."""
+    minutes = run.settings.max_minutes
+    flags = [bool(minutes) and time.time() - t0 > minutes * 60, run.stop is not None and run.stop.requested]
+    if run.world > 1:
+        t = torch.tensor([float(f) for f in flags], device=run.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        flags = [bool(v) for v in t.tolist()]
+    return flags
+
+
+def stop_on_signal(run, state):
+    """Ctrl-C / SIGTERM: write the resumable state (--resume restarts this epoch), then raise Interrupted."""
+    path = resume_path(run.settings.checkpoint_path, run.base)
+    if run.is_main:
+        save_resume_state(path, state)
+    raise run.stop.interrupted(f"resumable state {path} (continue with --resume)")
+
+
+def train_epoch(run, state, t0):
+    """One pass over the training images from state.epoch: (its row, False), or (None, True) when out of time."""
+    settings, sums, n = run.settings, {}, 0
+    bar = tqdm(run.loader, desc=f"{run.obj_name} epoch {state.epoch + 1}/{settings.epochs}", disable=not run.is_main,
+               leave=False)
+    for (batch,) in bar:
+        batch = prepare_batch(batch, run.device, settings.channels_last)
+        losses = train_step(run.train_model, batch, run.synthesizer, state.synth_gen, run.criterion,
+                            state.optimizer, run.amp_dtype, run.scaler)
+        state.scheduler.step()
+        state.step += 1
+        for k, v in loss_values(losses, state.step, settings.checkpoint_path).items():
+            sums[k] = sums.get(k, 0.0) + v
+        n += 1
+        bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
+        late, signalled = should_stop(run, t0)
+        if signalled:
+            stop_on_signal(run, state)
+        if (settings.val_every and state.step % settings.val_every == 0) or late:
+            checkpoint(run, state, progress_row(state, state.epoch + n / len(run.loader), sums, n, t0))
+        if late:
+            log.info("--max_minutes %s reached after %d steps", settings.max_minutes, state.step)
+            return None, True
+    return progress_row(state, state.epoch + 1, sums, max(n, 1), t0), False
+
+
+def run_epochs(run, state):
+    """Train from state.epoch to --epochs (or --stop_after_epoch, or --max_minutes), checkpointing as set."""
+    settings, t0 = run.settings, time.time()
+    end_epoch = min(settings.epochs, settings.stop_after_epoch or settings.epochs)
+    if run.stop is not None:
+        run.stop.armed = True  # from now on a signal ends the run after the current step, resumable
+    try:
+        for epoch in range(state.epoch, end_epoch):
+            if run.sampler is not None:
+                run.sampler.set_epoch(epoch)
+            t_epoch = time.time()
+            row, late = train_epoch(run, state, t0)
+            if late:
+                return
+            state.epoch = epoch + 1
+            if not settings.val_every or (epoch + 1 == end_epoch and state.step % settings.val_every):
+                checkpoint(run, state, row)
+            elif epoch + 1 == end_epoch and run.is_main:  # the step was just validated: one CSV row, new epoch
+                save_resume_state(resume_path(settings.checkpoint_path, run.base), state)
+            if run.is_main:
+                log.info("epoch %d/%d  loss %.4f  val AUROC %s  (%.1fs)", epoch + 1, settings.epochs, row["loss"],
+                         f"{row['val_image_auroc']:.3f}" if "val_image_auroc" in row else "-",
+                         time.time() - t_epoch)
+    finally:
+        if run.stop is not None:
+            run.stop.armed = False
+
+
+def train_class(settings, obj_name, good_dir, device, preset, command, stop=None):
+    """Train one class; returns (checkpoint pair name, the trained model). stop: see Run.stop."""
+    run, state = setup_run(settings, obj_name, good_dir, device, preset, command, stop)
+    run_epochs(run, state)
+    if run.is_main:
+        log.info("checkpoints: %s (+_seg.pt), logs: %s", Path(settings.checkpoint_path) / f"{run.base}.pt",
+                 run.logger.run_dir)
+    return run.base, state.model
