@@ -23,11 +23,11 @@ from utils.atomic import atomic_open
 from utils.checkpoint import newest_complete_pair
 from utils.data_loader import list_images, read_image
 from utils.demo_data import DEMO_ROOT
-from utils.image_size import DEFAULT_MAX_PIXELS, set_max_pixels
+from utils.image_size import add_max_pixels_flag, set_max_pixels
 from utils.inference import Detector
 from utils.outputs import (check_output_dir, check_output_file, png_is_ours, refuse_foreign, refuse_input_overwrite,
                            text_starts_with)
-from utils.runtime import AMP_CHOICES, UsageError, positive_int, resolve_amp, select_device
+from utils.runtime import AMP_CHOICES, UsageError, positive_int, report_error, resolve_amp, select_device
 from utils.visualize import save_panels
 
 log = logging.getLogger("detect")
@@ -54,8 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--json", action="store_true", help="print one JSON line per image instead of text")
     p.add_argument("--export_onnx", default=None, metavar="PATH",
                    help="also export the detector (image -> anomaly map, score) to this ONNX file")
-    p.add_argument("--max_pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
-                   help="refuse images with more pixels than this (read from the header, before decoding)")
+    add_max_pixels_flag(p)
     return p.parse_args(argv)
 
 
@@ -192,12 +191,8 @@ def main(argv=None):
             detect_folder(detector, files, Path(args.image_path), output, args.bs, args.json)
         else:
             detect_single(detector, files[0], output, args.json)
-    except (UsageError, FileNotFoundError, ValueError) as e:
-        print(f"detect.py: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # writing failed: disk full, file-size limit, permissions
-        print(f"detect.py: error: {e}", file=sys.stderr)
-        return 1
+    except (UsageError, OSError, ValueError) as e:  # bad input: 2; a failed write (disk full ...): 1
+        return report_error("detect.py", e)
     if not args.json:
         log.info("wrote %s", output)
     return 0

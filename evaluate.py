@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 from utils.evaluation import check_outputs, evaluate_class, json_safe, results_text, write_results
-from utils.image_size import DEFAULT_MAX_PIXELS, set_max_pixels
+from utils.image_size import add_max_pixels_flag, set_max_pixels
 from utils.inference import Detector
 from utils.metrics import METRIC_NAMES
-from utils.runtime import AMP_CHOICES, UsageError, positive_int, resolve_amp, select_device
+from utils.runtime import AMP_CHOICES, UsageError, positive_int, report_error, resolve_amp, select_device
 
 log = logging.getLogger("evaluate")
 
@@ -34,8 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--amp", choices=AMP_CHOICES, default="off", help="mixed precision")
     p.add_argument("--save_images", action="store_true", help="also write the 4-panel PNG of every test image")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object of the overall metrics")
-    p.add_argument("--max_pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
-                   help="refuse images with more pixels than this (read from the header, before decoding)")
+    add_max_pixels_flag(p)
     return p.parse_args(argv)
 
 
@@ -56,12 +55,8 @@ def main(argv=None):
         print(results_text(results, title=f"{args.base_model_name} on {args.data_path}"))
         write_results(results, args.output_path, {"base_model_name": args.base_model_name,
                                                   **detector.meta["config"]})
-    except (UsageError, FileNotFoundError, ValueError) as e:
-        print(f"evaluate.py: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # writing failed: disk full, file-size limit, permissions
-        print(f"evaluate.py: error: {e}", file=sys.stderr)
-        return 1
+    except (UsageError, OSError, ValueError) as e:  # bad input: 2; a failed write (disk full ...): 1
+        return report_error("evaluate.py", e)
     if args.json:
         print(json.dumps(json_safe({k: results["overall"][k] for k in METRIC_NAMES})))
     return 0

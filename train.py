@@ -23,12 +23,12 @@ from utils.data_loader import resolve_classes
 from utils.demo_data import DEMO_ROOT, make_demo_dataset
 from utils.engine import LR, PRESETS, Diverged, train_class
 from utils.evaluation import evaluate_class, results_text
-from utils.image_size import DEFAULT_MAX_PIXELS, set_max_pixels
+from utils.image_size import add_max_pixels_flag, set_max_pixels
 from utils.inference import Detector
 from utils.lock import hold_checkpoint_names
 from utils.outputs import check_output_dir
 from utils.runtime import (AMP_CHOICES, UsageError, distributed_env, fraction, init_distributed, positive_float,
-                           positive_int, probability, resolve_amp, select_device, size_arg)
+                           positive_int, probability, report_error, resolve_amp, select_device, size_arg)
 from utils.signals import Interrupted, StopOnSignal
 
 log = logging.getLogger("train")
@@ -59,8 +59,7 @@ def parse_args(argv=None):
     g.add_argument("--val_fraction", type=fraction, default=0.1,
                    help="share of good images held out for synthetic validation and threshold calibration")
     g.add_argument("--workers", type=int, default=0, help="DataLoader workers for decoding images once at start")
-    g.add_argument("--max_pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
-                   help="skip training images with more pixels than this (read from the header, before decoding)")
+    add_max_pixels_flag(g, "skip training")
     g = p.add_argument_group("Model")
     g.add_argument("--preset", choices=("auto", "paper", "cpu"), default="auto",
                    help="sizes: paper = 256 px, widths 128/64, 700 epochs; cpu = the measured CPU preset "
@@ -132,12 +131,8 @@ def main(argv=None):
     try:
         with StopOnSignal(armed=False) as stop:  # armed by the epoch loop: Ctrl-C / SIGTERM stop after a step
             run(args, command, stop)
-    except (UsageError, FileNotFoundError) as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
-    except (Diverged, OSError) as e:  # OSError: a write failed (disk full ...); earlier checkpoints stay whole
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 1
+    except (UsageError, OSError, Diverged) as e:  # 2: bad input; 1: a failed write (checkpoints stay whole), nan
+        return report_error("train.py", e)
     except Interrupted as e:
         print(f"train.py: {e}", file=sys.stderr)
         return e.exit_code

@@ -25,6 +25,7 @@ from utils import atomic
 from utils.atomic import TEMP_RE, atomic_write_bytes, recover
 from utils.checkpoint import load_pair, newest_complete_pair, pair_paths, save_pair
 from utils.data_loader import read_image
+from utils.image_size import DEFAULT_MAX_PIXELS, set_max_pixels
 from utils.lock import NameLock, lock_names
 from utils.outputs import png_is_ours
 from utils.runtime import UsageError
@@ -331,7 +332,7 @@ def test_huge_images_are_refused_from_the_header(tmp_path, model_dir, capsys, mo
                                    "--checkpoint_path", str(model_dir), "--base_model_name", BASE,
                                    "--max_pixels", str(32000 ** 2)], capsys)
     assert code == 2 and "cannot read image file" in err[0] and len(decoded) == 1  # past the header check
-    detect.set_max_pixels(detect.DEFAULT_MAX_PIXELS)
+    set_max_pixels(DEFAULT_MAX_PIXELS)
 
 
 def test_header_sizes_of_every_format():

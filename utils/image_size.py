@@ -6,8 +6,16 @@ has `--max_pixels` to raise it.
 """
 import struct
 
+from utils.runtime import positive_int
+
 DEFAULT_MAX_PIXELS = 89_478_485
 MAX_PIXELS = DEFAULT_MAX_PIXELS
+
+
+def add_max_pixels_flag(parser, what="refuse"):
+    """The scripts' --max_pixels flag (parsed value: an int > 0)."""
+    parser.add_argument("--max_pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                        help=f"{what} images with more pixels than this (read from the header, before decoding)")
 
 
 def set_max_pixels(n):
