@@ -10,6 +10,8 @@ Measures, per configuration (size, widths, batch) and precision:
     synthesises) against the same train_step fed a pre-made synthetic batch (forward + loss + backward + Adam);
   * detection ms/image through Detector.__call__ (model + anomaly map + score) against a bare model forward,
     plus utils.data_loader.read_image (decode + resize) on its own;
+  * tiled detection (--scale native) of a (2 size) x (8 size) image through Detector.predict_image: tiles/s and
+    ms per megapixel (overlapping tiles, stitching and the score of the stitched map included);
   * the peak memory, and the largest |score| difference between fp32 and bf16 detection.
 Timings: warm-up steps excluded, median over --iters steps, e2e and bare steps interleaved so that a change of
 machine load hits both. With --json the last stdout line is one JSON object.
@@ -40,6 +42,7 @@ from utils.loss import DraemLoss
 from utils.runtime import cpu_has_native_bf16, positive_int, resolve_amp, seed_everything, size_arg
 from utils.synthesis import make_synthesizer
 from utils.textures import load_texture_bank
+from utils.tiling import count_tiles
 
 log = logging.getLogger("bench")
 
@@ -243,6 +246,22 @@ def bench_detect(model, cfg, amp_dtype, device, warmup, iters, seed):
     return {"detect_e2e_ms": 1000 * t_e2e, "detect_bare_ms": 1000 * t_bare, "detect_over_bare": t_e2e / t_bare}
 
 
+def bench_tiled(model, cfg, amp_dtype, device, warmup, iters, seed):
+    """Tiles/s and ms per megapixel of Detector.predict_image on a wide (2 size, 8 size) image at scale native."""
+    size = cfg["size"]
+    meta = {"config": {"size": size, "scale": "native"}, "calibration": {}}
+    detector = Detector(model, meta, device, amp_dtype)
+    image = smooth_images(1, 8 * size, torch.Generator().manual_seed(seed))[0, :, :2 * size].float() / 255
+
+    def tiled():
+        float(detector.predict_image(image)["score"])  # (3, 2S, 8S): map, reconstruction and score, as detect.py
+
+    (t,) = interleaved_medians([tiled], warmup, iters, device)
+    tiles = count_tiles(2 * size, 8 * size, size)
+    return {"tiled_image": f"{8 * size}x{2 * size}", "tiles_per_s": tiles / t,
+            "ms_per_megapixel": 1000 * t / (16 * size * size / 1e6)}
+
+
 def bench_read(path, size, iters):
     """Median ms of read_image(path, size): decode + colour conversion + resize."""
     times = []
@@ -291,6 +310,7 @@ def run_config(name, args, device, read_path):
         log.info("%s %s: detection ...", name, prec)
         reset_peak_memory(device)
         res.update(bench_detect(model, cfg, amp_dtype, device, d_warmup, d_iters, args.seed))
+        res.update(bench_tiled(model, cfg, amp_dtype, device, min(d_warmup, 1), max(1, d_iters // 4), args.seed))
         res["detect_peak_mb"] = peak_memory_mb(device)
         out[prec] = res
     if "fp32" in out and "bf16" in out:
@@ -317,6 +337,9 @@ def report_table(result):
                          f"{r['train_e2e_over_bare']:>9.3f}{r['detect_e2e_ms']:>10.1f}{r['detect_bare_ms']:>9.1f}"
                          f"{r['detect_over_bare']:>9.3f}{c['read_ms']:>8.1f}"
                          f"{max(r['train_peak_mb'], r['detect_peak_mb']):>9.0f}")
+        lines += [f"{name:<7}{prec:<6}tiled detection of a {c[prec]['tiled_image']} image (scale native): "
+                  f"{c[prec]['tiles_per_s']:.1f} tiles/s, {c[prec]['ms_per_megapixel']:.0f} ms per megapixel"
+                  for prec in result["precisions"]]
         lines.append(f"{name:<7}size {c['size']}, widths {c['rec_base_width']}/{c['seg_base_width']}, bs {c['bs']}, "
                      f"{c['warmup']} warm-up + {c['iters']} timed steps"
                      + (f"; bf16 speed-up train x{c['bf16_train_speedup']:.2f}, detect x{c['bf16_detect_speedup']:.2f}"

@@ -16,18 +16,18 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from utils.atomic import atomic_open
 from utils.checkpoint import newest_complete_pair
-from utils.data_loader import list_images, read_image
+from utils.data_loader import list_images
 from utils.demo_data import DEMO_ROOT
 from utils.image_size import add_max_pixels_flag, set_max_pixels
 from utils.inference import Detector
 from utils.outputs import (check_output_dir, check_output_file, png_is_ours, refuse_foreign, refuse_input_overwrite,
                            text_starts_with)
 from utils.runtime import AMP_CHOICES, UsageError, positive_int, report_error, resolve_amp, select_device
+from utils.tiling import SQUARE
 from utils.visualize import save_panels
 
 log = logging.getLogger("detect")
@@ -117,8 +117,8 @@ def report(path, score, verdict, as_json):
 
 
 def detect_single(detector, path, output, as_json):
-    image = read_image(path, detector.size)
-    out = detector(image[None])
+    image = detector.read(path)  # (3, H, W) at the checkpoint's working scale
+    out = detector.predict_batch([image])
     score = float(out["score"][0])
     verdict = detector.verdict(score)
     save_panels(output, *panel_args(image, out, 0), threshold=detector.threshold, title=Path(path).name)
@@ -147,13 +147,13 @@ def detect_batch(detector, batch_files, root, output, as_json):
     chunk, images, rows = [], [], []
     for f in batch_files:
         try:
-            images.append(read_image(f, detector.size))
+            images.append(detector.read(f))
             chunk.append(f)
         except ValueError as e:
             log.warning("skipping %s", e)
     if not chunk:
         return rows
-    out = detector(torch.stack(images))
+    out = detector.predict_batch(images)
     for j, f in enumerate(chunk):
         score = float(out["score"][j])
         rel = f.relative_to(root)
@@ -182,13 +182,15 @@ def main(argv=None):
             check_output_file(args.export_onnx, "--export_onnx", onnx_is_ours)
         device = select_device(args.gpu_id)
         detector = Detector.from_checkpoint(args.checkpoint_path, base, device, resolve_amp(args.amp, device))
-        log.info("device: %s, model: %s (%d px%s)", device, base, detector.size,
+        log.info("device: %s, model: %s (%d px, scale %s%s)", device, base, detector.size, detector.scale,
                  "" if detector.threshold is not None else ", no calibrated threshold")
         if args.export_onnx:
             from utils.onnx_export import export_onnx
             export_onnx(detector, args.export_onnx)
         if folder_mode:
-            detect_folder(detector, files, Path(args.image_path), output, args.bs, args.json)
+            # tiled: one image at a time, so memory stays bounded by one image and the tile batch
+            bs = args.bs if detector.scale == SQUARE else 1
+            detect_folder(detector, files, Path(args.image_path), output, bs, args.json)
         else:
             detect_single(detector, files[0], output, args.json)
     except (UsageError, OSError, ValueError) as e:  # bad input: 2; a failed write (disk full ...): 1

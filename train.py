@@ -28,8 +28,10 @@ from utils.inference import Detector
 from utils.lock import hold_checkpoint_names
 from utils.outputs import check_output_dir
 from utils.runtime import (AMP_CHOICES, UsageError, distributed_env, fraction, init_distributed, positive_float,
-                           positive_int, probability, report_error, resolve_amp, select_device, size_arg)
+                           non_negative_int, positive_int, probability, report_error, resolve_amp, select_device,
+                           size_arg)
 from utils.signals import Interrupted, StopOnSignal
+from utils.tiling import SCALE_HELP, SQUARE, scale_arg
 
 log = logging.getLogger("train")
 
@@ -48,6 +50,7 @@ def parse_args(argv=None):
                         "omit to use built-in procedural textures")
     g.add_argument("--size", type=size_arg, default=None, help="training image size, a multiple of 32; "
                    "None = from --preset")
+    g.add_argument("--scale", type=scale_arg, default=SQUARE, help=SCALE_HELP)
     g.add_argument("--grayscale", choices=("auto", "on", "off"), default="auto",
                    help="synthesise grey anomalies; auto = when the training images are grayscale")
     g.add_argument("--recipe", choices=("ours", "paper"), default="ours",
@@ -58,7 +61,7 @@ def parse_args(argv=None):
                         "images instead of --anomaly_source_path textures")
     g.add_argument("--val_fraction", type=fraction, default=0.1,
                    help="share of good images held out for synthetic validation and threshold calibration")
-    g.add_argument("--workers", type=int, default=0, help="DataLoader workers for decoding images once at start")
+    g.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader workers for decoding images once at start")
     add_max_pixels_flag(g, "skip training")
     g = p.add_argument_group("Model")
     g.add_argument("--preset", choices=("auto", "paper", "cpu"), default="auto",
@@ -82,18 +85,13 @@ def parse_args(argv=None):
     g = p.add_argument_group("Output")
     g.add_argument("--checkpoint_path", default="./checkpoints/", help="folder for the checkpoint pairs")
     g.add_argument("--log_path", default="./logs/", help="folder for the run folders (config, CSV, plots)")
-    g.add_argument("--val_every", type=int, default=0,
+    g.add_argument("--val_every", type=non_negative_int, default=0,
                    help="validate and checkpoint every N steps (0: at the end of each epoch)")
     g.add_argument("--resume", action="store_true", help="continue from the _resume.pt state of the same run")
     g.add_argument("--stop_after_epoch", type=positive_int, default=None,
                    help="end this run after N epochs, keeping the resumable state (split long runs)")
     g.add_argument("--gpu_id", type=int, default=0, help="CUDA device index (CPU when CUDA is absent; -1 forces CPU)")
-    args = p.parse_args(argv)
-    if args.val_every < 0:
-        p.error(f"argument --val_every: must be >= 0, got {args.val_every}")
-    if args.workers < 0:
-        p.error(f"argument --workers: must be >= 0, got {args.workers}")
-    return args
+    return p.parse_args(argv)
 
 
 def resolve_settings(args, device):

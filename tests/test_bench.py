@@ -24,6 +24,7 @@ def test_tiny_bench_prints_json_with_finite_positive_headlines(capsys):
     assert tiny["size"] == 32 and tiny["bs"] == 2
     for prec in ("fp32", "bf16"):
         assert tiny[prec]["train_e2e_img_s"] > 0 and tiny[prec]["detect_e2e_ms"] > 0
+        assert tiny[prec]["tiles_per_s"] > 0 and tiny[prec]["ms_per_megapixel"] > 0  # tiled (--scale native)
     assert tiny["max_score_diff_bf16"] < 0.01
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from tests.conftest import shared_path, write_images
-from utils.data_loader import (MVTecTestDataset, is_grayscale, list_images, load_images, read_image, resolve_classes,
-                               split_files)
+from utils.data_loader import (MVTecTestDataset, is_grayscale, list_images, load_images, load_images_at_scale,
+                               read_image, resolve_classes, split_files)
 
 
 def test_reads_16bit_gray_rgba_bmp_tif_any_size(tmp_path):
@@ -78,3 +78,13 @@ def test_real_magnetic_tile_images_load():
     files = list_images(folder)[:3]
     x = torch.stack([read_image(f, 64) for f in files])
     assert x.shape == (3, 3, 64, 64) and is_grayscale(x)
+
+
+def test_load_images_at_scale(tmp_path):
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(tmp_path / "a.png"), rng.integers(0, 255, (160, 640, 3), np.uint8))
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    files = [tmp_path / "a.png", tmp_path / "b.png"]
+    native = load_images_at_scale(files, 64, 0, "native")
+    assert [im.shape for im in native] == [(3, 160, 640)] and native[0].dtype == torch.uint8  # b.png skipped
+    assert [im.shape for im in load_images_at_scale(files, 64, 0, 320)] == [(3, 80, 320)]

@@ -237,3 +237,21 @@ def test_format_table_aligns_rows_and_shows_nan_as_dash():
     assert [line.split()[0] for line in lines[1:]] == ["scratch", "overall"]
     assert lines[1].split()[1:] == ["0.988", "0.500", "-", "1.000", "0.250"]
     assert len({len(line) for line in lines}) == 1
+
+
+def test_maps_of_different_sizes():
+    """Images at their own working scale: a list of (H_i, W_i) maps gives the metrics of the same pixels and
+    regions; two images side by side (regions not touching the seam) are the same pixels and regions."""
+    rng = np.random.default_rng(3)
+    masks = [np.zeros((12, 20), np.uint8), np.zeros((12, 9), np.uint8)]
+    masks[0][3:6, 4:9] = 1
+    masks[1][7:10, 2:5] = 1
+    maps = [rng.random(m.shape) + 0.8 * m for m in masks]
+    joined_mask, joined_map = np.concatenate(masks, axis=1)[None], np.concatenate(maps, axis=1)[None]
+    assert pixel_auroc(masks, maps) == pytest.approx(pixel_auroc(joined_mask, joined_map))
+    assert pixel_ap(masks, maps) == pytest.approx(pixel_ap(joined_mask, joined_map))
+    assert aupro(masks, maps) == pytest.approx(aupro(joined_mask, joined_map))
+    flat = np.concatenate([m.ravel() for m in maps])
+    assert pixel_auroc(masks, maps) == pytest.approx(roc_auc_score(np.concatenate([m.ravel() for m in masks]), flat))
+    res = per_type_metrics(["good", "cut"], [0, 1], [0.1, 0.9], masks, maps)
+    assert res["cut"]["aupro"] == pytest.approx(res["overall"]["aupro"])

@@ -91,3 +91,27 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
         atomic_write_bytes(path, "not bytes")  # fails mid-write
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+@pytest.mark.parametrize("shape,grid", [((256, 256), (1, 4)), ((1024, 256), (1, 4)), ((460, 1130), (2, 2)),
+                                        ((160, 640), (2, 2)), ((256, 2048), (4, 1))])
+def test_layout_follows_the_aspect_ratio(shape, grid):
+    from utils.visualize import panel_grid
+    assert panel_grid(*shape) == grid
+    h, w = shape
+    fig = _build_figure(np.full((h, w, 3), 0.5), np.full((h, w, 3), 0.5), np.zeros((h, w)), score=0.1)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.images[0].get_array().shape[:2] for ax in panels] == [shape] * 4  # whole image, not cropped
+    fig.canvas.draw()
+    for ax in panels:  # each panel drawn at the image's own aspect ratio
+        box = ax.get_window_extent()
+        assert box.width / box.height == pytest.approx(w / h, rel=0.03)
+
+
+def test_large_map_is_reduced_by_block_maximum_so_a_thin_defect_stays():
+    h, w = 2000, 8000
+    amap = np.zeros((h, w), np.float32)
+    amap[700:702, 1000:5000] = 0.9  # a 2-pixel line
+    fig = _build_figure(np.zeros((h, w, 3), np.uint8), np.zeros((h, w, 3), np.uint8), amap, score=0.9)
+    shown = fig.axes[2].images[0].get_array()
+    assert max(shown.shape) < w and shown.max() == pytest.approx(0.9)

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from utils.runtime import UsageError, seed_worker
-
 from utils.image_size import check_pixels
+from utils.runtime import UsageError, seed_worker
+from utils.tiling import SQUARE, to_working_scale
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +73,23 @@ def image_to_tensor(img, size=None, bgr=False):
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if size is not None:
         img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-    img = img.astype(np.float32) / scale
-    return torch.from_numpy(np.clip(img, 0.0, 1.0)).permute(2, 0, 1).contiguous()
+    img = img.astype(np.float32)
+    img /= scale  # in place: a large image is not copied twice more
+    np.clip(img, 0.0, 1.0, out=img)
+    return torch.from_numpy(img).permute(2, 0, 1).contiguous()
 
 
 def read_mask(path, size):
-    """Ground-truth mask as a float tensor (1, size, size) in {0, 1}."""
+    """Ground-truth mask as a float tensor (1, H, W) in {0, 1}; size: an int (square) or (H, W).
+
+    Resized by nearest neighbour (no blur, no new values), for every working scale.
+    """
     m = _decode(path, cv2.IMREAD_GRAYSCALE)
     if m is None:
         raise ValueError(f"cannot read mask file {path}")
-    m = cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST)
+    h, w = (size, size) if isinstance(size, int) else size
+    if m.shape != (h, w):
+        m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
     return torch.from_numpy((m > 127).astype(np.float32))[None]
 
 
@@ -125,18 +132,27 @@ def split_files(files, val_fraction, seed):
     return sorted(files[i] for i in order[n_val:]), val
 
 
-class Uint8Images(Dataset):
-    """Training images as uint8 (3, size, size), or None for a file that cannot be decoded (warned once)."""
+def read_at_scale(path, size, scale=SQUARE):
+    """An image file as float (3, H, W) in [0, 1] at a working scale: (size, size) for "square", else as
+    utils.tiling.to_working_scale (the image's own pixels, or its longer side resized to N)."""
+    if scale == SQUARE:
+        return read_image(path, size)
+    return to_working_scale(read_image(path), scale, size)
 
-    def __init__(self, files, size):
-        self.files, self.size = files, size
+
+class Uint8Images(Dataset):
+    """Training images as uint8 (3, size, size) (or (3, H, W) at a tiled working scale), or None for a file that
+    cannot be decoded (warned once)."""
+
+    def __init__(self, files, size, scale=SQUARE):
+        self.files, self.size, self.scale = files, size, scale
 
     def __len__(self):
         return len(self.files)
 
     def __getitem__(self, idx):
         try:
-            return (read_image(self.files[idx], self.size) * 255).round().to(torch.uint8)
+            return (read_at_scale(self.files[idx], self.size, self.scale) * 255).round().to(torch.uint8)
         except ValueError as e:
             log.warning("skipping %s", e)
             return None
@@ -146,25 +162,32 @@ def _keep_readable(batch):
     return [x for x in batch if x is not None]
 
 
+def load_images_at_scale(files, size, workers, scale=SQUARE):
+    """Decode every image once: a list of uint8 tensors (3, H_i, W_i) at the working scale (images of different
+    sizes cannot be stacked). Unreadable files are skipped with one warning each."""
+    loader = DataLoader(Uint8Images(files, size, scale), batch_size=32 if scale == SQUARE else 4,
+                        num_workers=workers, worker_init_fn=seed_worker, collate_fn=_keep_readable)
+    return [x for batch in loader for x in batch]
+
+
 def load_images(files, size, workers):
     """Decode every image once into a uint8 tensor (N, 3, size, size): epochs then cost no decoding.
 
     Unreadable files are skipped with one warning each.
     """
-    loader = DataLoader(Uint8Images(files, size), batch_size=32, num_workers=workers, worker_init_fn=seed_worker,
-                        collate_fn=_keep_readable)
-    images = [x for batch in loader for x in batch]
+    images = load_images_at_scale(files, size, workers)
     return torch.stack(images) if images else torch.zeros(0, 3, size, size, dtype=torch.uint8)
 
 
 class MVTecTestDataset(Dataset):
     """Test split of an MVTec AD class: `test/<type>/*` with masks at `ground_truth/<type>/<stem>_mask.*`.
 
-    Returns dict(image (3,S,S), mask (1,S,S), label 0/1, type str, path str); `good` images get an empty mask.
+    Returns dict(image (3,H,W), mask (1,H,W), label 0/1, type str, path str); `good` images get an empty mask.
+    (H, W) is (size, size) for scale "square", else the image's shape at that working scale (utils/tiling.py).
     """
 
-    def __init__(self, class_dir, size):
-        self.class_dir, self.size = Path(class_dir), size
+    def __init__(self, class_dir, size, scale=SQUARE):
+        self.class_dir, self.size, self.scale = Path(class_dir), size, scale
         test_dir = self.class_dir / "test"
         if not test_dir.is_dir():
             raise FileNotFoundError(f"no test folder in {class_dir} (expected MVTec layout: test/<type>/*)")
@@ -197,10 +220,11 @@ class MVTecTestDataset(Dataset):
 
     def __getitem__(self, idx):
         path, defect_type, mask_path = self.samples[idx]
-        image = read_image(path, self.size)
+        image = read_at_scale(path, self.size, self.scale)
+        shape = tuple(image.shape[1:])  # (H, W)
         if mask_path is None:  # a good image, or a defect image without a mask (its pixel metrics are dropped)
-            mask = torch.zeros(1, self.size, self.size)
+            mask = torch.zeros(1, *shape)
         else:
-            mask = read_mask(mask_path, self.size)
+            mask = read_mask(mask_path, shape)
         label = 0 if defect_type == "good" else 1
         return {"image": image, "mask": mask, "label": label, "type": defect_type, "path": str(path)}

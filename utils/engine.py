@@ -23,13 +23,15 @@ from tqdm import tqdm
 from model import DRAEM
 from model.scoring import score_kernel
 from utils.checkpoint import base_model_name, load_resume_state, resume_path, save_pair, save_resume_state
-from utils.data_loader import is_grayscale, list_images, load_images, split_files
-from utils.inference import autocast, predict
+from utils.crops import RandomCrops, validation_crops
+from utils.data_loader import is_grayscale, list_images, load_images, load_images_at_scale, split_files
+from utils.inference import autocast, predict, whole_image_scores
 from utils.loss import DraemLoss
 from utils.metrics import image_auroc, pixel_ap
 from utils.runtime import UsageError, distributed_env, resolve_amp, seed_everything
 from utils.synthesis import make_synthesizer
 from utils.textures import load_texture_bank
+from utils.tiling import is_tiled
 from utils.training_logger import TrainingLogger
 
 log = logging.getLogger(__name__)
@@ -162,6 +164,7 @@ class Run:
     criterion: torch.nn.Module
     scaler: torch.amp.GradScaler | None
     val: dict | None  # build_validation's set
+    whole_val: list | None  # --scale native / N: held-out uint8 images (3, H, W), the threshold's calibration set
     train_model: torch.nn.Module  # the model, DDP-wrapped when distributed
     logger: TrainingLogger
     stop: object = None  # utils.signals.StopOnSignal: Ctrl-C / SIGTERM end the run after a step
@@ -171,20 +174,38 @@ class Run:
         return self.rank == 0
 
 
+def load_training_sets(settings, train_files, val_files):
+    """(training dataset of (uint8 (3, size, size),) items, held-out uint8 (N, 3, size, size) for the synthetic
+    validation, held-out whole images for the threshold or None).
+
+    --scale square: whole images resized. native / N: random crops of the images at the working scale
+    (utils/crops.py); the synthetic validation uses fixed crops of the held-out images, and the threshold is
+    calibrated on the held-out images scored whole, tiled and stitched exactly as detect.py does.
+    """
+    if not is_tiled(settings.scale):
+        return (TensorDataset(load_images(train_files, settings.size, settings.workers)),
+                load_images(val_files, settings.size, settings.workers), None)
+    held_out = load_images_at_scale(val_files, settings.size, settings.workers, settings.scale)
+    train_images = load_images_at_scale(train_files, settings.size, settings.workers, settings.scale)
+    return (RandomCrops(train_images, settings.size, settings.seed),
+            validation_crops(held_out, settings.size, VAL_SEED), held_out or None)
+
+
 def load_class_data(settings, good_dir, device):
-    """(training images, validation images) as uint8 tensors, the grayscale flag, and the training synthesiser."""
+    """(training dataset, validation images, held-out whole images or None) from load_training_sets, the grayscale
+    flag, and the training synthesiser."""
     files = list_images(good_dir)
     if not files:
         raise UsageError(f"no images in {good_dir}")
     train_files, val_files = split_files(files, settings.val_fraction, settings.seed)
-    train_images = load_images(train_files, settings.size, settings.workers)
-    if len(train_images) == 0:
+    train_set, val_images, whole_val = load_training_sets(settings, train_files, val_files)
+    if len(train_set) == 0:
         raise UsageError(f"no readable images in {good_dir}")
-    val_images = load_images(val_files, settings.size, settings.workers)
-    grayscale = {"on": True, "off": False}.get(settings.grayscale, is_grayscale(train_images[:64].float() / 255))
+    sample = torch.stack([train_set[i][0] for i in range(min(64, len(train_set)))])  # (<=64, 3, S, S) uint8
+    grayscale = {"on": True, "off": False}.get(settings.grayscale, is_grayscale(sample.float() / 255))
     bank = load_texture_bank(settings.anomaly_source_path, settings.size) if settings.anomaly_source_path else None
     synthesizer = make_synthesizer(settings.recipe, bank, grayscale, self_texture_prob=settings.self_texture_prob)
-    return train_images, val_images, grayscale, synthesizer.to(device)
+    return (train_set, val_images, whole_val), grayscale, synthesizer.to(device)
 
 
 def checkpoint_config(settings, obj_name, grayscale, preset, amp_dtype):
@@ -192,24 +213,23 @@ def checkpoint_config(settings, obj_name, grayscale, preset, amp_dtype):
     return {"size": settings.size, "rec_base_width": settings.rec_base_width,
             "seg_base_width": settings.seg_base_width, "in_channels": 3, "grayscale": grayscale,
             "obj_name": obj_name, "lr": settings.lr, "epochs": settings.epochs, "bs": settings.bs, "preset": preset,
-            "recipe": settings.recipe, "seed": settings.seed,
+            "recipe": settings.recipe, "seed": settings.seed, "scale": settings.scale,
             "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
             "score_kernel": score_kernel(settings.size, scaled=settings.recipe != "paper")}
 
 
-def build_state(settings, train_images, device, rank, world):
+def build_state(settings, data, device, rank, world):
     """Seeded model, data loader (and DDP sampler), optimizer and generators: (TrainState, loader, sampler)."""
     seed_everything(settings.seed)
     prior = ANOMALY_PRIOR if settings.recipe != "paper" else None
     model = DRAEM(settings.rec_base_width, settings.seg_base_width).init_weights(prior).to(device)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    data = TensorDataset(train_images)
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=settings.seed,
                                  drop_last=True) if world > 1 else None
     loader_gen = torch.Generator().manual_seed(settings.seed)
     loader = DataLoader(data, batch_size=settings.bs, shuffle=sampler is None, sampler=sampler,
-                        generator=loader_gen, drop_last=len(train_images) // world > settings.bs)
+                        generator=loader_gen, drop_last=len(data) // world > settings.bs)
     optimizer, scheduler = make_optimizer(model, settings.lr, settings.epochs * len(loader))
     synth_gen = torch.Generator(device=device).manual_seed(settings.seed + 7919 * rank)
     return TrainState(model, optimizer, scheduler, loader_gen, synth_gen), loader, sampler
@@ -219,13 +239,13 @@ def setup_run(settings, obj_name, good_dir, device, preset, command, stop=None):
     """Everything one class's training needs: (Run, TrainState), the state resumed when --resume is set."""
     rank, _, world = distributed_env()
     amp_dtype = resolve_amp(settings.amp, device)
-    train_images, val_images, grayscale, synthesizer = load_class_data(settings, good_dir, device)
+    (train_set, val_images, whole_val), grayscale, synthesizer = load_class_data(settings, good_dir, device)
     base = base_model_name(settings.lr, settings.epochs, settings.bs, obj_name)
     config = checkpoint_config(settings, obj_name, grayscale, preset, amp_dtype)
-    log.info("class %s: %d training + %d validation images from %s, %s synthesis%s, %s", obj_name,
-             len(train_images), len(val_images), good_dir, settings.recipe, " (grayscale)" if grayscale else "",
-             config["amp"])
-    state, loader, sampler = build_state(settings, train_images, device, rank, world)
+    log.info("class %s: %d training + %d validation %s from %s, scale %s, %s synthesis%s, %s", obj_name,
+             len(train_set), len(val_images), "crops" if whole_val else "images", good_dir, settings.scale,
+             settings.recipe, " (grayscale)" if grayscale else "", config["amp"])
+    state, loader, sampler = build_state(settings, train_set, device, rank, world)
     # validation: every held-out image gets a defect, none is rotated
     val_synth = make_synthesizer(settings.recipe, synthesizer.texture_bank, grayscale, rotate_prob=0.0,
                                  anomaly_prob=1.0)
@@ -240,7 +260,7 @@ def setup_run(settings, obj_name, good_dir, device, preset, command, stop=None):
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     train_model = DDP(state.model) if world > 1 else state.model
     run = Run(settings, obj_name, base, config, device, amp_dtype, rank, world, loader, sampler, synthesizer,
-              DraemLoss().to(device), scaler, val, train_model, logger, stop)
+              DraemLoss().to(device), scaler, val, whole_val, train_model, logger, stop)
     return run, state
 
 
@@ -254,6 +274,9 @@ def checkpoint(run, state, row):
     calib = {"threshold": None, "rule": "no validation images"}
     if run.val is not None:
         metrics, calib = validate(state.model, run.val, run.amp_dtype, settings.bs, run.config["score_kernel"])
+        if run.whole_val:  # tiled: the threshold from whole held-out images, scored as detect.py scores them
+            calib = calibrate_threshold(whole_image_scores(state.model, run.whole_val, settings.size, run.amp_dtype,
+                                                           run.config["score_kernel"], run.device))
         row.update(metrics)
     if not run.is_main:
         return
@@ -331,6 +354,8 @@ def run_epochs(run, state):
         for epoch in range(state.epoch, end_epoch):
             if run.sampler is not None:
                 run.sampler.set_epoch(epoch)
+            if isinstance(run.loader.dataset, RandomCrops):
+                run.loader.dataset.set_epoch(epoch)  # this epoch's crop offsets, seeded by (seed, epoch)
             t_epoch = time.time()
             row, late = train_epoch(run, state, t0)
             if late:

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -17,33 +16,37 @@ from utils.atomic import atomic_open, atomic_write_bytes
 from utils.data_loader import MVTecTestDataset
 from utils.metrics import METRIC_NAMES, drop_pixel_metrics, format_table, per_type_metrics
 from utils.outputs import check_output_dir, check_output_file, json_with_keys, text_starts_with
+from utils.tiling import SQUARE
 from utils.visualize import save_panels
 
 CSV_HEADER = ",".join(("type", *METRIC_NAMES))
 
 
 def collate(batch):
-    return {"image": torch.stack([b["image"] for b in batch]), "mask": torch.stack([b["mask"] for b in batch]),
-            "label": [b["label"] for b in batch], "type": [b["type"] for b in batch],
-            "path": [b["path"] for b in batch]}
+    """Lists, not stacks: at a tiled working scale (--scale native / N) the images differ in size."""
+    return {k: [b[k] for b in batch] for k in ("image", "mask", "label", "type", "path")}
 
 
 def evaluate_class(detector, class_dir, bs=8, save_images_dir=None, workers=0):
-    """Score every test image; returns {type: {metric: value}, ..., "overall": {...}}."""
-    ds = MVTecTestDataset(class_dir, detector.size)
-    loader = DataLoader(ds, batch_size=bs, num_workers=workers, collate_fn=collate)
+    """Score every test image; returns {type: {metric: value}, ..., "overall": {...}}.
+
+    Maps and masks are compared at the checkpoint's working scale (masks resized by nearest neighbour).
+    """
+    ds = MVTecTestDataset(class_dir, detector.size, detector.scale)
+    # tiled scales: one image at a time, so memory is bounded by one image (plus the maps kept for the metrics)
+    loader = DataLoader(ds, batch_size=bs if detector.scale == SQUARE else 1, num_workers=workers,
+                        collate_fn=collate)
     labels, scores, masks, maps, types = [], [], [], [], []
     for batch in tqdm(loader, desc="evaluate", leave=False):
-        out = detector(batch["image"])
-        scores.append(out["score"].cpu().numpy())
-        maps.append(out["anomaly_map"].cpu().numpy().astype(np.float32))
-        masks.append(batch["mask"][:, 0].numpy().astype(np.uint8))
+        out = detector.predict_batch(batch["image"], with_reconstruction=save_images_dir is not None)
+        scores += [float(s) for s in out["score"]]
+        maps += [m.cpu().numpy().astype(np.float32) for m in out["anomaly_map"]]  # (H, W) each
+        masks += [m[0].numpy().astype(np.uint8) for m in batch["mask"]]
         labels += batch["label"]
         types += batch["type"]
         if save_images_dir is not None:
             save_batch_panels(detector, batch, out, Path(save_images_dir))
-    results = per_type_metrics(np.array(types), np.array(labels), np.concatenate(scores), np.concatenate(masks),
-                               np.concatenate(maps))
+    results = per_type_metrics(np.array(types), np.array(labels), np.array(scores), masks, maps)
     return drop_pixel_metrics(results, ds.types_without_masks)
 
 

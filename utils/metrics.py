@@ -12,7 +12,8 @@ Undefined cases (only one class present, e.g. no anomalous pixel at all) give ``
 raising, so an evaluation over a subset of the test set never crashes.
 
 Masks: a pixel is anomalous where ``mask > 0.5``, which reads bool, {0, 1} and {0, 255} masks alike.
-Maps: higher means more anomalous. Stacks are (N, H, W); (N, 1, H, W) and a single (H, W) map are accepted.
+Maps: higher means more anomalous. Stacks are (N, H, W); (N, 1, H, W) and a single (H, W) map are accepted, and
+so is a list of (H_i, W_i) maps of different sizes (images evaluated at their own scale, utils/tiling.py).
 """
 
 import logging
@@ -31,8 +32,11 @@ METRIC_NAMES = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")
 # --------------------------------------------------------------------------------------------------------
 # Input handling
 # --------------------------------------------------------------------------------------------------------
-def _as_stack(x) -> np.ndarray:
-    """Return `x` as an (N, H, W) array; accepts (H, W) and (N, 1, H, W)."""
+def _as_stack(x):
+    """Return `x` as an (N, H, W) array; accepts (H, W) and (N, 1, H, W), and returns a list of (H_i, W_i)
+    arrays for a list of maps of different sizes."""
+    if isinstance(x, (list, tuple)) and len({np.shape(m) for m in x}) > 1:
+        return [np.asarray(m).reshape(np.shape(m)[-2:]) for m in x]
     x = np.asarray(x)
     if x.ndim == 2:
         x = x[None]
@@ -43,15 +47,40 @@ def _as_stack(x) -> np.ndarray:
     return x
 
 
-def _masks_and_maps(masks, maps) -> tuple[np.ndarray, np.ndarray]:
-    """Binary (N, H, W) masks and float (N, H, W) maps of the same shape."""
-    masks = _as_stack(masks) > 0.5
-    maps = _as_stack(maps)
+def _masks_and_maps(masks, maps):
+    """Binary (N, H, W) masks and float (N, H, W) maps of the same shape (or lists of (H_i, W_i) ones)."""
+    masks, maps = _as_stack(masks), _as_stack(maps)
+    if isinstance(masks, list) or isinstance(maps, list):
+        if [np.shape(m) for m in masks] != [np.shape(m) for m in maps]:
+            raise ValueError("masks and maps differ in shape")
+        return [m > 0.5 for m in masks], [_floating(m) for m in maps]
     if masks.shape != maps.shape:
         raise ValueError(f"masks {masks.shape} and maps {maps.shape} differ in shape")
-    if not np.issubdtype(maps.dtype, np.floating):
-        maps = maps.astype(np.float64)
-    return masks, maps
+    return masks > 0.5, _floating(maps)
+
+
+def _floating(maps: np.ndarray) -> np.ndarray:
+    return maps if np.issubdtype(maps.dtype, np.floating) else maps.astype(np.float64)
+
+
+def _split_pixels(masks, maps) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of all normal and of all anomalous pixels, flattened over the images: (P_normal,), (P_anomalous,)."""
+    if isinstance(maps, np.ndarray):
+        return maps[~masks], maps[masks]
+    return (np.concatenate([p[~m] for m, p in zip(masks, maps)]),
+            np.concatenate([p[m] for m, p in zip(masks, maps)]))
+
+
+def _select(stack, keep: np.ndarray):
+    """The images of `stack` (array or list) where `keep` (N,) is True."""
+    return stack[keep] if isinstance(stack, np.ndarray) else [m for m, k in zip(stack, keep) if k]
+
+
+def _pixels_of_both_classes(masks) -> bool:
+    if isinstance(masks, np.ndarray):
+        return _both_classes(masks)
+    n_pos, n = sum(int(np.count_nonzero(m)) for m in masks), sum(m.size for m in masks)
+    return 0 < n_pos < n
 
 
 def _both_classes(labels: np.ndarray) -> bool:
@@ -87,9 +116,10 @@ def image_ap(labels, scores) -> float:
 # scikit-learn would argsort all N*H*W pixels (~15 s and >1 GB per metric for 500 maps of 256x256); the
 # pixel metrics below give the same numbers from the sorted normal and sorted anomalous scores, where
 # np.sort is fast and the anomalous pixels are few.
-def _scores_by_class(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _scores_by_class(masks, maps) -> tuple[np.ndarray, np.ndarray]:
     """Scores of the normal and of the anomalous pixels, each sorted ascending: (P_normal,), (P_anomalous,)."""
-    return np.sort(maps[~masks]), np.sort(maps[masks])
+    normal, anomalous = _split_pixels(masks, maps)
+    return np.sort(normal), np.sort(anomalous)
 
 
 def pixel_auroc(masks, maps) -> float:
@@ -99,7 +129,7 @@ def pixel_auroc(masks, maps) -> float:
     equals the trapezoid area under the ROC curve that `roc_auc_score` gives.
     """
     masks, maps = _masks_and_maps(masks, maps)
-    if not _both_classes(masks):
+    if not _pixels_of_both_classes(masks):
         logger.debug("pixel metric undefined: masks hold only one class")
         return float("nan")
     normal, anomalous = _scores_by_class(masks, maps)
@@ -115,7 +145,7 @@ def pixel_ap(masks, maps) -> float:
     prediction {map >= t}. Recall only steps at anomalous scores, so those are the only thresholds needed.
     """
     masks, maps = _masks_and_maps(masks, maps)
-    if not _both_classes(masks):
+    if not _pixels_of_both_classes(masks):
         logger.debug("pixel metric undefined: masks hold only one class")
         return float("nan")
     normal, anomalous = _scores_by_class(masks, maps)
@@ -129,7 +159,7 @@ def pixel_ap(masks, maps) -> float:
 # --------------------------------------------------------------------------------------------------------
 # AUPRO
 # --------------------------------------------------------------------------------------------------------
-def _region_pixels(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+def _region_pixels(masks, maps) -> tuple[np.ndarray, np.ndarray, int]:
     """Scores and weights of all anomalous pixels, and the number of ground-truth regions.
 
     A pixel of region r gets weight 1 / |r|, so summing the weights of the pixels above a threshold gives
@@ -145,7 +175,7 @@ def _region_pixels(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.
         weights.append(1.0 / sizes[labels[mask]])  # (P_i,)
         n_regions += n_labels - 1
     if not scores:
-        return np.empty(0, maps.dtype), np.empty(0), 0
+        return np.empty(0), np.empty(0), 0
     return np.concatenate(scores), np.concatenate(weights), n_regions
 
 
@@ -176,7 +206,7 @@ def pro_curve(masks, maps, num_thresholds: int | None = None) -> tuple[np.ndarra
     approximation, coarse where the normal scores are packed into a narrow range.
     """
     masks, maps = _masks_and_maps(masks, maps)
-    normal = np.sort(maps[~masks])  # (P_normal,)
+    normal = np.sort(_split_pixels(masks, maps)[0])  # (P_normal,)
     scores, weights, n_regions = _region_pixels(masks, maps)
     if n_regions == 0 or normal.size == 0:
         raise ValueError("the PRO curve needs both anomalous and normal pixels")
@@ -235,7 +265,7 @@ def aupro(masks, maps, fpr_limit: float = 0.3, num_thresholds: int | None = None
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
     masks, maps = _masks_and_maps(masks, maps)
-    if not _both_classes(masks):
+    if not _pixels_of_both_classes(masks):
         logger.debug("aupro undefined: masks hold only one class")
         return float("nan")
     fpr, pro = pro_curve(masks, maps, num_thresholds)
@@ -274,7 +304,8 @@ def per_type_metrics(
     results = {}
     for defect in sorted(set(types.tolist()) - {"good"}):
         keep = good | (types == defect)  # (B,)
-        results[defect] = compute_all(labels[keep], scores[keep], masks[keep], maps[keep], fpr_limit)
+        results[defect] = compute_all(labels[keep], scores[keep], _select(masks, keep), _select(maps, keep),
+                                      fpr_limit)
     results["overall"] = compute_all(labels, scores, masks, maps, fpr_limit)
     return results
 

@@ -1,5 +1,9 @@
 """Export a loaded detector to ONNX: image (B, 3, S, S) in [0, 1] -> anomaly_map (B, S, S), score (B,).
 
+The exported graph always takes S x S inputs. For a checkpoint trained with `--scale native` / N, that input is one
+tile (or a batch of tiles): `onnx_predict_tiled` cuts a whole image into tiles, runs the ONNX session on them and
+stitches the maps exactly as detect.py does (utils/tiling.py), then scores the stitched map.
+
 Optional extras: `pip install onnx` to export, `pip install onnxruntime` to check the file against PyTorch.
 Exporter order: torch's TorchScript exporter first (needs only `onnx`, fast, works on torch 2.4 and later,
 deprecated since 2.9), then the torch.export-based ("dynamo") exporter, which also needs `onnxscript`, when the
@@ -15,8 +19,10 @@ from pathlib import Path
 import torch
 
 from model.draem import DRAEMScorer
+from model.scoring import SCORE_KERNEL, image_score
 from utils.atomic import atomic_write_bytes
 from utils.runtime import UsageError
+from utils.tiling import stitch
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +43,25 @@ def export_onnx(detector, path, check=True):
     scorer = DRAEMScorer(copy.deepcopy(detector.model).cpu().float(), detector.kernel).eval()
     example = _random_batch(2, detector.size, seed=0)
     atomic_write_bytes(path, _export_bytes(scorer, example))
-    log.info("exported %s (input image (B, 3, %d, %d) in [0, 1] -> anomaly_map, score)",
-             path, detector.size, detector.size)
+    log.info("exported %s (input image (B, 3, %d, %d) in [0, 1] -> anomaly_map, score)%s", path, detector.size,
+             detector.size, "" if detector.scale == "square" else
+             f"; scale {detector.scale}: the input is one tile, use utils.onnx_export.onnx_predict_tiled")
     diff = _check(scorer, path, detector.size) if check else None
     return {"path": str(path), "checked": diff is not None, "max_abs_diff": diff}
+
+
+def onnx_predict_tiled(session, image, tile, kernel=SCORE_KERNEL, tile_batch=16):
+    """Anomaly map (H, W) and score (0-d) of a whole image (3, H, W) in [0, 1] at the working scale, from an
+    onnxruntime session of an exported tile model (tile = the checkpoint's size, kernel = its score_kernel).
+
+        session = onnxruntime.InferenceSession("draem.onnx")
+        amap, score = onnx_predict_tiled(session, detector.read("strip.png"), detector.size, detector.kernel)
+    """
+    def run(tiles):  # (B, 3, tile, tile) -> (B, tile, tile) from the ONNX graph; no reconstruction output
+        amap = session.run(OUTPUT_NAMES[:1], {INPUT_NAMES[0]: tiles.numpy()})[0]
+        return torch.from_numpy(amap), None
+    amap = stitch(torch.as_tensor(image, dtype=torch.float32), run, tile, tile_batch=tile_batch)["anomaly_map"]
+    return amap, image_score(amap[None], kernel)[0]
 
 
 def _require(package):

@@ -1,5 +1,11 @@
 """The 4-panel result figure: input | reconstruction | raw anomaly map | overlay with score and verdict.
 
+Every panel shows the whole image at its own aspect ratio. The layout follows the shape (`panel_grid`): side by
+side (1 x 4) for square and tall images, 2 x 2 up to 4.5:1, stacked (4 x 1) for wider strips, so a 2048x256
+line-scan strip stays readable. Images larger than their panel's pixels are reduced to it before drawing: the
+pictures by area averaging, the anomaly map by block maximum, so that a defect a few pixels wide on a large image
+stays visible (drawn at full size, the resampling would average it away, and cost memory).
+
 Uses matplotlib's object-oriented API (``Figure`` + ``FigureCanvasAgg``) instead of pyplot, so it needs no
 display, never touches pyplot's global state (safe whatever backend a caller picked) and is thread-safe.
 
@@ -25,8 +31,9 @@ from utils.runtime import UsageError
 logger = logging.getLogger(__name__)
 
 PANEL_TITLES = ("Input (original)", "Reconstructed", "Anomaly Map (raw)", "Result (overlay)")
-FIGSIZE = (16, 4.5)  # inches; at DPI this is 1600 x 450 pixels
+FIG_WIDTH, FIG_HEIGHT = 16.0, 10.0  # inches, at most; at DPI 100 a square image gives about 1600 x 480 pixels
 DPI = 100
+TITLE_SPACE = 0.55  # inches per row of panels for their titles
 OVERLAY_ALPHA = 0.5
 COLOR_OK, COLOR_NG, COLOR_UNCALIBRATED = "#2ecc40", "#ff4136", "#bbbbbb"
 
@@ -51,6 +58,41 @@ def _verdict(score: float, threshold) -> tuple[str, str]:
         return "no calibrated threshold", COLOR_UNCALIBRATED
     label = "NG" if score > threshold else "OK"
     return f"{label}  (thr {threshold:.3f})", COLOR_NG if label == "NG" else COLOR_OK
+
+
+def panel_grid(height: int, width: int) -> tuple[int, int]:
+    """(rows, cols) of the four panels for an image of height x width: 1 x 4 up to 1.25:1 (and for tall images),
+    2 x 2 up to 4.5:1, 4 x 1 beyond."""
+    aspect = width / height
+    if aspect <= 1.25:
+        return 1, 4
+    return (2, 2) if aspect < 4.5 else (4, 1)
+
+
+def _figsize(height: int, width: int) -> tuple[tuple[float, float], float]:
+    """(figure inches, panel width in pixels): panels as large as fit in FIG_WIDTH x FIG_HEIGHT at the image's
+    aspect ratio."""
+    rows, cols = panel_grid(height, width)
+    aspect = width / height
+    panel_w = min((FIG_WIDTH - 1.0) / cols, (FIG_HEIGHT / rows - TITLE_SPACE) * aspect)  # 1 in: colour bar
+    panel_h = panel_w / aspect
+    return (cols * panel_w + 1.0, rows * (panel_h + TITLE_SPACE) + 0.5), panel_w * DPI  # 0.5 in: the title
+
+
+def _reduce_for_display(image, reconstruction, anomaly_map, panel_px):
+    """Shrink all three by the same integer factor when the image is over twice its panel's width in pixels:
+    pictures by area averaging, the map by block maximum (a 2-pixel scratch on an 8000-pixel strip must not fade
+    out)."""
+    h, w = anomaly_map.shape
+    k = int(w // max(panel_px, 1))
+    if k <= 1:
+        return image, reconstruction, anomaly_map
+    ph, pw = -(-h // k) * k, -(-w // k) * k
+    padded = np.pad(anomaly_map, ((0, ph - h), (0, pw - w)), mode="edge")
+    small_map = padded.reshape(ph // k, k, pw // k, k).max(axis=(1, 3))  # (ceil(H/k), ceil(W/k))
+    size = (small_map.shape[1], small_map.shape[0])
+    return (cv2.resize(image, size, interpolation=cv2.INTER_AREA),
+            cv2.resize(reconstruction, size, interpolation=cv2.INTER_AREA), small_map)
 
 
 def _hide_ticks(ax) -> None:
@@ -79,17 +121,23 @@ def _draw_result(ax, image, anomaly_map, score, threshold, contour_level) -> Non
 
 def _build_figure(image, reconstruction, anomaly_map, score, threshold=None, title=None,
                   contour_level=None) -> Figure:
-    """Build (but do not draw) the 1 x 4 panel figure; see ``render_panels`` for the arguments."""
+    """Build (but do not draw) the 4-panel figure; see ``render_panels`` for the arguments."""
+    image, reconstruction = np.asarray(image), np.asarray(reconstruction)
+    anomaly_map = np.asarray(anomaly_map, dtype=np.float32).squeeze()  # (H, W)
+    if not anomaly_map.shape == image.shape[:2] == reconstruction.shape[:2]:
+        raise ValueError(f"anomaly_map {anomaly_map.shape}, image {image.shape[:2]} and reconstruction "
+                         f"{reconstruction.shape[:2]} differ in size")
+    figsize, panel_px = _figsize(*anomaly_map.shape)
+    # reduced first, so a large image is never copied at full size for drawing
+    image, reconstruction, anomaly_map = _reduce_for_display(image, reconstruction, anomaly_map, panel_px)
     image, reconstruction = _as_rgb01(image), _as_rgb01(reconstruction)
-    anomaly_map = np.clip(np.asarray(anomaly_map, dtype=np.float32).squeeze(), 0.0, 1.0)  # (H, W)
-    if anomaly_map.shape != image.shape[:2]:
-        raise ValueError(f"anomaly_map shape {anomaly_map.shape} != image shape {image.shape[:2]}")
+    anomaly_map = np.clip(anomaly_map, 0.0, 1.0)
     score = float(score)
     threshold = None if threshold is None else float(threshold)
 
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)  # attaches itself as fig.canvas
-    axes = fig.subplots(1, 4)
+    axes = fig.subplots(*panel_grid(*anomaly_map.shape)).ravel()
     axes[0].imshow(image)
     axes[1].imshow(reconstruction)
     raw = axes[2].imshow(anomaly_map, cmap="jet", vmin=0.0, vmax=1.0)
@@ -105,7 +153,7 @@ def _build_figure(image, reconstruction, anomaly_map, score, threshold=None, tit
 
 def render_panels(image, reconstruction, anomaly_map, score, threshold=None, title=None,
                   contour_level=None) -> np.ndarray:
-    """Render the 4-panel figure to an RGB uint8 array of shape (h, w, 3), w ~ 3.5 h.
+    """Render the 4-panel figure to an RGB uint8 array of shape (h, w, 3) (w ~ 3.4 h for a square image).
 
     image, reconstruction: (H, W, 3) RGB float in [0, 1] (grayscale and uint8 are accepted too).
     anomaly_map: (H, W) float in [0, 1]. score: image-level anomaly score.
