@@ -109,11 +109,11 @@ def check_outputs(files, root, output, folder_mode):
                       text_starts_with(REPORT_HEADER, OLD_REPORT_HEADER))
 
 
-def report(path, score, verdict, as_json):
+def report(path, score, threshold, verdict, as_json):
     if as_json:
-        print(json.dumps({"file": str(path), "score": round(score, 6), "verdict": verdict}))
+        print(json.dumps({"file": str(path), "score": round(score, 6), "threshold": threshold, "verdict": verdict}))
     else:
-        print(f"{path}: score {score:.4f}  {verdict}")
+        print(f"{path}: score {score:.4f}  {verdict}" + ("" if threshold is None else f" (threshold {threshold:.4f})"))
 
 
 def detect_single(detector, path, output, as_json):
@@ -122,7 +122,7 @@ def detect_single(detector, path, output, as_json):
     score = float(out["score"][0])
     verdict = detector.verdict(score)
     save_panels(output, *panel_args(image, out, 0), threshold=detector.threshold, title=Path(path).name)
-    report(path, score, verdict, as_json)
+    report(path, score, detector.threshold, verdict, as_json)
     return [(str(path), str(output), score, verdict)]
 
 
@@ -160,7 +160,7 @@ def detect_batch(detector, batch_files, root, output, as_json):
         save_panels(output / picture_name(rel), *panel_args(images[j], out, j), threshold=detector.threshold,
                     title=str(rel))
         rows.append((str(rel), str(picture_name(rel)), score, detector.verdict(score)))
-        report(rel, score, rows[-1][3], as_json)
+        report(rel, score, detector.threshold, rows[-1][3], as_json)
     return rows
 
 

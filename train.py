@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from utils.calibration import add_target_flag
 from utils.checkpoint import base_model_name
 from utils.data_loader import resolve_classes
 from utils.demo_data import DEMO_ROOT, make_demo_dataset
@@ -59,9 +60,9 @@ def parse_args(argv=None):
     g.add_argument("--self_texture_prob", type=probability, default=0.0,
                    help="recipe ours: share of simulated defects textured with the batch's own (augmented) good "
                         "images instead of --anomaly_source_path textures")
-    g.add_argument("--val_fraction", type=fraction, default=0.1,
-                   help="share of good images held out for synthetic validation and threshold calibration")
-    g.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader workers for decoding images once at start")
+    g.add_argument("--val_fraction", type=fraction, default=0.1, help="share of good images held out, >= min(30, n/3)")
+    add_target_flag(g, ", estimated on the held-out images")
+    g.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader workers to decode images at start")
     add_max_pixels_flag(g, "skip training")
     g = p.add_argument_group("Model")
     g.add_argument("--preset", choices=("auto", "paper", "cpu"), default="auto",

@@ -80,6 +80,14 @@ def test_real_magnetic_tile_images_load():
     assert x.shape == (3, 3, 64, 64) and is_grayscale(x)
 
 
+def test_held_out_split_takes_enough_images_for_the_threshold():
+    for n, held_out in ((12, 4), (54, 18), (90, 30), (761, 76)):
+        files = [f"{i:04d}.png" for i in range(n)]
+        train_files, val = split_files(files, 0.1, 0)
+        assert len(val) == held_out and sorted(train_files + val) == files
+    assert split_files(files, 0.0, 0)[1] == []
+
+
 def test_load_images_at_scale(tmp_path):
     rng = np.random.default_rng(0)
     cv2.imwrite(str(tmp_path / "a.png"), rng.integers(0, 255, (160, 640, 3), np.uint8))

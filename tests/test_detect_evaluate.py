@@ -46,7 +46,8 @@ def test_single_image_panel_and_score(trained, tmp_path, capsys):
     assert detect.main(["--image_path", str(cls / "test" / "spot" / "000.png"), "--base_model_name", BASE,
                         "--checkpoint_path", str(ckpt), "--output_path", str(out), "--json"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert 0.0 <= line["score"] <= 1.0 and line["verdict"] in ("OK", "NG")
+    assert 0.0 <= line["score"] <= 1.0 and line["verdict"] in ("OK", "NG") and 0 < line["threshold"] < 1
+    assert line["verdict"] == ("NG" if line["score"] > line["threshold"] else "OK")
     img = cv2.imread(str(out))
     h, w = img.shape[:2]
     assert 3 * h < w < 4.5 * h  # four panels side by side
@@ -71,11 +72,58 @@ def test_evaluate_json_and_files(trained, tmp_path, capsys):
     assert evaluate.main(["--data_path", str(cls), "--base_model_name", BASE, "--checkpoint_path", str(ckpt),
                           "--output_path", str(out), "--json"]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(last) == {"image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro"}
+    assert set(last) == {"image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro", "threshold",
+                         "false_reject_rate", "defect_recall", "best_recall_at_same_frr"}
     assert all(0 <= v <= 1 for v in last.values())
+    assert last["defect_recall"] <= last["best_recall_at_same_frr"]
     rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert [r["type"] for r in rows] == ["spot", "overall"]
+    assert [r["type"] for r in rows] == ["spot", "overall"] and "defect_recall" in rows[0]
     assert json.loads((out / "metrics.json").read_text())["results"]["overall"]["image_auroc"] == last["image_auroc"]
+
+
+def _pair_thresholds(ckpt, base=BASE):
+    return [torch.load(p, map_location="cpu", weights_only=True)["calibration"]["threshold"]
+            for p in pair_paths(ckpt, base)]
+
+
+def test_recalibrate_on_good_folder_writes_the_pair(trained, tmp_path, capsys):
+    """--recalibrate: new threshold in both files (weights_only), report on known defects, then evaluation."""
+    import shutil
+    root, cls, ckpt = trained
+    copy = tmp_path / "ckpt"
+    shutil.copytree(ckpt, copy)
+    old = _pair_thresholds(copy)[0]
+    assert evaluate.main(["--base_model_name", BASE, "--checkpoint_path", str(copy), "--recalibrate",
+                          str(cls / "train" / "good"), "--defect_path", str(cls / "test" / "spot"),
+                          "--target_false_reject", "0.05", "--data_path", str(cls), "--output_path",
+                          str(tmp_path / "eval"), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "new threshold" in out and "known-defective images" in out
+    new = _pair_thresholds(copy)
+    assert new[0] == new[1] != old
+    assert json.loads(out.strip().splitlines()[-1])["threshold"] == new[0]
+    calib = torch.load(pair_paths(copy, BASE)[0], weights_only=True)["calibration"]
+    assert calib["n_normal"] == 10 and calib["target_false_reject"] == 0.05
+    # F1 rule, recalibration only (no --data_path)
+    assert evaluate.main(["--base_model_name", BASE, "--checkpoint_path", str(copy), "--recalibrate",
+                          str(cls / "test" / "good"), "--defect_path", str(cls / "test" / "spot"),
+                          "--threshold_rule", "f1"]) == 0
+    assert "F1" in capsys.readouterr().out and _pair_thresholds(copy)[0] != new[0]
+
+
+def test_recalibrate_bad_inputs_leave_the_pair(trained, tmp_path, capsys):
+    root, cls, ckpt = trained
+    before = _pair_thresholds(ckpt)
+    for argv, expected in ((["--recalibrate", str(tmp_path / "nope")], "nope"),
+                           (["--recalibrate", str(tmp_path)], "no images")):
+        assert evaluate.main(["--base_model_name", BASE, "--checkpoint_path", str(ckpt), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err
+    with pytest.raises(SystemExit):  # argparse: f1 needs defects; neither --data_path nor --recalibrate
+        evaluate.parse_args(["--base_model_name", BASE, "--recalibrate", "x", "--threshold_rule", "f1"])
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--base_model_name", BASE])
+    assert _pair_thresholds(ckpt) == before
 
 
 def test_bf16_scores_match_fp32(trained):

@@ -36,7 +36,7 @@ def test_short_run_writes_seed_named_pair_csv_and_png(tmp_path):
     obj = torch.load(rec, weights_only=True)
     assert obj["config"]["rec_base_width"] == 4 and obj["config"]["size"] == 32
     model, meta = load_pair(tmp_path / "ckpt", base)
-    assert meta["calibration"]["threshold"] is not None
+    assert meta["calibration"]["threshold"] is not None and meta["calibration"]["target_false_reject"] == 0.02
     rec_out, logits = model(torch.rand(1, 3, 32, 32))
     assert logits.shape == (1, 2, 32, 32)
     run_dir = next((tmp_path / "logs").iterdir())

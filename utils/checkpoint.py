@@ -205,7 +205,7 @@ def _unwrap(obj, path, kind):
 def load_pair(checkpoint_path, base):
     """Rebuild the DRAEM module from a checkpoint pair; returns (model on CPU in eval mode, meta dict).
 
-    meta: config (size, widths, grayscale ...), calibration (threshold or None), original (bool).
+    meta: config (size, widths, grayscale ...), calibration (threshold or None), original (bool), pair_id (ours).
     """
     rec_path, seg_path = _find_pair(checkpoint_path, base)
     rec_sd, rec_meta = _unwrap(safe_load(rec_path), rec_path, "reconstructive")
@@ -229,5 +229,6 @@ def load_pair(checkpoint_path, base):
                            "grayscale": False},
                 "calibration": {"threshold": None, "rule": "none (original checkpoint)"}, "original": True}
     else:
-        meta = {"config": rec_meta["config"], "calibration": rec_meta["calibration"], "original": False}
+        meta = {"config": rec_meta["config"], "calibration": rec_meta["calibration"], "original": False,
+                "pair_id": rec_meta["pair_id"]}
     return model.eval(), meta

@@ -21,6 +21,7 @@ from utils.tiling import SQUARE, to_working_scale
 
 log = logging.getLogger(__name__)
 
+MIN_HELD_OUT = 30  # good images held out for the threshold when the data allow (README "Choosing the threshold")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
@@ -121,12 +122,12 @@ def resolve_classes(data_path, obj_id):
 
 
 def split_files(files, val_fraction, seed):
-    """Seeded shuffle, then hold out round(n * val_fraction) files (at least 4 when there are >= 20)."""
+    """Seeded shuffle, then hold out round(n * val_fraction) files, at least min(MIN_HELD_OUT, max(3, n // 3))."""
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(files), generator=g).tolist()
     n_val = round(len(files) * val_fraction) if val_fraction > 0 else 0
-    if val_fraction > 0 and len(files) >= 20:
-        n_val = max(n_val, 4)
+    if val_fraction > 0:  # the threshold's uncertainty shrinks with the held-out count: take enough
+        n_val = max(n_val, min(MIN_HELD_OUT, max(3, len(files) // 3)))  # 3: the fewest calibration.fit_threshold uses
     n_val = max(0, min(n_val, len(files) - 2))  # keep at least 2 images for training
     val = sorted(files[i] for i in order[:n_val])
     return sorted(files[i] for i in order[n_val:]), val

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from model import DRAEM
 from model.scoring import score_kernel
+from utils.calibration import DEFAULT_TARGET_FALSE_REJECT, fit_threshold
 from utils.checkpoint import base_model_name, load_resume_state, resume_path, save_pair, save_resume_state
 from utils.crops import RandomCrops, validation_crops
 from utils.data_loader import is_grayscale, list_images, load_images, load_images_at_scale, split_files
@@ -104,32 +105,30 @@ def build_validation(images, synthesizer, device):
     return {"images": x, "masks": masks, "labels": labels, "n_normal": len(clean)}
 
 
-def calibrate_threshold(normal_scores):
-    """Image-score threshold from held-out *normal* scores only: q99 + 0.5 * (q99 - median).
+def calibrate_threshold(normal_scores, target_false_reject=DEFAULT_TARGET_FALSE_REJECT):
+    """Image-score threshold from held-out *normal* scores only, aimed at a false-reject rate (utils/calibration.py).
 
-    A high quantile with a margin proportional to the spread of normal scores, so a clean part rarely reads NG;
-    no defect images are needed (or used).
+    No defect images are needed (or used); the calibration dict records the rule, n and the expected rate.
     """
-    s = torch.as_tensor(normal_scores, dtype=torch.float64)
-    q99, q50 = torch.quantile(s, 0.99).item(), s.median().item()
-    return {"threshold": min(q99 + 0.5 * (q99 - q50), 1.0),
-            "rule": "q99 + 0.5 * (q99 - median) of held-out normal scores",
-            "normal_q50": q50, "normal_q99": q99, "normal_max": s.max().item(), "n_normal": len(s)}
+    return fit_threshold(torch.as_tensor(normal_scores, dtype=torch.float64).numpy(), target_false_reject)
 
 
-def validate(model, val, amp_dtype, bs, kernel):
-    """Image AUROC and pixel AP on the synthetic validation set, plus the calibration from its normal half."""
+def validate(model, val, bs, kernel, target_false_reject=DEFAULT_TARGET_FALSE_REJECT):
+    """Image AUROC and pixel AP on the synthetic validation set, plus the calibration from its normal half.
+
+    Scored in fp32 whatever the training precision: the threshold must fit the scores detect.py computes.
+    """
     model.eval()
     scores, maps = [], []
     for i in range(0, len(val["images"]), bs):
-        out = predict(model, val["images"][i:i + bs], amp_dtype, kernel)
+        out = predict(model, val["images"][i:i + bs], None, kernel)
         scores.append(out["score"].cpu())
         maps.append(out["anomaly_map"].cpu())
     model.train()
     scores, maps = torch.cat(scores), torch.cat(maps)
     labels, masks = val["labels"].cpu().numpy(), val["masks"][:, 0].cpu().numpy()
     return ({"val_image_auroc": image_auroc(labels, scores.numpy()), "val_pixel_ap": pixel_ap(masks, maps.numpy())},
-            calibrate_threshold(scores[:val["n_normal"]]))
+            calibrate_threshold(scores[:val["n_normal"]], target_false_reject))
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -273,10 +272,12 @@ def checkpoint(run, state, row):
             dist.broadcast(buf, 0)
     calib = {"threshold": None, "rule": "no validation images"}
     if run.val is not None:
-        metrics, calib = validate(state.model, run.val, run.amp_dtype, settings.bs, run.config["score_kernel"])
-        if run.whole_val:  # tiled: the threshold from whole held-out images, scored as detect.py scores them
-            calib = calibrate_threshold(whole_image_scores(state.model, run.whole_val, settings.size, run.amp_dtype,
-                                                           run.config["score_kernel"], run.device))
+        metrics, calib = validate(state.model, run.val, settings.bs, run.config["score_kernel"],
+                                  settings.target_false_reject)
+        if run.whole_val:  # tiled: the threshold from whole held-out images, scored as detect.py scores them (fp32)
+            calib = calibrate_threshold(whole_image_scores(state.model, run.whole_val, settings.size, None,
+                                                           run.config["score_kernel"], run.device),
+                                        settings.target_false_reject)
         row.update(metrics)
     if not run.is_main:
         return

@@ -1,4 +1,4 @@
-"""Scoring a labelled MVTec-style test split: per-type metrics, their table, and the metrics files.
+"""Scoring a labelled MVTec-style test split: per-type metrics and OK/NG verdicts, their table, the metrics files.
 
 Used by evaluate.py and by train.py's built-in demo:
     results = evaluate_class(Detector.from_checkpoint(...), "path/to/class")   # {type: {metric: value}}
@@ -13,13 +13,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from utils.atomic import atomic_open, atomic_write_bytes
+from utils.calibration import add_verdicts, format_verdicts
 from utils.data_loader import MVTecTestDataset
 from utils.metrics import METRIC_NAMES, drop_pixel_metrics, format_table, per_type_metrics
 from utils.outputs import check_output_dir, check_output_file, json_with_keys, text_starts_with
 from utils.tiling import SQUARE
 from utils.visualize import save_panels
 
-CSV_HEADER = ",".join(("type", *METRIC_NAMES))
+VERDICTS = ("threshold", "false_reject_rate", "defect_recall", "best_recall_at_same_frr")  # overall, in --json
+CSV_HEADERS = tuple(",".join(c) for c in (("type", *METRIC_NAMES, *VERDICTS), ("type", *METRIC_NAMES)))  # now, before
 
 
 def collate(batch):
@@ -28,7 +30,8 @@ def collate(batch):
 
 
 def evaluate_class(detector, class_dir, bs=8, save_images_dir=None, workers=0):
-    """Score every test image; returns {type: {metric: value}, ..., "overall": {...}}.
+    """Score every test image; returns {type: {metric: value}, ..., "overall": {...}}, with the verdicts at the
+    detector's threshold among the metrics (utils/calibration.py add_verdicts).
 
     Maps and masks are compared at the checkpoint's working scale (masks resized by nearest neighbour).
     """
@@ -46,8 +49,10 @@ def evaluate_class(detector, class_dir, bs=8, save_images_dir=None, workers=0):
         types += batch["type"]
         if save_images_dir is not None:
             save_batch_panels(detector, batch, out, Path(save_images_dir))
-    results = per_type_metrics(np.array(types), np.array(labels), np.array(scores), masks, maps)
-    return drop_pixel_metrics(results, ds.types_without_masks)
+    scores = np.array(scores)  # (N,)
+    results = per_type_metrics(np.array(types), np.array(labels), scores, masks, maps)
+    results = drop_pixel_metrics(results, ds.types_without_masks)
+    return add_verdicts(results, types, labels, scores, detector.threshold)
 
 
 def save_batch_panels(detector, batch, out, folder):
@@ -59,8 +64,9 @@ def save_batch_panels(detector, batch, out, folder):
 
 
 def results_text(results, title=""):
-    """The results table under a title line (blank when there is no title)."""
-    return f"\n{title}\n{format_table(results)}" if title else f"\n{format_table(results)}"
+    """The results table under a title line (blank when there is no title), then the verdicts."""
+    table = f"\n{title}\n{format_table(results)}" if title else f"\n{format_table(results)}"
+    return f"{table}\n{format_verdicts(results)}"
 
 
 def json_safe(results):
@@ -76,11 +82,12 @@ def _cell(value):
 def write_results(results, folder, meta):
     """metrics.csv (a row per type) and metrics.json (results + the checkpoint's config) in `folder`, atomically."""
     folder = Path(folder)
+    columns = (*METRIC_NAMES, *VERDICTS)
     with atomic_open(folder / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["type", *METRIC_NAMES])
+        w.writerow(["type", *columns])
         for name, m in results.items():
-            w.writerow([name, *(_cell(m[k]) for k in METRIC_NAMES)])
+            w.writerow([name, *(_cell(m.get(k)) for k in columns)])
     text = json.dumps({"results": json_safe(results), "checkpoint": meta}, indent=2)
     atomic_write_bytes(folder / "metrics.json", text.encode("utf-8"))
 
@@ -88,5 +95,5 @@ def write_results(results, folder, meta):
 def check_outputs(output_path):
     """Before any work: a writable folder whose metrics files, if any, are ours (checked, nothing created)."""
     check_output_dir(output_path, "--output_path")
-    check_output_file(Path(output_path) / "metrics.csv", "--output_path", text_starts_with(CSV_HEADER))
+    check_output_file(Path(output_path) / "metrics.csv", "--output_path", text_starts_with(*CSV_HEADERS))
     check_output_file(Path(output_path) / "metrics.json", "--output_path", json_with_keys(("results", "checkpoint")))

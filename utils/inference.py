@@ -5,6 +5,7 @@ For a line's own software (the README's "Python API"):
     result = detector.score(rgb_image)   # numpy (H, W, 3) or a batch -> score, anomaly_map, verdict per image
 """
 import contextlib
+import logging
 
 import numpy as np
 import torch
@@ -13,6 +14,8 @@ from model.scoring import SCORE_KERNEL, anomaly_map, image_score
 from utils.checkpoint import load_pair
 from utils.data_loader import image_to_tensor, read_at_scale
 from utils.tiling import SQUARE, is_tiled, scale_of, stitch, to_working_scale
+
+log = logging.getLogger(__name__)
 
 
 def autocast(device, dtype):
@@ -123,3 +126,20 @@ def whole_image_scores(model, images, tile, amp_dtype=None, kernel=SCORE_KERNEL,
                             with_reconstruction=False)["score"].cpu() for im in images]
     model.train(was_training)
     return torch.stack(scores)
+
+
+def score_files(detector, files, bs=8):
+    """Image scores (N,) as a numpy array for image files, read and scored as detect.py does (batched, or tiled at
+    the checkpoint's scale); unreadable files are skipped with a warning."""
+    scores = []
+    for i in range(0, len(files), bs):
+        images = []
+        for f in files[i:i + bs]:
+            try:
+                images.append(detector.read(f))
+            except ValueError as e:
+                log.warning("skipping %s", e)
+        if images:
+            out = detector.predict_batch(images, with_reconstruction=False)
+            scores.append(np.array([float(x) for x in out["score"]]))
+    return np.concatenate(scores) if scores else np.zeros(0)

@@ -75,6 +75,14 @@ def probability(s):
     return v
 
 
+def false_reject_rate(s):
+    """argparse type: a rate in (0, 0.5), e.g. 0.02 for 2% of good parts called NG."""
+    v = float(s)
+    if not 0 < v < 0.5:
+        raise argparse.ArgumentTypeError(f"must be a rate in (0, 0.5), e.g. 0.02 for 2%, got {s}")
+    return v
+
+
 def select_device(gpu_id=0):
     """`cuda:<gpu_id>` when CUDA is available, else Apple `mps`, else CPU. Logged once by the caller.
 
