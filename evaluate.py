@@ -21,10 +21,11 @@ from pathlib import Path
 from utils.calibration import (add_target_flag, describe, f1_threshold, fit_threshold, recalibration_report,
                                write_calibration)
 from utils.data_loader import list_images
-from utils.evaluation import VERDICTS, evaluate_class, json_safe, results_text, write_results
+from utils.evaluation import VERDICTS, check_outputs, evaluate_class, json_safe, results_text, write_results
+from utils.image_size import add_max_pixels_flag, set_max_pixels
 from utils.inference import Detector, score_files
 from utils.metrics import METRIC_NAMES
-from utils.runtime import AMP_CHOICES, UsageError, resolve_amp, select_device
+from utils.runtime import AMP_CHOICES, UsageError, positive_int, report_error, resolve_amp, select_device
 
 log = logging.getLogger("evaluate")
 
@@ -39,7 +40,7 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint_path", default="./checkpoints/", help="folder holding the pair")
     p.add_argument("--output_path", default="./eval_results/", help="folder for metrics.csv / metrics.json")
     p.add_argument("--gpu_id", type=int, default=0, help="CUDA device index (CPU when CUDA is absent)")
-    p.add_argument("--bs", type=int, default=8, help="images per forward pass")
+    p.add_argument("--bs", type=positive_int, default=8, help="images per forward pass")
     p.add_argument("--amp", choices=AMP_CHOICES, default="off", help="mixed precision")
     p.add_argument("--save_images", action="store_true", help="also write the 4-panel PNG of every test image")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object of the overall metrics")
@@ -52,9 +53,8 @@ def parse_args(argv=None):
                    help="false_reject: aim at --target_false_reject on the good images; f1: the best F1 on good "
                         "and --defect_path images (anomalib's adaptive threshold)")
     add_target_flag(g, "; rule false_reject")
+    add_max_pixels_flag(p)
     args = p.parse_args(argv)
-    if args.bs <= 0:
-        p.error(f"argument --bs: must be positive, got {args.bs}")
     if args.data_path is None and args.recalibrate is None:
         p.error("give --data_path (evaluate), --recalibrate GOOD_DIR (new threshold), or both")
     if args.defect_path is not None and args.recalibrate is None:
@@ -92,9 +92,12 @@ def recalibrate(args, detector):
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
+    set_max_pixels(args.max_pixels)
     try:
         if args.data_path is not None and not Path(args.data_path).is_dir():
             raise UsageError(f"--data_path {args.data_path} is not a folder")
+        if args.data_path is not None:
+            check_outputs(args.output_path)
         device = select_device(args.gpu_id)
         log.info("device: %s", device)
         detector = Detector.from_checkpoint(args.checkpoint_path, args.base_model_name, device,
@@ -105,13 +108,12 @@ def main(argv=None):
             return 0
         images_dir = Path(args.output_path) / "images" if args.save_images else None
         results = evaluate_class(detector, args.data_path, args.bs, images_dir)
-    except (UsageError, FileNotFoundError, ValueError) as e:
-        print(f"evaluate.py: error: {e}", file=sys.stderr)
-        return 2
-    calibration = detector.meta["calibration"]
-    print(results_text(results, title=f"{args.base_model_name} on {args.data_path}\n{describe(calibration)}"))
-    write_results(results, args.output_path, {"base_model_name": args.base_model_name, **detector.meta["config"],
-                                              "calibration": calibration})
+        calibration = detector.meta["calibration"]
+        print(results_text(results, title=f"{args.base_model_name} on {args.data_path}\n{describe(calibration)}"))
+        write_results(results, args.output_path, {"base_model_name": args.base_model_name,
+                                                  **detector.meta["config"], "calibration": calibration})
+    except (UsageError, OSError, ValueError) as e:  # bad input: 2; a failed write (disk full ...): 1
+        return report_error("evaluate.py", e)
     if args.json:
         print(json.dumps(json_safe({k: results["overall"][k] for k in (*METRIC_NAMES, *VERDICTS)})))
     return 0

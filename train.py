@@ -11,22 +11,29 @@ validation), the pair ..._last.pt / ..._last_seg.pt, a resumable state ..._resum
 This file holds the flags, the preset resolution and main; the run itself is utils/engine.py.
 """
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
 
 import torch.distributed as dist
 
+from utils.calibration import add_target_flag
+from utils.checkpoint import base_model_name
 from utils.data_loader import resolve_classes
 from utils.demo_data import DEMO_ROOT, make_demo_dataset
 from utils.engine import LR, OURS_JITTER, OURS_TOP_FRACTION, PRESETS, Diverged, train_class
 from utils.evaluation import evaluate_class, results_text
+from utils.image_size import add_max_pixels_flag, set_max_pixels
 from utils.inference import Detector
 from utils.jitter import parse_kinds
-from utils.calibration import add_target_flag
+from utils.lock import hold_checkpoint_names
+from utils.outputs import check_output_dir
 from utils.runtime import (AMP_CHOICES, UsageError, distributed_env, fraction, init_distributed, positive_float,
-                           positive_int, resolve_amp, select_device, size_arg)
+                           non_negative_int, positive_int, probability, report_error, resolve_amp, select_device,
+                           size_arg)
 from utils.schedules import SCHEDULES
+from utils.signals import Interrupted, StopOnSignal
 from utils.tiling import SCALE_HELP, SQUARE, scale_arg
 
 log = logging.getLogger("train")
@@ -80,12 +87,13 @@ def parse_args(argv=None):
     g.add_argument("--recipe", choices=("ours", "paper"), default="ours",
                    help="anomaly simulation recipe: 'paper' is DRAEM's as published; 'ours' adds what the "
                         "README's results table measures")
-    g.add_argument("--self_texture_prob", type=float, default=0.0,
+    g.add_argument("--self_texture_prob", type=probability, default=0.0,
                    help="recipe ours: share of simulated defects textured with the batch's own (augmented) good "
                         "images instead of --anomaly_source_path textures")
     g.add_argument("--val_fraction", type=fraction, default=0.1, help="share of good images held out, >= min(30, n/3)")
     add_target_flag(g, ", estimated on the held-out images")
-    g.add_argument("--workers", type=int, default=0, help="DataLoader workers for decoding images once at start")
+    g.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader workers to decode images at start")
+    add_max_pixels_flag(g, "skip training")
     g = p.add_argument_group("Model")
     g.add_argument("--preset", choices=("auto", "paper", "cpu"), default="auto",
                    help="sizes: paper = 256 px, widths 128/64, 700 epochs; cpu = the measured CPU preset "
@@ -108,19 +116,14 @@ def parse_args(argv=None):
     g = p.add_argument_group("Output")
     g.add_argument("--checkpoint_path", default="./checkpoints/", help="folder for the checkpoint pairs")
     g.add_argument("--log_path", default="./logs/", help="folder for the run folders (config, CSV, plots)")
-    g.add_argument("--val_every", type=int, default=0,
+    g.add_argument("--val_every", type=non_negative_int, default=0,
                    help="validate and checkpoint every N steps (0: at the end of each epoch)")
     g.add_argument("--resume", action="store_true", help="continue from the _resume.pt state of the same run")
     g.add_argument("--stop_after_epoch", type=positive_int, default=None,
                    help="end this run after N epochs, keeping the resumable state (split long runs)")
     g.add_argument("--gpu_id", type=int, default=0, help="CUDA device index (CPU when CUDA is absent; -1 forces CPU)")
     add_quality_flags(p)
-    args = p.parse_args(argv)
-    if args.val_every < 0:
-        p.error(f"argument --val_every: must be >= 0, got {args.val_every}")
-    if args.workers < 0:
-        p.error(f"argument --workers: must be >= 0, got {args.workers}")
-    return args
+    return p.parse_args(argv)
 
 
 def resolve_settings(args, device):
@@ -159,29 +162,42 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     command = ["train.py", *(sys.argv[1:] if argv is None else argv)]
+    set_max_pixels(args.max_pixels)
     try:
-        device = init_distributed(args.gpu_id)
-        rank = distributed_env()[0]
-        preset, settings = resolve_settings(args, device)
-        if rank == 0:
-            log.info("device: %s, preset: %s (size %d, widths %d/%d, bs %d, epochs %d)", device, preset,
-                     settings.size, settings.rec_base_width, settings.seg_base_width, settings.bs, settings.epochs)
-        if args.anomaly_source_path is not None and not Path(args.anomaly_source_path).is_dir():
-            raise UsageError(f"--anomaly_source_path {args.anomaly_source_path} is not a folder")
-        for obj_name, good_dir in resolve_classes(settings.data_path, settings.obj_id):
-            base, _ = train_class(settings, obj_name, good_dir, device, preset, command)
-        if args.data_path is None and rank == 0:
-            run_demo_evaluation(settings, base, Path(settings.data_path))
-    except (UsageError, FileNotFoundError) as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
-    except Diverged as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 1
+        with StopOnSignal(armed=False) as stop:  # armed by the epoch loop: Ctrl-C / SIGTERM stop after a step
+            run(args, command, stop)
+    except (UsageError, OSError, Diverged) as e:  # 2: bad input; 1: a failed write (checkpoints stay whole), nan
+        return report_error("train.py", e)
+    except Interrupted as e:
+        print(f"train.py: {e}", file=sys.stderr)
+        return e.exit_code
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0
+
+
+def run(args, command, stop):
+    """Check the output folders, hold the checkpoint names, train each class (then evaluate the demo)."""
+    device = init_distributed(args.gpu_id)
+    rank = distributed_env()[0]
+    check_output_dir(args.checkpoint_path, "--checkpoint_path")  # before any work: nothing is made on failure
+    check_output_dir(args.log_path, "--log_path")
+    preset, settings = resolve_settings(args, device)
+    if rank == 0:
+        log.info("device: %s, preset: %s (size %d, widths %d/%d, bs %d, epochs %d)", device, preset,
+                 settings.size, settings.rec_base_width, settings.seg_base_width, settings.bs, settings.epochs)
+    if args.anomaly_source_path is not None and not Path(args.anomaly_source_path).is_dir():
+        raise UsageError(f"--anomaly_source_path {args.anomaly_source_path} is not a folder")
+    classes = resolve_classes(settings.data_path, settings.obj_id)
+    names = [base_model_name(settings.lr, settings.epochs, settings.bs, obj_name) for obj_name, _ in classes]
+    held = hold_checkpoint_names(settings.checkpoint_path, names, settings.log_path) if rank == 0 \
+        else contextlib.nullcontext()  # other DDP ranks write nothing
+    with held:
+        for obj_name, good_dir in classes:
+            base, _ = train_class(settings, obj_name, good_dir, device, preset, command, stop)
+        if args.data_path is None and rank == 0:
+            run_demo_evaluation(settings, base, Path(settings.data_path))
 
 
 if __name__ == "__main__":

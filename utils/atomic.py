@@ -1,8 +1,55 @@
-"""Atomic file writes: a temp file in the same folder, then os.replace. A crash never leaves half a file."""
+"""Atomic file writes, singly or as a group (a checkpoint pair), and cleanup of what a killed writer left.
+
+One file: written under a short temp name in the same folder (`.draem-<12 hex>.tmp`, so the temp name never
+makes a valid output name too long), fsynced, then `os.replace`d over the target. A crash leaves the old file
+or the new one, never half of one.
+
+A group of files (`atomic_group`): every new file is written under its own temp name and fsynced; then a small
+journal (`.draem-commit-<16 hex>.json`: the list of temp -> target moves) is written
+atomically: that is the commit point. Then each temp file replaces its target and the journal is removed.
+After a crash at any moment:
+- before the journal exists: only temp files were written; the targets hold the complete old group;
+- after it: `recover(folder)` (run by every writer and reader of the folder) replays the journal's moves that
+  have not happened yet, so the targets hold the complete new group.
+While a temp file is being written or waits in a group, its writer holds an flock on it; `recover` deletes
+only temp files of our own pattern that nobody holds (the writer died) and that are not named by a journal.
+"""
 import contextlib
+import errno
+import json
+import logging
 import os
-import tempfile
+import re
+import secrets
+import time
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; temp files of live writers are then told apart by age only
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
+TEMP_RE = re.compile(r"^\.draem-[0-9a-f]{12}\.tmp$")
+JOURNAL_RE = re.compile(r"^\.draem-commit-[0-9a-f]{16}\.json$")
+# what versions before the short temp names left: .<target name>.<8 mkstemp chars>.tmp
+LEGACY_TEMP_RE = re.compile(r"^\..+\.(pt|png|csv|json|txt)\.[a-z0-9_]{8}\.tmp$")
+UNLOCKED_TEMP_AGE_S = 3600.0  # without flock (Windows), a temp file this old is taken for a dead writer's
+
+
+class WriteError(OSError):
+    """An OS error while writing an output file (disk full, file-size limit, permissions, long name).
+
+    `str()` is one line naming the target file (not the temp file it was written through).
+    """
+
+    def __init__(self, path, err):
+        super().__init__(err.errno, err.strerror or str(err), str(path))
+        self.path = Path(path)
+
+    def __str__(self):
+        return f"cannot write {self.path}: {self.strerror}"
 
 
 def _umask():
@@ -11,22 +58,197 @@ def _umask():
     return mask
 
 
+def _lock(fd, blocking=True):
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+
+
+def _fsync_dir(folder):
+    with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened and synced
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def new_temp_file(folder):
+    """(fd, path) of a new locked temp file in `folder` with ordinary permissions."""
+    while True:
+        tmp = Path(folder) / f".draem-{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_umask())
+        except FileExistsError:
+            continue
+        _lock(fd)
+        if _same_file(tmp, fd):
+            return fd, tmp
+        os.close(fd)  # a cleaner removed it between our create and our lock: take another name
+
+
+def _same_file(path, fd):
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _os_error_of(exc):
+    """The OSError behind `exc` (torch.save wraps a failed write in a RuntimeError), or None."""
+    while exc is not None and not isinstance(exc, OSError):
+        exc = exc.__cause__ if exc.__cause__ is not None else (None if exc.__suppress_context__ else exc.__context__)
+    return exc
+
+
+class _Temp:
+    """A temp file being written: removed on failure unless a committed journal names it (`keep`)."""
+
+    def __init__(self, path):
+        self.path, self.keep = path, False
+
+
 @contextlib.contextmanager
-def atomic_open(path, mode="wb", **kwargs):
-    """`with atomic_open(p, "w") as f: ...` writes p only if the block completes; parents are created."""
+def _temp_file(path, mode, **kwargs):
+    """Yields (file object, _Temp) for `path`; the file is flushed and fsynced, still open and locked."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = new_temp_file(path.parent)
+    except OSError as e:
+        raise WriteError(path, e) from None
+    temp = _Temp(tmp)
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)  # atomic on POSIX and Windows within one filesystem
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+            yield f, temp
+    except BaseException as e:
+        if not temp.keep:
+            tmp.unlink(missing_ok=True)
+        os_error = _os_error_of(e)
+        if os_error is not None and not isinstance(os_error, WriteError):
+            raise WriteError(path, os_error) from None
         raise
+
+
+def _sync(f):
+    f.flush()
+    os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode="wb", **kwargs):
+    """`with atomic_open(p, "w") as f: ...` writes p only if the block completes; parents are created.
+
+    OS errors (ENOSPC, EFBIG, EACCES, ENAMETOOLONG ...) are raised as WriteError naming `p`.
+    """
+    with _temp_file(path, mode, **kwargs) as (f, temp):
+        yield f
+        _sync(f)
+        os.replace(temp.path, path)  # while still locked: a cleaner never sees it unlocked before the move
+    _fsync_dir(Path(path).parent)
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)
+
+
+def atomic_group(targets, write_one):
+    """Write several files in one folder as a unit: all old or all new after a crash at any moment.
+
+    targets: paths in one folder; write_one(binary file, index) writes the content of targets[index].
+    """
+    targets = [Path(t) for t in targets]
+    folder = targets[0].parent
+    if any(t.parent != folder for t in targets):
+        raise ValueError("atomic_group: all targets must be in one folder")
+    with contextlib.ExitStack() as stack:
+        temps = []
+        for i, target in enumerate(targets):
+            f, temp = stack.enter_context(_temp_file(target, "wb"))
+            write_one(f, i)
+            _sync(f)
+            temps.append(temp)
+        journal = folder / f".draem-commit-{secrets.token_hex(8)}.json"  # unique: a reader removes only the one it read
+        moves = [[temp.path.name, t.name] for temp, t in zip(temps, targets)]
+        atomic_write_bytes(journal, json.dumps({"moves": moves}).encode())  # the commit point
+        for temp in temps:
+            temp.keep = True  # committed: from now on the group is completed, never undone
+        _apply(journal, moves)
+    return targets
+
+
+def _roll_forward(journal):
+    """Apply a committed journal's moves (those not done yet), then remove it. Idempotent."""
+    return _apply(journal, json.loads(journal.read_text())["moves"])
+
+
+def _apply(journal, moves):
+    for tmp_name, target_name in moves:
+        with contextlib.suppress(FileNotFoundError):  # already moved (by us or by a concurrent recover)
+            os.replace(journal.parent / tmp_name, journal.parent / target_name)
+    _fsync_dir(journal.parent)
+    journal.unlink(missing_ok=True)
+    return [journal.parent / t for _, t in moves]
+
+
+def _mtime(path):
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _remove_if_abandoned(path):
+    """Remove a temp file of ours unless a live writer holds its flock; True when removed.
+
+    It is removed while we hold its lock: a writer that created it a moment ago and waits for the lock then
+    finds its name gone and takes another (new_temp_file)."""
+    try:
+        if fcntl is None:
+            if time.time() - path.stat().st_mtime < UNLOCKED_TEMP_AGE_S:
+                return False
+            path.unlink()
+            return True
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        _lock(fd, blocking=False)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False  # being written
+        raise
+    try:
+        path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+    return True
+
+
+def recover(folder):
+    """Finish committed group writes and delete temp files that dead writers of ours left in `folder`.
+
+    Returns (targets completed, temp files removed). Only our own names are touched. Raises OSError when the
+    folder cannot be changed (read-only); readers may ignore that.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return [], []
+    completed = []
+    journals = [p for p in folder.iterdir() if JOURNAL_RE.match(p.name)]
+    for journal in sorted(journals, key=_mtime):  # oldest commit first
+        try:
+            completed += _roll_forward(journal)
+        except FileNotFoundError:
+            pass  # its writer finished it meanwhile
+        except (ValueError, KeyError, TypeError):  # not one of ours: journals are written atomically
+            log.warning("ignoring %s: not a readable commit journal", journal)
+    removed = []
+    for p in sorted(folder.iterdir()):
+        if (TEMP_RE.match(p.name) or LEGACY_TEMP_RE.match(p.name)) and p.is_file() and _remove_if_abandoned(p):
+            removed.append(p)
+    if completed or removed:
+        log.info("%s: completed %d interrupted write(s), removed %d leftover temp file(s)", folder,
+                 len(completed), len(removed))
+    return completed, removed

@@ -2,10 +2,14 @@
 
 A checkpoint pair is `{base}.pt` (reconstructive) and `{base}_seg.pt` (discriminative). Each of ours is a plain
 dict of tensors and plain types (loadable with `torch.load(..., weights_only=True)`):
-    {"format_version": 1, "kind": "reconstructive" | "discriminative", "pair_id": str,
-     "state_dict": {...}, "config": {rec_base_width, seg_base_width, in_channels, size, grayscale, ...},
+    {"format_version": 1, "kind": "reconstructive" | "discriminative", "pair_id": str, "run_id": str,
+     "step": int, "state_dict": {...}, "config": {rec_base_width, seg_base_width, in_channels, size, grayscale, ...},
      "calibration": {"threshold": float | None, "rule": str, ...}}
 The authors' released files (`*.pckl`, raw state dicts, widths 128/64, 256 px, RGB) load too.
+
+A pair is written as a unit (`utils.atomic.atomic_group`): after a crash at any moment both files are the old
+pair or both the new one, with the same pair_id. Loaders first complete or clean up interrupted writes
+(`utils.atomic.recover`).
 
 The resumable state `{base}_resume.pt` (RESUME_KEYS) holds the state dicts of the model, optimizer and scheduler,
 both random generators' states, and the progress: epoch to restart at, step, best validation score, run folder.
@@ -17,7 +21,7 @@ from pathlib import Path
 import torch
 
 from model.draem import DRAEM
-from utils.atomic import atomic_open
+from utils.atomic import atomic_group, atomic_open, recover
 from utils.runtime import UsageError
 
 log = logging.getLogger(__name__)
@@ -43,15 +47,47 @@ def atomic_save(obj, path):
         torch.save(obj, f)
 
 
-def save_pair(model, checkpoint_path, base, config, calibration, pair_id):
-    """Write `{base}.pt` and `{base}_seg.pt` for a DRAEM module (unwrapped from DDP by the caller)."""
-    rec_path, seg_path = pair_paths(checkpoint_path, base)
-    for kind, net, path in (("reconstructive", model.reconstructive, rec_path),
-                            ("discriminative", model.discriminative, seg_path)):
+def save_pair(model, checkpoint_path, base, config, calibration, pair_id, run_id=None, step=None):
+    """Write `{base}.pt` and `{base}_seg.pt` of a DRAEM module (unwrapped from DDP by the caller) as one unit."""
+    paths = pair_paths(checkpoint_path, base)
+    objs = []
+    for kind, net in (("reconstructive", model.reconstructive), ("discriminative", model.discriminative)):
         state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        atomic_save({"format_version": FORMAT_VERSION, "kind": kind, "pair_id": pair_id, "state_dict": state,
-                     "config": dict(config), "calibration": dict(calibration)}, path)
-    return rec_path, seg_path
+        objs.append({"format_version": FORMAT_VERSION, "kind": kind, "pair_id": pair_id,
+                     "run_id": run_id if run_id is not None else pair_id, "step": step, "state_dict": state,
+                     "config": dict(config), "calibration": dict(calibration)})
+    atomic_group(paths, lambda f, i: torch.save(objs[i], f))
+    return paths
+
+
+def recover_folder(checkpoint_path):
+    """Complete interrupted pair writes and remove our leftover temp files; a read-only folder is left as is."""
+    try:
+        recover(checkpoint_path)
+    except OSError as e:
+        log.warning("could not tidy %s (%s); reading it as it is", checkpoint_path, e.strerror or e)
+
+
+def newest_complete_pair(checkpoint_path, contains=""):
+    """Name of the most recently written complete pair in the folder (best-by-validation pairs first).
+
+    A half pair (one file missing, or two files that were not written together) is skipped with a warning.
+    """
+    d = Path(checkpoint_path)
+    if not d.is_dir():
+        raise UsageError(f"--checkpoint_path {d} is not a folder")
+    recover_folder(d)
+    segs = [p for p in d.iterdir() if p.suffix in EXTENSIONS and p.stem.endswith("_seg") and contains in p.stem]
+    best = [p for p in segs if not p.stem.endswith("last_seg")]
+    for group in (best, [p for p in segs if p not in best]):
+        for seg in sorted(group, key=lambda p: p.stat().st_mtime, reverse=True):
+            base = seg.stem[: -len("_seg")]
+            rec = seg.with_name(base + seg.suffix)
+            if (rec.is_file() if seg.suffix != ".pt" else pair_is_complete(d, base)):
+                return base
+            log.warning("skipping the incomplete checkpoint pair %s in %s", base, d)
+    raise UsageError(f"no complete checkpoint pair in {d}{' for the demo' if contains else ''}; "
+                     f"train one first (python train.py)")
 
 
 def resume_path(checkpoint_path, base):
@@ -105,16 +141,54 @@ def _find_pair(checkpoint_path, base):
     d = Path(checkpoint_path)
     if not d.is_dir():
         raise UsageError(f"--checkpoint_path {d} is not a folder")
+    recover_folder(d)
     for ext in EXTENSIONS:
         rec, seg = pair_paths(d, base, ext)
         if rec.is_file() or seg.is_file():
             if not (rec.is_file() and seg.is_file()):
-                missing = seg if rec.is_file() else rec
-                raise UsageError(f"checkpoint pair incomplete: {missing} is missing")
+                present, missing = (rec, seg) if rec.is_file() else (seg, rec)
+                raise UsageError(f"half a checkpoint pair: {present} exists but {missing} is missing "
+                                 f"(an interrupted write of an older version?)")
             return rec, seg
     found = sorted(p.name for p in d.iterdir() if p.suffix in EXTENSIONS)
     listing = ", ".join(found) if found else "none"
     raise UsageError(f"no checkpoint {base}.pt (+ {base}_seg.pt) in {d}; checkpoints there: {listing}")
+
+
+def _run_and_step(meta):
+    """(run id, step) of one of our checkpoints; older files only have pair_id = '<run>-s<step>'."""
+    if meta.get("run_id") is not None and meta.get("run_id") != meta.get("pair_id"):
+        return meta["run_id"], meta.get("step")
+    run, _, step = str(meta.get("pair_id")).rpartition("-s")
+    return (run, step) if run and step.isdigit() else (meta.get("pair_id"), None)
+
+
+def check_same_pair(rec_path, seg_path, rec_meta, seg_meta):
+    """UsageError unless both halves were written together (same pair_id); says which case it is."""
+    if (rec_meta is None) != (seg_meta is None):
+        raise UsageError(f"mismatched checkpoint pair: one of {rec_path.name} / {seg_path.name} is the authors' "
+                         f"raw state dict and the other one of ours")
+    if rec_meta is None or rec_meta["pair_id"] == seg_meta["pair_id"]:
+        return
+    (rec_run, rec_step), (seg_run, seg_step) = _run_and_step(rec_meta), _run_and_step(seg_meta)
+    if rec_run == seg_run:
+        raise UsageError(f"half-replaced checkpoint pair: {rec_path.name} is from step {rec_step} and "
+                         f"{seg_path.name} from step {seg_step} of the same run {rec_run} (an interrupted write "
+                         f"of an older version); use another pair or retrain")
+    raise UsageError(f"mismatched checkpoint pair: {rec_path.name} and {seg_path.name} come from different "
+                     f"training runs ({rec_run} and {seg_run})")
+
+
+def pair_is_complete(checkpoint_path, base):
+    """True when both files of our pair exist and hold the same pair_id (read lazily, without the weights)."""
+    ids = []
+    for path in pair_paths(checkpoint_path, base):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # missing, not a zip checkpoint (the authors' .pckl are never ours), unreadable
+            return False
+        ids.append(obj.get("pair_id") if isinstance(obj, dict) else None)
+    return ids[0] is not None and ids[0] == ids[1]
 
 
 def _unwrap(obj, path, kind):
@@ -139,9 +213,7 @@ def load_pair(checkpoint_path, base):
     rec_path, seg_path = _find_pair(checkpoint_path, base)
     rec_sd, rec_meta = _unwrap(safe_load(rec_path), rec_path, "reconstructive")
     seg_sd, seg_meta = _unwrap(safe_load(seg_path), seg_path, "discriminative")
-    if (rec_meta is None) != (seg_meta is None) or (rec_meta and rec_meta["pair_id"] != seg_meta["pair_id"]):
-        raise UsageError(f"mismatched checkpoint pair: {rec_path.name} and {seg_path.name} come from different "
-                         f"training runs")
+    check_same_pair(rec_path, seg_path, rec_meta, seg_meta)
     try:
         rec_w = rec_sd["encoder.block1.0.weight"].shape[0]
         seg_w = seg_sd["encoder_segment.block1.0.weight"].shape[0]

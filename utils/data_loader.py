@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from utils.image_size import check_pixels
 from utils.runtime import UsageError, seed_worker
-
 from utils.tiling import SQUARE, to_working_scale
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,10 @@ def _decode(path, flags):
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError:
         return None
-    return cv2.imdecode(data, flags) if data.size else None
+    if not data.size:
+        return None
+    check_pixels(path, data)  # from the header, before cv2 allocates the decoded image
+    return cv2.imdecode(data, flags)
 
 
 def read_image(path, size=None):
@@ -190,12 +193,20 @@ class MVTecTestDataset(Dataset):
         if not test_dir.is_dir():
             raise FileNotFoundError(f"no test folder in {class_dir} (expected MVTec layout: test/<type>/*)")
         self.samples = []  # (path, type, mask path or None)
+        missing = []
         for type_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
             for f in list_images(type_dir):
                 mask = None if type_dir.name == "good" else self._find_mask(type_dir.name, f)
+                if type_dir.name != "good" and mask is None:
+                    missing.append(f)
                 self.samples.append((f, type_dir.name, mask))
         if not self.samples:
             raise FileNotFoundError(f"no test images in {test_dir}")
+        # defect types with an image lacking its mask: their pixel metrics (and the overall ones) do not exist
+        self.types_without_masks = sorted({f.parent.name for f in missing})
+        if missing:
+            log.warning("no ground-truth mask for %d of the defect images (types: %s; e.g. %s): pixel metrics "
+                        "are not available for them", len(missing), ", ".join(self.types_without_masks), missing[0])
 
     def _find_mask(self, defect_type, image_path):
         gt_dir = self.class_dir / "ground_truth" / defect_type
@@ -203,8 +214,7 @@ class MVTecTestDataset(Dataset):
             for cand in (gt_dir / f"{image_path.stem}_mask{ext}", gt_dir / f"{image_path.stem}{ext}"):
                 if cand.is_file():
                     return cand
-        log.warning("no ground-truth mask for %s: pixel metrics treat it as all-anomalous", image_path)
-        return "full"
+        return None
 
     def __len__(self):
         return len(self.samples)
@@ -213,10 +223,8 @@ class MVTecTestDataset(Dataset):
         path, defect_type, mask_path = self.samples[idx]
         image = read_at_scale(path, self.size, self.scale)
         shape = tuple(image.shape[1:])  # (H, W)
-        if mask_path is None:
+        if mask_path is None:  # a good image, or a defect image without a mask (its pixel metrics are dropped)
             mask = torch.zeros(1, *shape)
-        elif mask_path == "full":
-            mask = torch.ones(1, *shape)
         else:
             mask = read_mask(mask_path, shape)
         label = 0 if defect_type == "good" else 1

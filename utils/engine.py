@@ -171,6 +171,7 @@ class Run:
     whole_val: list | None  # --scale native / N: held-out uint8 images (3, H, W), the threshold's calibration set
     train_model: torch.nn.Module  # the model, DDP-wrapped when distributed
     logger: TrainingLogger
+    stop: object = None  # utils.signals.StopOnSignal: Ctrl-C / SIGTERM end the run after a step
 
     @property
     def is_main(self):
@@ -242,7 +243,7 @@ def build_state(settings, data, device, rank, world):
     return TrainState(model, optimizer, scheduler, loader_gen, synth_gen, ema=ema), loader, sampler
 
 
-def setup_run(settings, obj_name, good_dir, device, preset, command):
+def setup_run(settings, obj_name, good_dir, device, preset, command, stop=None):
     """Everything one class's training needs: (Run, TrainState), the state resumed when --resume is set."""
     rank, _, world = distributed_env()
     amp_dtype = resolve_amp(settings.amp, device)
@@ -267,7 +268,7 @@ def setup_run(settings, obj_name, good_dir, device, preset, command):
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     train_model = DDP(state.model) if world > 1 else state.model
     run = Run(settings, obj_name, base, config, device, amp_dtype, rank, world, loader, sampler, synthesizer,
-              DraemLoss().to(device), scaler, val, whole_val, train_model, logger)
+              DraemLoss().to(device), scaler, val, whole_val, train_model, logger, stop)
     return run, state
 
 
@@ -291,13 +292,14 @@ def checkpoint(run, state, row):
         row.update(metrics)
     if not run.is_main:
         return
-    pair_id = f"{run.logger.run_dir.name}-s{state.step}"
-    save_pair(model, settings.checkpoint_path, run.base + "last", run.config, calib, pair_id)
+    run_id = run.logger.run_dir.name
+    pair_id = f"{run_id}-s{state.step}"
+    save_pair(model, settings.checkpoint_path, run.base + "last", run.config, calib, pair_id, run_id, state.step)
     # best by image AUROC + pixel AP on the synthetic validation set (nan counts as 0)
     score = sum(v for v in (row.get("val_image_auroc"), row.get("val_pixel_ap")) if v is not None and v == v)
     if run.val is None or score > state.best:
         state.best = score
-        save_pair(model, settings.checkpoint_path, run.base, run.config, calib, pair_id)
+        save_pair(model, settings.checkpoint_path, run.base, run.config, calib, pair_id, run_id, state.step)
     save_resume_state(resume_path(settings.checkpoint_path, run.base), state)
     run.logger.log_epoch(row)
 
@@ -308,15 +310,24 @@ def progress_row(state, epoch, sums, n, t0):
             **{k: v / n for k, v in sums.items()}, "seconds": round(time.time() - t0, 1)}
 
 
-def out_of_time(run, t0):
-    """--max_minutes reached; under DDP every rank must agree, or the ranks stop at different steps and hang."""
+def should_stop(run, t0):
+    """(--max_minutes reached, a signal asked to stop); under DDP every rank must agree, or the ranks stop at
+    different steps and hang."""
     minutes = run.settings.max_minutes
-    late = bool(minutes) and time.time() - t0 > minutes * 60
-    if run.world > 1 and minutes:
-        flag = torch.tensor(float(late), device=run.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        late = bool(flag.item())
-    return late
+    flags = [bool(minutes) and time.time() - t0 > minutes * 60, run.stop is not None and run.stop.requested]
+    if run.world > 1:
+        t = torch.tensor([float(f) for f in flags], device=run.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        flags = [bool(v) for v in t.tolist()]
+    return flags
+
+
+def stop_on_signal(run, state):
+    """Ctrl-C / SIGTERM: write the resumable state (--resume restarts this epoch), then raise Interrupted."""
+    path = resume_path(run.settings.checkpoint_path, run.base)
+    if run.is_main:
+        save_resume_state(path, state)
+    raise run.stop.interrupted(f"resumable state {path} (continue with --resume)")
 
 
 def train_epoch(run, state, t0):
@@ -338,7 +349,9 @@ def train_epoch(run, state, t0):
             sums[k] = sums.get(k, 0.0) + v
         n += 1
         bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
-        late = out_of_time(run, t0)
+        late, signalled = should_stop(run, t0)
+        if signalled:
+            stop_on_signal(run, state)
         if (settings.val_every and state.step % settings.val_every == 0) or late:
             checkpoint(run, state, progress_row(state, state.epoch + n / len(run.loader), sums, n, t0))
         if late:
@@ -351,26 +364,35 @@ def run_epochs(run, state):
     """Train from state.epoch to --epochs (or --stop_after_epoch, or --max_minutes), checkpointing as set."""
     settings, t0 = run.settings, time.time()
     end_epoch = min(settings.epochs, settings.stop_after_epoch or settings.epochs)
-    for epoch in range(state.epoch, end_epoch):
-        if run.sampler is not None:
-            run.sampler.set_epoch(epoch)
-        if isinstance(run.loader.dataset, RandomCrops):
-            run.loader.dataset.set_epoch(epoch)  # this epoch's crop offsets, seeded by (seed, epoch)
-        t_epoch = time.time()
-        row, late = train_epoch(run, state, t0)
-        if late:
-            return
-        state.epoch = epoch + 1
-        if not settings.val_every or epoch + 1 == end_epoch:
-            checkpoint(run, state, row)
-        if run.is_main:
-            log.info("epoch %d/%d  loss %.4f  val AUROC %s  (%.1fs)", epoch + 1, settings.epochs, row["loss"],
-                     f"{row['val_image_auroc']:.3f}" if "val_image_auroc" in row else "-", time.time() - t_epoch)
+    if run.stop is not None:
+        run.stop.armed = True  # from now on a signal ends the run after the current step, resumable
+    try:
+        for epoch in range(state.epoch, end_epoch):
+            if run.sampler is not None:
+                run.sampler.set_epoch(epoch)
+            if isinstance(run.loader.dataset, RandomCrops):
+                run.loader.dataset.set_epoch(epoch)  # this epoch's crop offsets, seeded by (seed, epoch)
+            t_epoch = time.time()
+            row, late = train_epoch(run, state, t0)
+            if late:
+                return
+            state.epoch = epoch + 1
+            if not settings.val_every or (epoch + 1 == end_epoch and state.step % settings.val_every):
+                checkpoint(run, state, row)
+            elif epoch + 1 == end_epoch and run.is_main:  # the step was just validated: one CSV row, new epoch
+                save_resume_state(resume_path(settings.checkpoint_path, run.base), state)
+            if run.is_main:
+                log.info("epoch %d/%d  loss %.4f  val AUROC %s  (%.1fs)", epoch + 1, settings.epochs, row["loss"],
+                         f"{row['val_image_auroc']:.3f}" if "val_image_auroc" in row else "-",
+                         time.time() - t_epoch)
+    finally:
+        if run.stop is not None:
+            run.stop.armed = False
 
 
-def train_class(settings, obj_name, good_dir, device, preset, command):
-    """Train one class; returns (checkpoint pair name, the trained model)."""
-    run, state = setup_run(settings, obj_name, good_dir, device, preset, command)
+def train_class(settings, obj_name, good_dir, device, preset, command, stop=None):
+    """Train one class; returns (checkpoint pair name, the trained model). stop: see Run.stop."""
+    run, state = setup_run(settings, obj_name, good_dir, device, preset, command, stop)
     run_epochs(run, state)
     if run.is_main:
         log.info("checkpoints: %s (+_seg.pt), logs: %s", Path(settings.checkpoint_path) / f"{run.base}.pt",

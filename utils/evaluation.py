@@ -12,13 +12,16 @@ import numpy as np
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from utils.atomic import atomic_open, atomic_write_bytes
 from utils.calibration import add_verdicts, format_verdicts
 from utils.data_loader import MVTecTestDataset
-from utils.metrics import METRIC_NAMES, format_table, per_type_metrics
+from utils.metrics import METRIC_NAMES, drop_pixel_metrics, format_table, per_type_metrics
+from utils.outputs import check_output_dir, check_output_file, json_with_keys, text_starts_with
 from utils.tiling import SQUARE
 from utils.visualize import save_panels
 
 VERDICTS = ("threshold", "false_reject_rate", "defect_recall", "best_recall_at_same_frr")  # overall, in --json
+CSV_HEADERS = tuple(",".join(c) for c in (("type", *METRIC_NAMES, *VERDICTS), ("type", *METRIC_NAMES)))  # now, before
 
 
 def collate(batch):
@@ -48,13 +51,14 @@ def evaluate_class(detector, class_dir, bs=8, save_images_dir=None, workers=0):
             save_batch_panels(detector, batch, out, Path(save_images_dir))
     scores = np.array(scores)  # (N,)
     results = per_type_metrics(np.array(types), np.array(labels), scores, masks, maps)
+    results = drop_pixel_metrics(results, ds.types_without_masks)
     return add_verdicts(results, types, labels, scores, detector.threshold)
 
 
 def save_batch_panels(detector, batch, out, folder):
     for i, path in enumerate(batch["path"]):
         p = Path(path)
-        save_panels(folder / p.parent.name / f"{p.stem}.png", batch["image"][i].permute(1, 2, 0).numpy(),
+        save_panels(folder / p.parent.name / f"{p.name}.png", batch["image"][i].permute(1, 2, 0).numpy(),
                     out["reconstruction"][i].permute(1, 2, 0).cpu().numpy(), out["anomaly_map"][i].cpu().numpy(),
                     float(out["score"][i]), threshold=detector.threshold, title=p.name)
 
@@ -70,13 +74,26 @@ def json_safe(results):
     return {k: (json_safe(v) if isinstance(v, dict) else (None if v != v else v)) for k, v in results.items()}
 
 
+def _cell(value):
+    """A metric for the CSV: 4 decimals; empty when not available (None) or undefined (nan)."""
+    return "" if value is None or value != value else f"{value:.4f}"
+
+
 def write_results(results, folder, meta):
-    """metrics.csv (a row per type) and metrics.json (results + the checkpoint's config) in `folder`."""
+    """metrics.csv (a row per type) and metrics.json (results + the checkpoint's config) in `folder`, atomically."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "metrics.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["type", *METRIC_NAMES, *VERDICTS])
+    columns = (*METRIC_NAMES, *VERDICTS)
+    with atomic_open(folder / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["type", *columns])
         for name, m in results.items():
-            w.writerow([name, *("" if m.get(k) is None else f"{m[k]:.4f}" for k in (*METRIC_NAMES, *VERDICTS))])
-    (folder / "metrics.json").write_text(json.dumps({"results": json_safe(results), "checkpoint": meta}, indent=2))
+            w.writerow([name, *(_cell(m.get(k)) for k in columns)])
+    text = json.dumps({"results": json_safe(results), "checkpoint": meta}, indent=2)
+    atomic_write_bytes(folder / "metrics.json", text.encode("utf-8"))
+
+
+def check_outputs(output_path):
+    """Before any work: a writable folder whose metrics files, if any, are ours (checked, nothing created)."""
+    check_output_dir(output_path, "--output_path")
+    check_output_file(Path(output_path) / "metrics.csv", "--output_path", text_starts_with(*CSV_HEADERS))
+    check_output_file(Path(output_path) / "metrics.json", "--output_path", json_with_keys(("results", "checkpoint")))

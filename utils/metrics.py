@@ -310,6 +310,23 @@ def per_type_metrics(
     return results
 
 
+PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "aupro")
+
+
+def drop_pixel_metrics(results, types_without_masks):
+    """Pixel metrics set to None ("not available") for the types whose masks are missing, and overall.
+
+    Without its ground-truth mask an anomalous image has no known defect pixels: any pixel metric computed
+    from it would be made up.
+    """
+    if not types_without_masks:
+        return results
+    for name in [*types_without_masks, "overall"]:
+        if name in results:
+            results[name].update({k: None for k in PIXEL_METRICS})
+    return results
+
+
 def format_table(results: dict[str, dict[str, float]]) -> str:
     """Aligned text table: one row per type ("overall" last), one column per metric, 3 decimals, nan as "-"."""
     rows = [name for name in results if name != "overall"] + (["overall"] if "overall" in results else [])

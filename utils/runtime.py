@@ -4,6 +4,7 @@ import logging
 import math
 import os
 import random
+import sys
 
 import numpy as np
 import torch
@@ -17,6 +18,13 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "off")  # the scripts' --amp
 
 class UsageError(ValueError):
     """Bad user input (a path, a flag, a file). Scripts print it as one line and exit with code 2."""
+
+
+def report_error(script, e):
+    """Print an error that ends a script as one line; returns the exit code: 2 for bad input (UsageError, a
+    missing file, a bad value), 1 for an OS error while writing (disk full, file-size limit, permissions ...)."""
+    print(f"{script}: error: {e}", file=sys.stderr)
+    return 2 if isinstance(e, (UsageError, FileNotFoundError, ValueError)) else 1
 
 
 def positive_int(s):
@@ -48,6 +56,22 @@ def fraction(s):
     v = float(s)
     if not 0 <= v < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {s}")
+    return v
+
+
+def non_negative_int(s):
+    """argparse type: an integer >= 0."""
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def probability(s):
+    """argparse type: a probability or share in [0, 1]."""
+    v = float(s)
+    if not 0.0 <= v <= 1.0 or not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {s}")
     return v
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from utils.data_loader import list_images, read_image
+from utils.runtime import probability
 from utils.synthesis import make_synthesizer
 from utils.textures import load_texture_bank
 
@@ -26,7 +27,7 @@ def parse_args(argv=None):
     p.add_argument("--n", type=int, default=8, help="number of columns (samples)")
     p.add_argument("--recipe", choices=("ours", "paper"), default="ours", help="as train.py --recipe")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--anomaly_prob", type=float, default=1.0,
+    p.add_argument("--anomaly_prob", type=probability, default=1.0,
                    help="probability that a shown sample gets an anomaly (training uses 0.5)")
     p.add_argument("--max_textures", type=int, default=256, help="at most this many texture images are loaded")
     return p.parse_args(argv)
