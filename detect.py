@@ -26,7 +26,7 @@ from utils.image_size import add_max_pixels_flag, set_max_pixels
 from utils.inference import Detector
 from utils.outputs import (check_output_dir, check_output_file, png_is_ours, refuse_foreign, refuse_input_overwrite,
                            text_starts_with)
-from utils.runtime import AMP_CHOICES, UsageError, positive_int, report_error, resolve_amp, select_device
+from utils.runtime import UsageError, add_inference_flags, report_error, resolve_amp, select_device
 from utils.tiling import SQUARE
 from utils.visualize import save_panels
 
@@ -41,16 +41,10 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--image_path", default=None,
                    help="an image, or a folder (scanned recursively); omit to use a demo defect image")
-    p.add_argument("--base_model_name", default=None,
-                   help="checkpoint pair name without extension (loads <name>.pt and <name>_seg.pt); "
-                        "omit to use the newest pair in --checkpoint_path")
-    p.add_argument("--checkpoint_path", default="./checkpoints/", help="folder holding the checkpoint pair")
     p.add_argument("--output_path", default=DEFAULT_OUTPUT,
                    help="PNG to write; with a folder --image_path, a folder (default detect_results/)")
-    p.add_argument("--gpu_id", type=int, default=0, help="CUDA device index (CPU when CUDA is absent)")
-    p.add_argument("--amp", choices=AMP_CHOICES, default="off",
-                   help="mixed precision for inference (scores agree with fp32 within 0.01)")
-    p.add_argument("--bs", type=positive_int, default=8, help="images per forward pass in folder mode")
+    add_inference_flags(p, bs_help="images per forward pass in folder mode",
+                        pair_help="; omit to use the newest complete pair in --checkpoint_path")
     p.add_argument("--json", action="store_true", help="print one JSON line per image instead of text")
     p.add_argument("--export_onnx", default=None, metavar="PATH",
                    help="also export the detector (image -> anomaly map, score) to this ONNX file")

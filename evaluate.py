@@ -25,7 +25,7 @@ from utils.evaluation import VERDICTS, check_outputs, evaluate_class, json_safe,
 from utils.image_size import add_max_pixels_flag, set_max_pixels
 from utils.inference import Detector, score_files
 from utils.metrics import METRIC_NAMES
-from utils.runtime import AMP_CHOICES, UsageError, positive_int, report_error, resolve_amp, select_device
+from utils.runtime import UsageError, add_inference_flags, report_error, resolve_amp, select_device
 
 log = logging.getLogger("evaluate")
 
@@ -35,13 +35,9 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data_path", default=None,
                    help="class folder with test/<type>/* and ground_truth/<type>/* (optional with --recalibrate)")
-    p.add_argument("--base_model_name", required=True,
-                   help="checkpoint pair name without extension, e.g. DRAEM_test_0.0001_700_bs8_bottle_")
-    p.add_argument("--checkpoint_path", default="./checkpoints/", help="folder holding the pair")
     p.add_argument("--output_path", default="./eval_results/", help="folder for metrics.csv / metrics.json")
-    p.add_argument("--gpu_id", type=int, default=0, help="CUDA device index (CPU when CUDA is absent)")
-    p.add_argument("--bs", type=positive_int, default=8, help="images per forward pass")
-    p.add_argument("--amp", choices=AMP_CHOICES, default="off", help="mixed precision")
+    add_inference_flags(p, bs_help="images per forward pass", pair_help=", e.g. DRAEM_test_0.0001_700_bs8_bottle_",
+                        pair_required=True)
     p.add_argument("--save_images", action="store_true", help="also write the 4-panel PNG of every test image")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object of the overall metrics")
     g = p.add_argument_group("Threshold (recalibration on the line's own images; README 'Choosing the threshold')")

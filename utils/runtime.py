@@ -35,6 +35,17 @@ def positive_int(s):
     return v
 
 
+def add_inference_flags(parser, bs_help, pair_help, pair_required=False):
+    """The flags detect.py and evaluate.py share: which pair and where, the device, precision and batch size."""
+    parser.add_argument("--base_model_name", default=None, required=pair_required,
+                        help="checkpoint pair name without extension (loads <name>.pt and <name>_seg.pt)" + pair_help)
+    parser.add_argument("--checkpoint_path", default="./checkpoints/", help="folder holding the checkpoint pair")
+    parser.add_argument("--gpu_id", type=int, default=0, help="CUDA device index (CPU when CUDA is absent)")
+    parser.add_argument("--amp", choices=AMP_CHOICES, default="off",
+                        help="mixed precision for inference (scores agree with fp32 within 0.01)")
+    parser.add_argument("--bs", type=positive_int, default=8, help=bs_help)
+
+
 def size_arg(s):
     """argparse type: an image side, a positive multiple of 32."""
     v = positive_int(s)
