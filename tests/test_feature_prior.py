@@ -1,0 +1,114 @@
+import io
+import socket
+
+import pytest
+import torch
+
+from model.feature_prior import (FEATURE_CHANNELS, FeaturePrior, fit_prior, greedy_coreset, load_backbone,
+                                 nearest_distance)
+
+SIZE = 64  # the prior's side in these tests: an 8 x 8 novelty grid
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return load_backbone()
+
+
+def surfaces(n, seed=0, size=SIZE):
+    """n smooth grey surfaces (n, 3, size, size) in [0, 1]: a gentle gradient plus faint noise."""
+    g = torch.Generator().manual_seed(seed)
+    ramp = torch.linspace(0.4, 0.6, size)
+    base = (ramp[None, :] + ramp[:, None]) / 2  # (size, size)
+    noise = 0.02 * torch.rand(n, 1, size, size, generator=g)
+    return (base + noise).clamp(0, 1).expand(n, 3, size, size).contiguous()
+
+
+def with_blob(image):
+    """A copy of (3, H, W) with a dark square of a quarter of its side pasted in the middle."""
+    out = image.clone()
+    h, w = out.shape[-2:]
+    out[:, 3 * h // 8:5 * h // 8, 3 * w // 8:5 * w // 8] = 0.05
+    return out
+
+
+def test_backbone_loads_from_the_wheel_with_no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the backbone tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    model = load_backbone()
+    assert not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_backbone_matches_the_library_definition(backbone):
+    efficientnet = pytest.importorskip("efficientnet_lite_pytorch")
+    lib = efficientnet.EfficientNet.from_name("efficientnet-lite0")
+    lib.load_state_dict(backbone.state_dict())  # the same keys, strictly
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(x), lib.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_patch_features_are_deterministic_and_shaped(backbone):
+    x = surfaces(2)
+    with torch.no_grad():
+        a, b = backbone.patch_features(x), backbone.patch_features(x)
+    assert a.shape == (2, FEATURE_CHANNELS, SIZE // 8, SIZE // 8)
+    assert torch.equal(a, b)
+
+
+def test_novelty_is_near_zero_on_a_training_image_and_high_on_a_blob(backbone):
+    train = surfaces(4)
+    prior = fit_prior([train[:2], train[2:]], size=SIZE, coreset=10_000, backbone=backbone)  # keeps every patch
+    maps = prior(torch.stack([train[0], with_blob(train[0])]))  # (2, SIZE, SIZE)
+    assert maps.shape == (2, SIZE, SIZE) and maps.dtype == torch.float32
+    seen, blob = maps[0].max().item(), maps[1, SIZE // 2, SIZE // 2].item()
+    assert seen < 0.01 * blob  # ~0 against itself (fp16 bank rounding only)
+    assert maps[1, SIZE // 2, SIZE // 2] > maps[1, 2, 2]  # hotter on the blob than in a far corner
+
+
+def test_map_takes_the_input_size(backbone):
+    prior = fit_prior([surfaces(2)], size=SIZE, coreset=32, backbone=backbone)
+    assert prior(torch.rand(1, 3, 48, 80)).shape == (1, 48, 80)
+
+
+def test_bank_state_round_trip_with_weights_only(backbone):
+    prior = fit_prior([surfaces(3)], size=SIZE, coreset=50, backbone=backbone)
+    buf = io.BytesIO()
+    torch.save(prior.bank_state(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    assert set(state) == {"bank", "size"} and state["bank"].dtype == torch.float16
+    again = FeaturePrior.from_bank_state(state, backbone)
+    x = with_blob(surfaces(1, seed=1)[0])[None]
+    assert torch.equal(prior(x), again(x))
+
+
+def test_coreset_size_is_honoured(backbone):
+    prior = fit_prior([surfaces(3)], size=SIZE, coreset=20, backbone=backbone)
+    assert prior.bank.shape == (20, FEATURE_CHANNELS)
+    feats = torch.randn(5 * 16, 8, generator=torch.Generator().manual_seed(0))
+    picked = greedy_coreset(feats, 10, per_image=16)
+    assert picked.shape == (10,) and picked.unique().numel() == 10
+    assert torch.equal(greedy_coreset(feats, 500, per_image=16), torch.arange(80))
+    assert torch.equal(greedy_coreset(feats, 10, per_image=16), picked)  # seeded
+
+
+def test_greedy_coreset_picks_the_farthest_point():
+    feats = torch.tensor([[0.0], [1.0], [10.0], [2.0]])
+    assert greedy_coreset(feats, 2, per_image=4).tolist() == [0, 2]
+
+
+def test_nearest_distance_matches_cdist():
+    g = torch.Generator().manual_seed(0)
+    q, bank = torch.randn(37, 6, generator=g), torch.randn(11, 6, generator=g)
+    torch.testing.assert_close(nearest_distance(q, bank, chunk=8), torch.cdist(q, bank).amin(1), rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_size_must_be_a_multiple_of_16(backbone):
+    with pytest.raises(ValueError, match="multiple of 16"):
+        FeaturePrior(torch.zeros(1, FEATURE_CHANNELS), size=100, backbone=backbone)
