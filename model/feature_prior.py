@@ -143,8 +143,9 @@ def nearest_distance(queries, bank, chunk=2048):
     """Euclidean distance (M,) of each query (M, C) to its nearest bank row (N, C), chunked over the queries."""
     bank = bank.float()
     bank_sq = (bank * bank).sum(1)  # (N,)
-    out = []
-    for q in queries.float().split(chunk):
+    queries, out = queries.float(), []
+    for start in range(0, queries.shape[0], chunk):  # slices, not split(): ONNX exports them exactly
+        q = queries[start:start + chunk]  # (chunk, C)
         d2 = torch.addmm(bank_sq, q, bank.T, alpha=-2).amin(1) + (q * q).sum(1)  # (chunk,)
         out.append(d2.clamp_min(0).sqrt())
     return torch.cat(out) if out else queries.new_zeros(0)
@@ -160,6 +161,14 @@ class FeaturePrior(nn.Module):
         self.size = size
         self.backbone = load_backbone() if backbone is None else backbone
         self.register_buffer("bank", bank.half())
+        self.eval()
+
+    def train(self, mode=True):
+        """The backbone stays frozen in eval mode (its batch norms on the ImageNet statistics) whatever a parent
+        module or an exporter asks."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
 
     @torch.inference_mode()
     def features(self, images):

@@ -75,6 +75,15 @@ def test_map_takes_the_input_size(backbone):
     assert prior(torch.rand(1, 3, 48, 80)).shape == (1, 48, 80)
 
 
+def test_backbone_stays_in_eval_mode_when_the_prior_is_set_to_train(backbone):
+    prior = fit_prior([surfaces(2)], size=SIZE, coreset=32, backbone=backbone)
+    x = with_blob(surfaces(1, seed=1)[0])[None]
+    before = prior(x)
+    prior.train()
+    assert not prior.backbone.training
+    assert torch.equal(prior(x), before)
+
+
 def test_bank_state_round_trip_with_weights_only(backbone):
     prior = fit_prior([surfaces(3)], size=SIZE, coreset=50, backbone=backbone)
     buf = io.BytesIO()
@@ -112,3 +121,15 @@ def test_nearest_distance_matches_cdist():
 def test_size_must_be_a_multiple_of_16(backbone):
     with pytest.raises(ValueError, match="multiple of 16"):
         FeaturePrior(torch.zeros(1, FEATURE_CHANNELS), size=100, backbone=backbone)
+
+
+def test_onnx_export_matches(backbone):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    prior = fit_prior([surfaces(2)], size=SIZE, coreset=32, backbone=backbone)
+    x = with_blob(surfaces(1, seed=1)[0])[None]
+    buf = io.BytesIO()
+    torch.onnx.export(prior, (x,), buf, opset_version=17, dynamo=False)
+    session = ort.InferenceSession(buf.getvalue())
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(out), prior(x), rtol=1e-3, atol=1e-3)
