@@ -123,6 +123,7 @@ def test_size_must_be_a_multiple_of_16(backbone):
         FeaturePrior(torch.zeros(1, FEATURE_CHANNELS), size=100, backbone=backbone)
 
 
+@pytest.mark.filterwarnings("ignore")  # the tracer's notes on a fixed-size export
 def test_onnx_export_matches(backbone):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
