@@ -19,8 +19,8 @@ LITE0_STAGES = ((1, 3, 1, 1, 16), (6, 3, 2, 2, 24), (6, 5, 2, 2, 40), (6, 3, 2, 
 FEATURE_BLOCKS = (4, 10)  # last blocks of stage 3 (stride 8, 40 channels) and stage 5 (stride 16, 112 channels)
 FEATURE_CHANNELS = 40 + 112
 STRIDE = 8  # of the novelty grid
-PRIOR_SIZE = 320  # side the images are resized to for the backbone (a multiple of 16)
-CORESET_SIZE = 16384  # bank entries: 16384 x 152 x fp16 = 5 MB
+PRIOR_SIZE = 224  # side the images are resized to for the backbone (a multiple of 16); 320 measured worse on MTD
+CORESET_SIZE = 10_000  # bank entries: 10000 x 152 x fp16 = 3 MB
 PROJECTION_DIM = 32  # the coreset's distances are computed in a seeded random projection of this size
 
 
