@@ -170,7 +170,7 @@ class FeaturePrior(nn.Module):
         self.backbone.eval()
         return self
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the maps may feed a network in training
     def features(self, images):
         """(B, 3, H, W) in [0, 1], any size -> (B, 152, size/8, size/8), resized to the prior's square side."""
         if images.shape[-2:] != (self.size, self.size):
@@ -178,7 +178,7 @@ class FeaturePrior(nn.Module):
                                    align_corners=False)
         return self.backbone.patch_features(images)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def forward(self, images):
         """Novelty map (B, H, W) float32 of images (B, 3, H, W) in [0, 1]: nearest-bank distance per location,
         upsampled bilinearly to the input's size."""
@@ -196,7 +196,7 @@ class FeaturePrior(nn.Module):
         return cls(state["bank"], state["size"], backbone)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def fit_prior(batches, size=PRIOR_SIZE, coreset=CORESET_SIZE, seed=0, backbone=None):
     """A FeaturePrior whose bank is a coreset of the patch features of good images; `batches` yields
     (B, 3, H, W) tensors in [0, 1]. Deterministic for a given seed."""
