@@ -32,7 +32,6 @@ from utils.outputs import check_output_dir
 from utils.runtime import (AMP_CHOICES, UsageError, distributed_env, fraction, init_distributed, positive_float,
                            non_negative_int, positive_int, probability, report_error, resolve_amp, select_device,
                            size_arg)
-from utils.schedules import SCHEDULES
 from utils.signals import Interrupted, StopOnSignal
 from utils.tiling import SCALE_HELP, SQUARE, scale_arg
 
@@ -57,14 +56,6 @@ def add_quality_flags(p):
                    help="image score: 0 = max of the mean-filtered map (the authors'); > 0 = mean of this share of "
                         "the hottest pixels (model/scoring.py); stored in the checkpoint. None = "
                         f"{OURS_TOP_FRACTION} with --recipe ours, 0 with --recipe paper")
-    g.add_argument("--surface_defect_prob", type=fraction, default=0.0,
-                   help="recipe ours: share of simulated defects made of the part's own surface (shading, smooth "
-                        "blobs, faint stains, warps; utils/surface_defects.py) instead of a pasted texture")
-    g.add_argument("--schedule", choices=SCHEDULES, default="step",
-                   help="step: lr x0.2 at 80%% and 90%% of the steps (the paper's); cosine: warm-up, then cosine")
-    g.add_argument("--warmup", type=fraction, default=0.05, help="--schedule cosine: share of steps warming up")
-    g.add_argument("--ema", type=fraction, default=0.0,
-                   help="decay of an EMA of the weights used for validation and checkpoints (0: off; e.g. 0.99)")
 
 
 def parse_args(argv=None):
@@ -87,9 +78,6 @@ def parse_args(argv=None):
     g.add_argument("--recipe", choices=("ours", "paper"), default="ours",
                    help="anomaly simulation recipe: 'paper' is DRAEM's as published; 'ours' adds what the "
                         "README's results table measures")
-    g.add_argument("--self_texture_prob", type=probability, default=0.0,
-                   help="recipe ours: share of simulated defects textured with the batch's own (augmented) good "
-                        "images instead of --anomaly_source_path textures")
     g.add_argument("--val_fraction", type=fraction, default=0.1, help="share of good images held out, >= min(30, n/3)")
     add_target_flag(g, ", estimated on the held-out images")
     g.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader workers to decode images at start")

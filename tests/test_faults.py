@@ -485,12 +485,3 @@ def test_a_failed_checkpoint_write_exits_1_and_keeps_the_earlier_pairs(tmp_path,
     base = base_model_name(0.0001, 2, 4, "widget")
     assert _pair_ids(tmp_path / "ckpt", base + "last") == [_pair_ids(tmp_path / "ckpt", base)[0]] * 2
     assert not [p for p in (tmp_path / "ckpt").iterdir() if p.name.endswith(".tmp")]
-
-
-@pytest.mark.parametrize("value", ["5", "-1", "nan"])
-def test_probability_flags_are_range_checked(value, capsys):
-    """Case 9."""
-    import train
-    with pytest.raises(SystemExit) as e:
-        train.parse_args(["--self_texture_prob", value])
-    assert e.value.code == 2 and "[0, 1]" in capsys.readouterr().err

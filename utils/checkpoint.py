@@ -99,8 +99,7 @@ def save_resume_state(path, state):
     atomic_save({"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
                  "scheduler": state.scheduler.state_dict(), "loader_gen": state.loader_gen.get_state(),
                  "synth_gen": state.synth_gen.get_state().cpu(), "epoch": state.epoch, "step": state.step,
-                 "best": state.best, "run_dir": state.run_dir,
-                 **({"ema": state.ema.state_dict()} if state.ema is not None else {})}, path)
+                 "best": state.best, "run_dir": state.run_dir}, path)
 
 
 def load_resume_state(path, state):
@@ -118,8 +117,6 @@ def load_resume_state(path, state):
     state.loader_gen.set_state(saved["loader_gen"])
     state.synth_gen.set_state(saved["synth_gen"].to(state.synth_gen.get_state().device))
     state.epoch, state.step, state.best, state.run_dir = (saved[k] for k in ("epoch", "step", "best", "run_dir"))
-    if state.ema is not None and "ema" in saved:  # a run started without --ema restarts its average here
-        state.ema.load_state_dict(saved["ema"])
     return state
 
 

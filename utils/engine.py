@@ -31,7 +31,6 @@ from utils.jitter import jitter_images
 from utils.loss import DraemLoss
 from utils.metrics import image_auroc, pixel_ap
 from utils.runtime import UsageError, distributed_env, resolve_amp, seed_everything
-from utils.schedules import WeightEMA, make_scheduler
 from utils.synthesis import make_synthesizer
 from utils.textures import load_texture_bank
 from utils.tiling import is_tiled
@@ -79,11 +78,11 @@ def train_step(model, batch, synthesizer, gen, criterion, optimizer, amp_dtype, 
     return losses
 
 
-def make_optimizer(model, lr, total_steps, schedule="step", warmup=0.05):
-    """Adam at lr; "step": lr x0.2 at 80% and 90% of training (the paper's epochs, counted in steps so short runs
-    decay), "cosine": warm-up + cosine (utils/schedules.py)."""
+def make_optimizer(model, lr, total_steps):
+    """Adam at lr, x0.2 at 80% and 90% of training (the paper's epochs, counted in steps so short runs decay)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    return optimizer, make_scheduler(optimizer, total_steps, schedule, warmup)
+    milestones = [int(total_steps * 0.8), int(total_steps * 0.9)]
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.2)
 
 
 def loss_values(losses, step, checkpoint_path):
@@ -148,7 +147,6 @@ class TrainState:
     step: int = 0  # optimisation steps done
     best: float = -1.0  # best validation image AUROC + pixel AP so far
     run_dir: str | None = None  # the run folder of logs
-    ema: WeightEMA | None = None  # --ema: the averaged weights that validation and the pairs use
 
 
 @dataclass
@@ -208,8 +206,7 @@ def load_class_data(settings, good_dir, device):
     sample = torch.stack([train_set[i][0] for i in range(min(64, len(train_set)))])  # (<=64, 3, S, S) uint8
     grayscale = {"on": True, "off": False}.get(settings.grayscale, is_grayscale(sample.float() / 255))
     bank = load_texture_bank(settings.anomaly_source_path, settings.size) if settings.anomaly_source_path else None
-    synthesizer = make_synthesizer(settings.recipe, bank, grayscale, self_texture_prob=settings.self_texture_prob,
-                                   surface_defect_prob=settings.surface_defect_prob)
+    synthesizer = make_synthesizer(settings.recipe, bank, grayscale)
     return (train_set, val_images, whole_val), grayscale, synthesizer.to(device)
 
 
@@ -236,11 +233,9 @@ def build_state(settings, data, device, rank, world):
     loader_gen = torch.Generator().manual_seed(settings.seed)
     loader = DataLoader(data, batch_size=settings.bs, shuffle=sampler is None, sampler=sampler,
                         generator=loader_gen, drop_last=len(data) // world > settings.bs)
-    optimizer, scheduler = make_optimizer(model, settings.lr, settings.epochs * len(loader), settings.schedule,
-                                          settings.warmup)
-    ema = WeightEMA(model, settings.ema) if settings.ema else None
+    optimizer, scheduler = make_optimizer(model, settings.lr, settings.epochs * len(loader))
     synth_gen = torch.Generator(device=device).manual_seed(settings.seed + 7919 * rank)
-    return TrainState(model, optimizer, scheduler, loader_gen, synth_gen, ema=ema), loader, sampler
+    return TrainState(model, optimizer, scheduler, loader_gen, synth_gen), loader, sampler
 
 
 def setup_run(settings, obj_name, good_dir, device, preset, command, stop=None):
@@ -280,7 +275,7 @@ def checkpoint(run, state, row):
         for buf in state.model.buffers():
             dist.broadcast(buf, 0)
     calib = {"threshold": None, "rule": "no validation images"}
-    model = state.ema.model if state.ema is not None else state.model  # what validation and the pairs see
+    model = state.model
     top = run.config["score_top_fraction"]
     if run.val is not None:
         metrics, calib = validate(model, run.val, settings.bs, run.config["score_kernel"],
@@ -342,8 +337,6 @@ def train_epoch(run, state, t0):
         losses = train_step(run.train_model, batch, run.synthesizer, state.synth_gen, run.criterion,
                             state.optimizer, run.amp_dtype, run.scaler)
         state.scheduler.step()
-        if state.ema is not None:
-            state.ema.update(state.model)
         state.step += 1
         for k, v in loss_values(losses, state.step, settings.checkpoint_path).items():
             sums[k] = sums.get(k, 0.0) + v

@@ -16,7 +16,6 @@ from utils.augmenters import augment_textures, augment_textures_, luminance, rot
 from utils.defect_shapes import mixed_masks
 from utils.perlin import perlin_noise, random_perlin_scales
 from utils.sampling import rand, randint, uniform
-from utils.surface_defects import surface_defects
 from utils.textures import procedural_textures
 
 
@@ -116,44 +115,14 @@ class AnomalySynthesizer:
 
 
 class DefectSynthesizer(AnomalySynthesizer):
-    """Recipe "ours": DRAEM's simulation, with half of the Perlin blobs replaced by thin cracks and small pits,
-    and a share of the textures cut from the batch's own good images (flipped, then DRAEM's 3 augmenters)."""
-
-    def __init__(self, *args, self_texture_prob=0.0, surface_defect_prob=0.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.self_texture_prob = self_texture_prob
-        self.surface_defect_prob = surface_defect_prob
-
-    def defects(self, image, generator, batch):
-        """The paste, with a share `surface_defect_prob` of the samples changed in their own surface instead
-        (utils/surface_defects.py: shading, smooth blobs, faint stains, warps)."""
-        out, m = super().defects(image, generator, batch)
-        if self.surface_defect_prob <= 0:
-            return out, m
-        pick = (rand(generator, len(image)) < self.surface_defect_prob).nonzero().flatten().to(image.device)
-        if len(pick):
-            texture = self.textures(len(pick), *image.shape[2:], generator, image.device, batch).to(image.dtype)
-            out[pick], m[pick] = surface_defects(image[pick], m[pick], texture, generator)
-        return out, m
+    """Recipe "ours": DRAEM's simulation, with half of the Perlin blobs replaced by thin cracks and small pits."""
 
     def masks(self, n, h, w, generator, device):
         perlin = super().masks
         return mixed_masks(n, h, w, generator, lambda k, hh, ww: perlin(k, hh, ww, generator, device), device)
 
-    def textures(self, n, h, w, generator, device, batch):
-        tex = super().textures(n, h, w, generator, device, batch)
-        if self.self_texture_prob > 0:
-            pick = (rand(generator, n) < self.self_texture_prob).nonzero().flatten().to(device)
-            if len(pick):
-                src = randint(generator, 0, len(batch), len(pick), device)
-                tex[pick] = augment_textures(batch[src].flip(-1, -2), generator)
-        return tex
-
 
 def make_synthesizer(recipe, bank, grayscale, **overrides):
     """The anomaly simulation for --recipe `recipe` ("paper": DRAEM as published)."""
-    if recipe == "paper":
-        overrides.pop("self_texture_prob", None)
-        overrides.pop("surface_defect_prob", None)
-        return AnomalySynthesizer(bank, grayscale=grayscale, **overrides)
-    return DefectSynthesizer(bank, grayscale=grayscale, **overrides)
+    cls = AnomalySynthesizer if recipe == "paper" else DefectSynthesizer
+    return cls(bank, grayscale=grayscale, **overrides)
