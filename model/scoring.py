@@ -1,5 +1,13 @@
-"""From network outputs to what a user sees: the anomaly map and the image score (pure functions)."""
+"""From network outputs to what a user sees: the anomaly map and the image score.
+
+`Scorer` is the one scoring graph (detect.py, evaluate.py, validation during training, calibration and the ONNX
+export all run it): image -> reconstruction and anomaly map; its `score` is the image score rule. The rule's
+parameters are attributes, stored in every checkpoint's config.
+"""
+import contextlib
+
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 SCORE_KERNEL = 21  # the authors' evaluation: mean filter 21x21, stride 1, then max
@@ -40,3 +48,37 @@ def image_score(amap, kernel=SCORE_KERNEL, top_fraction=0.0):
     smoothed = F.avg_pool2d(amap[:, None], (kernel, 1), stride=1, padding=(pad, 0))  # (B, 1, H, W)
     smoothed = F.avg_pool2d(smoothed, (1, kernel), stride=1, padding=(0, pad))
     return smoothed.flatten(1).max(dim=1).values
+
+
+def autocast(device, dtype):
+    """torch.autocast for `dtype` on `device`, or a no-op for fp32 (dtype None)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class Scorer(nn.Module):
+    """A DRAEM module and its score rule: images (B, 3, H, W) in [0, 1] -> reconstruction (B, 3, H, W) in [0, 1]
+    and anomaly map (B, H, W), fp32; `score(maps)` -> (B,).
+
+    kernel, top_fraction: `image_score`'s rule; amp_dtype: autocast of the networks (None: fp32). The map and the
+    score are always computed in fp32.
+    """
+
+    def __init__(self, draem, kernel=SCORE_KERNEL, top_fraction=0.0, amp_dtype=None):
+        super().__init__()
+        self.draem, self.kernel, self.top_fraction, self.amp_dtype = draem, kernel, top_fraction, amp_dtype
+
+    @classmethod
+    def from_config(cls, draem, config, amp_dtype=None):
+        """The rule a checkpoint's config records (the authors' pairs: 21 px, max of the filtered map)."""
+        return cls(draem, int(config.get("score_kernel", SCORE_KERNEL)),
+                   float(config.get("score_top_fraction", 0.0)), amp_dtype)
+
+    def forward(self, images):
+        with autocast(images.device, self.amp_dtype):
+            rec, logits = self.draem(images)
+        return rec.float().clamp(0, 1), anomaly_map(logits)  # fp32 softmax
+
+    def score(self, maps):
+        return image_score(maps, self.kernel, self.top_fraction)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.conftest import generator, grey_images, random_images
-from utils.augmenters import AUGMENTER_NAMES, AUGMENTERS, augment_textures, rotate
+from utils.synthesis.textures import AUGMENTER_NAMES, AUGMENTERS, augment_textures, rotate
 
 
 def apply_augmenter(name, x, gen):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from model import DRAEM
-from utils.calibration import (DEFAULT_TARGET_FALSE_REJECT, RULE_ORDER, RULE_TAIL, add_verdicts, best_recall_at, describe, f1_threshold,
+from utils.evaluation import (DEFAULT_TARGET_FALSE_REJECT, RULE_ORDER, RULE_TAIL, add_verdicts, best_recall_at, describe, f1_threshold,
                                fit_threshold, format_verdicts, recalibration_report, verdict_metrics,
                                write_calibration)
 from utils.checkpoint import load_pair, pair_paths, save_pair

@@ -2,7 +2,7 @@
 import torch
 from torch.utils.data import DataLoader
 
-from utils.crops import RandomCrops, crops_per_image, validation_crops
+from utils.data_loader import RandomCrops, crops_per_image, validation_crops
 
 
 def _images():

@@ -1,6 +1,6 @@
 import torch
 
-from utils.defect_shapes import crack_masks, mixed_masks, pit_masks
+from utils.synthesis.simulation import crack_masks, mixed_masks, pit_masks
 
 
 def gen(seed=0):

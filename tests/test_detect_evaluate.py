@@ -127,7 +127,7 @@ def test_recalibrate_bad_inputs_leave_the_pair(trained, tmp_path, capsys):
 
 
 def test_bf16_scores_match_fp32(trained):
-    from utils.inference import Detector
+    from utils.detector import Detector
     _, cls, ckpt = trained
     x = torch.rand(2, 3, 64, 64)
     fp32 = Detector.from_checkpoint(ckpt, BASE, torch.device("cpu"))(x)["score"]

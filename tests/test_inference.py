@@ -9,7 +9,7 @@ import torch
 
 from model import DRAEM
 from utils.checkpoint import save_pair
-from utils.inference import Detector
+from utils.detector import Detector
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BASE = "DRAEM_test_0.0001_20_bs8_coil_"  # the name the README's block loads

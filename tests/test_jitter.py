@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from utils.jitter import KINDS, PHOTOMETRIC, jitter_images, parse_kinds
+from utils.synthesis.simulation import KINDS, PHOTOMETRIC, jitter_images, parse_kinds
 
 
 def test_parse_kinds_aliases_lists_and_errors():

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import detect
-from model.draem import DRAEM, DRAEMScorer
+from model.model_unet import DRAEM, DRAEMScorer
 from tests.conftest import write_images
 from utils import onnx_export
 from utils.checkpoint import save_pair
-from utils.inference import Detector
-from utils.onnx_export import export_onnx
-from utils.runtime import UsageError
+from utils.detector import Detector
+from utils.export import export_onnx
+from utils.cli import UsageError
 
 SIZE = 32
 

@@ -2,7 +2,7 @@
 import cv2
 import numpy as np
 
-from utils.sample_grid import main
+from utils.synthesis.grid import main
 
 
 def _write(path, img):

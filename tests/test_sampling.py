@@ -1,7 +1,7 @@
 """utils/sampling.py: draws follow the generator, not the target device."""
 import torch
 
-from utils.sampling import rand, randint, uniform
+from utils.synthesis.simulation import rand, randint, uniform
 
 
 def test_draws_are_seeded_and_shaped():

@@ -12,7 +12,7 @@ import evaluate
 import train
 from tests.conftest import write_images
 from utils.checkpoint import base_model_name, load_pair
-from utils.inference import Detector
+from utils.detector import Detector
 
 WIDE = dict(height=160, width=640)
 BASE = base_model_name(0.001, 1, 8, "wide")
@@ -150,7 +150,7 @@ def test_stitched_map_finds_a_2_pixel_scratch_on_a_wide_strip(tmp_path):
 def test_onnx_tile_model_with_the_tiling_function(wide, tmp_path):
     pytest.importorskip("onnx")
     onnxruntime = pytest.importorskip("onnxruntime")
-    from utils.onnx_export import export_onnx, onnx_predict_tiled
+    from utils.export import export_onnx, onnx_predict_tiled
     _, cls, ckpt = wide
     det = Detector.from_checkpoint(ckpt, BASE, torch.device("cpu"))
     export_onnx(det, tmp_path / "tile.onnx")

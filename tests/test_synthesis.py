@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tests.conftest import generator, grey_images, random_images
-from utils.synthesis import AnomalySynthesizer, DefectSynthesizer, blend, make_synthesizer
+from utils.synthesis.simulation import AnomalySynthesizer, DefectSynthesizer, blend, make_synthesizer
 
 
 def test_blend_hand_example():

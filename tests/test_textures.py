@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import generator
-from utils.textures import load_texture_bank, procedural_textures
+from utils.synthesis.textures import load_texture_bank, procedural_textures
 
 
 def test_procedural_textures():

@@ -7,8 +7,8 @@ import torch
 
 from model import DRAEM
 from model.scoring import image_score
-from utils.inference import Detector, predict, predict_tiled
-from utils.tiling import (blend_window, count_tiles, pad_to_tile, scale_arg, scale_of, stitch, tile_grid,
+from utils.detector import Detector, predict, predict_tiled
+from utils.detector import (blend_window, count_tiles, pad_to_tile, scale_arg, scale_of, stitch, tile_grid,
                           tile_starts, to_working_scale, working_shape)
 
 

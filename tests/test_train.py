@@ -12,8 +12,8 @@ from tests.conftest import write_images
 from utils.checkpoint import base_model_name, load_pair, pair_paths
 from utils.data_loader import resolve_classes
 from utils.engine import OURS_TOP_FRACTION, PRESETS, train_class
-from utils.jitter import PHOTOMETRIC
-from utils.runtime import init_distributed
+from utils.synthesis.simulation import PHOTOMETRIC
+from utils.cli import init_distributed
 
 TINY = ["--size", "32", "--rec_base_width", "4", "--seg_base_width", "2", "--bs", "4", "--amp", "off"]
 

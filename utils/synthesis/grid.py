@@ -5,13 +5,12 @@
 import argparse
 import logging
 from pathlib import Path
-
 import torch
 
 from utils.data_loader import list_images, read_image
-from utils.runtime import probability
-from utils.synthesis import make_synthesizer
-from utils.textures import load_texture_bank
+from utils.cli import probability
+from utils.synthesis.simulation import make_synthesizer
+from utils.synthesis.textures import load_texture_bank
 
 log = logging.getLogger(__name__)
 
