@@ -35,11 +35,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from model import DRAEM, weights_init
-from model.scoring import autocast
 from utils.cli import cpu_has_native_bf16, positive_int, resolve_amp, seed_everything, size_arg
 from utils.config import PRESETS, Config
 from utils.data_loader import read_image
-from utils.detector import Detector, count_tiles
+from utils.detector import Detector, autocast, count_tiles
 from utils.engine import make_optimizer, prepare_batch, train_step
 from utils.loss import DraemLoss
 from utils.synthesis.simulation import make_synthesizer

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from model import DRAEM
-from utils.evaluation import (DEFAULT_TARGET_FALSE_REJECT, RULE_ORDER, RULE_TAIL, add_verdicts, best_recall_at, describe, f1_threshold,
+from utils.evaluation import (RULE_ORDER, RULE_TAIL, add_verdicts, best_recall_at, describe, f1_threshold,
                                fit_threshold, format_verdicts, recalibration_report, verdict_metrics,
                                write_calibration)
 from utils.checkpoint import load_pair, pair_paths, save_pair
@@ -71,7 +71,6 @@ def test_too_few_images_and_bad_targets():
     for target in (0, 0.5, -1):
         with pytest.raises(ValueError):
             fit_threshold(good_scores(20), target)
-    assert DEFAULT_TARGET_FALSE_REJECT == 0.02
 
 
 def test_f1_threshold_separates_and_prefers_fewer_rejects():

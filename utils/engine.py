@@ -19,13 +19,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
-from model import DRAEM, Scorer
-from model.scoring import autocast, score_kernel
+from model import DRAEM
 from utils.checkpoint import base_model_name, load_resume_state, resume_path, save_pair, save_resume_state
 from utils.cli import UsageError, distributed_env, resolve_amp, seed_everything
 from utils.data_loader import (SQUARE, RandomCrops, is_grayscale, list_images, load_images, load_images_at_scale,
                                split_files, validation_crops)
-from utils.detector import image_scores, predict
+from utils.detector import Scorer, autocast, image_scores, predict, score_kernel
 from utils.evaluation import fit_threshold
 from utils.loss import DraemLoss
 from utils.metrics import image_auroc, pixel_ap
