@@ -23,7 +23,7 @@ import evaluate
 from model import DRAEM
 from tests.conftest import write_images
 from utils import files
-from utils.checkpoint import NameLock, load_pair, lock_names, newest_complete_pair, pair_paths, save_pair
+from utils.checkpoint import NameLock, current_paths, load_pair, lock_names, newest_complete_pair, pair_paths, save_pair
 from utils.cli import UsageError
 from utils.data_loader import read_image
 from utils.files import TEMP_RE, atomic_write_bytes, recover
@@ -76,13 +76,13 @@ def test_pair_is_old_or_new_after_a_crash_at_any_moment(tmp_path, with_old_pair)
             _save(folder, BASE, 17)
         if not _crash_at(k, lambda: _save(folder, BASE, 34)):
             break
-        if pair_paths(folder, BASE)[0].exists() or pair_paths(folder, BASE)[1].exists():
+        read = None
+        if any(p.exists() for p in current_paths(folder, BASE)):
             before = sorted(p.name for p in folder.iterdir())
             read = load_pair(folder, BASE)[1].get("pair_id")  # a reader sees the committed pair, changes nothing
             assert sorted(p.name for p in folder.iterdir()) == before
         recover(folder)  # what the next writer does first
-        if pair_paths(folder, BASE)[0].exists():
-            assert read == _pair_ids(folder, BASE)[0]
+        assert read == (_pair_ids(folder, BASE)[0] if pair_paths(folder, BASE)[0].exists() else None)
         leftovers = [p.name for p in folder.iterdir() if p.name.startswith(".draem-")]
         assert leftovers == [], (k, leftovers)
         if not with_old_pair and not pair_paths(folder, BASE)[0].exists():
