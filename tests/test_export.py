@@ -1,4 +1,4 @@
-"""utils/onnx_export.py: a tiny detector exported, run in ONNX Runtime against PyTorch, and via detect.py."""
+"""utils/export.py: a tiny detector exported, run in ONNX Runtime against PyTorch, and via detect.py."""
 import sys
 import types
 
