@@ -36,7 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--data_path", default=None,
                    help="class folder with test/<type>/* and ground_truth/<type>/* (optional with --recalibrate)")
     p.add_argument("--output_path", default="./eval_results/", help="folder for metrics.csv / metrics.json")
-    add_inference_flags(p, bs_help="tiles per forward pass (a square image is one tile)", pair_help=", e.g. DRAEM_test_0.0001_700_bs8_bottle_",
+    add_inference_flags(p, bs_help="tiles per forward pass (a square image is one tile)",
+                        pair_help=", e.g. DRAEM_test_0.0001_700_bs8_bottle_",
                         pair_required=True)
     p.add_argument("--save_images", action="store_true", help="also write the 4-panel PNG of every test image")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object of the overall metrics")

@@ -1,4 +1,4 @@
-""" utils/crops.py: images at the working scale, seeded random crops, fixed validation crops."""
+"""utils/data_loader.py: reading, working scale, class folders, split, datasets and training crops."""
 import cv2
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
-"""utils/tiling.py: the working scale, the tile grid and the stitching (tested exactly), and tiled inference. utils/inference.py: the README's "Python API" block, run as written, and Detector.score on batches."""
+"""utils/detector.py: the tile grid and the stitching (tested exactly), the one predict path, the README's
+"Python API" block run as written, and Detector.score on batches."""
 import argparse
 import numpy as np
 import pytest

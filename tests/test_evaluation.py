@@ -1,4 +1,5 @@
-"""utils/evaluation.py: the results table and files (scoring a split is tested through evaluate.py and the demo). Tests for utils/calibration.py: seeded numpy cases, plus one pair written and reloaded (tiny widths)."""
+"""utils/evaluation.py: evaluation of a test split and threshold calibration (seeded numpy cases, plus one
+pair written and reloaded at tiny widths)."""
 import json
 import math
 import numpy as np

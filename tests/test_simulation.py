@@ -1,4 +1,5 @@
-"""utils/synthesis.py: the anomaly simulation of both recipes.  utils/jitter.py: whole-image jitter of good images (seeded, CPU). utils/sample_grid.py: the grid of synthetic samples."""
+"""utils/synthesis/simulation.py: the anomaly simulation of both recipes, cracks and pits, the whole-image
+jitter of good images and the grid of samples (seeded, CPU)."""
 import pytest
 import torch
 import cv2

@@ -1,4 +1,4 @@
-"""utils/textures.py: procedural textures and the texture bank. utils/augmenters.py: the ten augmenters, one by one and as DRAEM's random three. utils/sampling.py: draws follow the generator, not the target device."""
+"""utils/synthesis/textures.py: texture bank, procedural textures, the ten augmenters and the random draws."""
 import logging
 import cv2
 import numpy as np

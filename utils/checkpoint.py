@@ -1,4 +1,5 @@
-"""Checkpoint names, atomic writes and loading (ours, self-describing; or the authors' raw state dicts).
+"""Checkpoint pairs: names, writing, loading (ours, self-describing; or the authors' raw state dicts), the
+resumable state and the one-writer-per-name lock.
 
 A checkpoint pair is `{base}.pt` (reconstructive) and `{base}_seg.pt` (discriminative). Each of ours is a plain
 dict of tensors and plain types (loadable with `torch.load(..., weights_only=True)`):

@@ -1,10 +1,12 @@
-"""Image reading and datasets.
+"""Image reading (with the pixel guard), the working scale, class folders, the split, crops and datasets.
 
 One reader (`read_image`) is used by training, validation, detection and evaluation, so every image goes
-through the same decoding and resizing: 8/16-bit, gray/RGB/RGBA, jpg/png/bmp/tif, any size -> float RGB in [0, 1].
+through the same decoding and resizing: 8/16-bit, gray/RGB/RGBA, jpg/png/bmp/tif, any size -> float RGB in [0, 1]
+at a working scale ("square": size x size, the paper; "native": its own pixels; N: the longer side N px).
+Before decoding, the pixel count is read from the file's header and a file above `max_pixels` is refused.
 
 Training data is only normal images, decoded once into a uint8 tensor (`load_images`); the anomalies are
-synthesised per *batch* on the training device by `utils.synthesis` (see utils/engine.py), so the datasets here
+synthesised per *batch* on the training device by `utils.synthesis.simulation` (see utils/engine.py), so the datasets here
 stay simple and fast.
 """
 import logging

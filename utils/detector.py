@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.checkpoint import load_pair
-from utils.data_loader import DEFAULT_MAX_PIXELS, image_to_tensor, pad_to_tile, read_image, scale_of, working_shape
+from utils.data_loader import DEFAULT_MAX_PIXELS, image_to_tensor, pad_to_tile, read_image, scale_of
 
 log = logging.getLogger(__name__)
 
@@ -263,9 +263,6 @@ class Detector:
         if self.threshold is None:
             return "n/a"
         return "NG" if score > self.threshold else "OK"
-
-    def working_shape(self, height, width):
-        return working_shape(height, width, self.scale, self.size)
 
     def score(self, images):
         """Numpy images in, numpy results out: one image (H, W) / (H, W, 1|3|4), or a batch (a list of such, or

@@ -277,7 +277,7 @@ def jitter_images(images, generator, kinds, prob=APPLY_PROB):
     return x.clamp(0, 1) if x is not images else images
 
 
-# ------------------------------------------------------------- a picture of samples: python -m utils.synthesis.simulation
+# ------------------------------------------------- a picture of samples: python -m utils.synthesis.simulation
 
 
 def parse_args(argv=None):
