@@ -68,7 +68,7 @@ def _crash_at(k, fn):
 
 @pytest.mark.parametrize("with_old_pair", [True, False], ids=["replace", "first-write"])
 def test_pair_is_old_or_new_after_a_crash_at_any_moment(tmp_path, with_old_pair):
-    """Cases 2 and 3: kill -9 between or during the writes of a pair."""
+    """kill -9 between or during the writes of a pair."""
     seen = set()
     for k in range(1, 30):
         folder = tmp_path / f"k{k}"
@@ -129,7 +129,7 @@ def test_loader_names_a_half_pair_of_one_run_and_detect_falls_back_to_a_complete
 
 
 def test_leftover_temp_files_of_ours_are_removed_and_nothing_else(tmp_path):
-    """Case 12: hidden temp files of a killed run are removed by the next run; others' files and a live
+    """Hidden temp files of a killed run are removed by the next run; others' files and a live
     writer's temp file stay."""
     old = tmp_path / ".draem-0123456789ab.tmp"
     theirs = [tmp_path / ".other.tmp", tmp_path / "notes.tmp", tmp_path / ".draem-xyz.tmp"]
@@ -146,7 +146,7 @@ def test_leftover_temp_files_of_ours_are_removed_and_nothing_else(tmp_path):
 
 
 def test_one_writer_per_name_and_the_lock_dies_with_its_holder(tmp_path):
-    """Case 4: a second writer of the same name is refused, naming the holder's PID; kill -9 frees it."""
+    """A second writer of the same name is refused, naming the holder's PID; kill -9 frees it."""
     with NameLock(tmp_path, BASE):
         with pytest.raises(UsageError, match=f"process {os.getpid()}"):
             NameLock(tmp_path, BASE).acquire()
@@ -184,7 +184,7 @@ def _run(main, argv, capsys):
 
 
 def test_detect_never_replaces_an_input_and_replaces_other_outputs(tmp_path, model_dir, capsys):
-    """Case 1: output onto the input folder or an input image is refused; inputs stay untouched; any other file
+    """Output onto the input folder or an input image is refused; inputs stay untouched; any other file
     is replaced, as by any command-line tool."""
     imgs = tmp_path / "imgs"
     write_images(imgs, 2, size=40)
@@ -204,7 +204,7 @@ def test_detect_never_replaces_an_input_and_replaces_other_outputs(tmp_path, mod
 
 
 def test_folder_mode_keeps_extensions_and_the_report_names_pictures(tmp_path, model_dir):
-    """Case 5: x.png and x.jpg give two pictures; report.csv names each row's picture."""
+    """x.png and x.jpg give two pictures; report.csv names each row's picture."""
     src = tmp_path / "imgs"
     (src / "sub").mkdir(parents=True)
     img = np.full((40, 40, 3), 120, np.uint8)
@@ -220,7 +220,7 @@ def test_folder_mode_keeps_extensions_and_the_report_names_pictures(tmp_path, mo
 
 
 def test_bad_output_paths_exit_2_at_start_and_create_nothing(tmp_path, model_dir, capsys):
-    """Cases 6 and 8: a file where a folder is needed, a folder where a file is, an uncreatable path."""
+    """A file where a folder is needed, a folder where a file is, an uncreatable path."""
     one = tmp_path / "one.png"
     cv2.imwrite(str(one), np.zeros((40, 40, 3), np.uint8))
     a_file = tmp_path / "a_file"
@@ -253,7 +253,7 @@ def test_unwritable_output_folder_exits_2(tmp_path, model_dir, capsys, monkeypat
 
 @pytest.mark.parametrize("fault", ["EFBIG", "ENOSPC", "EACCES"])
 def test_os_errors_while_writing_exit_1_naming_the_file(tmp_path, model_dir, capsys, monkeypatch, fault):
-    """Case 7: the file-size limit (a real `ulimit -f`), a full disk and permissions (injected)."""
+    """The file-size limit (a real `ulimit -f`), a full disk and permissions (injected)."""
     src = tmp_path / "imgs"
     write_images(src, 3, size=40)
     out = tmp_path / "out"
@@ -277,7 +277,7 @@ def test_os_errors_while_writing_exit_1_naming_the_file(tmp_path, model_dir, cap
 
 
 def test_a_245_character_output_name_is_written(tmp_path, model_dir):
-    """Case 7: the temp name is short, so any valid output name works."""
+    """The temp name is short, so any valid output name works."""
     one = tmp_path / "one.png"
     cv2.imwrite(str(one), np.zeros((40, 40, 3), np.uint8))
     out = tmp_path / ("n" * 241 + ".png")
@@ -289,7 +289,7 @@ def test_a_245_character_output_name_is_written(tmp_path, model_dir):
 
 
 def test_evaluate_without_masks_reports_pixel_metrics_as_not_available(tmp_path, model_dir, capsys, caplog):
-    """Case 10: no ground_truth/ -> pixel metrics null / '-', one warning, image metrics still there."""
+    """No ground_truth/ -> pixel metrics null / '-', one warning, image metrics still there."""
     cls = tmp_path / "widget"
     write_images(cls / "test" / "good", 3, size=40)
     write_images(cls / "test" / "spot", 3, size=40, seed=4)
@@ -318,7 +318,7 @@ def _png_header_only(width, height):
 
 
 def test_huge_images_are_refused_from_the_header(tmp_path, model_dir, capsys, monkeypatch):
-    """Case 13: 32000 x 32000 is refused before decoding; --max_pixels raises the limit."""
+    """32000 x 32000 is refused before decoding; --max_pixels raises the limit."""
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(_png_header_only(32000, 32000))
     decoded = []
@@ -407,7 +407,7 @@ def _errors(capsys):
 
 
 def test_training_output_paths_are_checked_before_any_work(tmp_path, capsys):
-    """Cases 6 and 8: nothing is created, the error comes at once."""
+    """Nothing is created, the error comes at once."""
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     write_images(tmp_path / "widget" / "train" / "good", 12)
@@ -425,7 +425,6 @@ def test_training_output_paths_are_checked_before_any_work(tmp_path, capsys):
 
 
 def test_a_second_run_on_the_same_names_exits_2_naming_the_first(tmp_path, capsys):
-    """Case 4."""
     from utils.checkpoint import base_model_name
     (tmp_path / "ckpt").mkdir()
     with NameLock(tmp_path / "ckpt", base_model_name(0.0001, 1, 4, "widget")):
@@ -438,7 +437,7 @@ def test_a_second_run_on_the_same_names_exits_2_naming_the_first(tmp_path, capsy
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_mid_training_writes_the_resume_state_and_exits_128_plus_n(tmp_path, capsys, monkeypatch, signum):
-    """Cases 11 and 12: one line, exit 143 / 130, resumable; the next run removes our leftover temp files."""
+    """One line, exit 143 / 130, resumable; the next run removes our leftover temp files."""
     from utils.checkpoint import base_model_name
     _at_loss_call(monkeypatch, 3, lambda: os.kill(os.getpid(), signum))
     assert _train(tmp_path, "--epochs", "3", val_every=1) == 128 + signum
@@ -469,7 +468,7 @@ def test_a_signal_before_training_exits_130_in_one_line(tmp_path, capsys, monkey
 
 @pytest.mark.parametrize("val_every,rows", [(1, 6), (2, 3), (4, 2)])
 def test_metrics_csv_has_one_row_per_validation(tmp_path, val_every, rows):
-    """Case 14: 3 epochs of 2 steps; the final step's validation is not repeated."""
+    """3 epochs of 2 steps; the final step's validation is not repeated."""
     assert _train(tmp_path, "--epochs", "3", val_every=val_every) == 0
     run_dir = next((tmp_path / "logs").iterdir())
     steps = [int(r["step"]) for r in csv.DictReader(open(run_dir / "metrics.csv"))]
@@ -477,7 +476,7 @@ def test_metrics_csv_has_one_row_per_validation(tmp_path, val_every, rows):
 
 
 def test_a_failed_checkpoint_write_exits_1_and_keeps_the_earlier_pairs(tmp_path, capsys, monkeypatch):
-    """Case 7 in training: disk full at the second validation."""
+    """In training: disk full at the second validation."""
     from utils.checkpoint import base_model_name
 
     def disk_full(fd):
@@ -489,3 +488,25 @@ def test_a_failed_checkpoint_write_exits_1_and_keeps_the_earlier_pairs(tmp_path,
     base = base_model_name(0.0001, 2, 4, "widget")
     assert _pair_ids(tmp_path / "ckpt", base + "last") == [_pair_ids(tmp_path / "ckpt", base)[0]] * 2
     assert not [p for p in (tmp_path / "ckpt").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_detect_reads_a_committed_pair_and_changes_nothing(tmp_path):
+    """Readers never write: a writer that died after its commit left the new pair in temp files named by its
+    journal, plus a leftover temp file; detect.py scores with the committed pair and leaves the folder as it is."""
+    ck, new = tmp_path / "ck", tmp_path / "new"
+    _save(ck, BASE, 17)
+    _save(new, BASE, 34)
+    moves = []
+    for i, (src, target) in enumerate(zip(pair_paths(new, BASE), pair_paths(ck, BASE))):
+        tmp = ck / f".draem-{i:012x}.tmp"
+        os.replace(src, tmp)
+        moves.append([tmp.name, target.name])
+    (ck / ".draem-commit-0123456789abcdef.json").write_text(json.dumps({"moves": moves}))
+    (ck / ".draem-aaaaaaaaaaaa.tmp").write_bytes(b"x")
+    before = {p.name: p.stat().st_mtime_ns for p in ck.iterdir()}
+    image = write_images(tmp_path / "images", 1, size=40)[0]
+    assert detect.main(["--image_path", str(image), "--checkpoint_path", str(ck), "--base_model_name", BASE,
+                        "--output_path", str(tmp_path / "out.png")]) == 0
+    assert newest_complete_pair(ck) == BASE
+    assert {p.name: p.stat().st_mtime_ns for p in ck.iterdir()} == before
+    assert load_pair(ck, BASE)[1]["pair_id"] == "run-s34"
