@@ -23,13 +23,13 @@ from utils.checkpoint import base_model_name, hold_checkpoint_names
 from utils.cli import (AMP_CHOICES, SCALE_HELP, Interrupted, StopOnSignal, UsageError, add_target_flag,
                        distributed_env, fraction, init_distributed, positive_float, positive_int, report_error,
                        resolve_amp, scale_arg, select_device, size_arg)
-from utils.config import FIELDS, PRESETS, Config
+from utils.config import FIELDS, PHOTOMETRIC, PRESETS, Config
 from utils.data_loader import resolve_classes
 from utils.demo_data import DEMO_ROOT, make_demo_dataset
 from utils.detector import Detector
 from utils.engine import Diverged, train_class
 from utils.evaluation import evaluate_class, results_text
-from utils.files import check_output_dir
+from utils.files import check_output_dir, refuse_inside
 from utils.synthesis.simulation import parse_kinds
 
 log = logging.getLogger("train")
@@ -86,7 +86,8 @@ def add_model_flags(p, d):
                    help="reconstructive network width (paper 128)")
     g.add_argument("--seg_base_width", type=positive_int, default=d.seg_base_width,
                    help="discriminative network width (paper 64)")
-    g.add_argument("--jitter", type=jitter_kinds, default=",".join(d.jitter) or "none",
+    jitter = {(): "none", PHOTOMETRIC: "photo"}.get(d.jitter, ",".join(d.jitter))
+    g.add_argument("--jitter", type=jitter_kinds, default=jitter,
                    help="normal variation of whole good images, input and target alike: none, photo "
                         "(brightness,contrast,gamma,blur,noise), geo (flip,rot90), all, or a comma list")
 
@@ -171,6 +172,10 @@ def run(cfg, command, stop):
                  cfg.size, cfg.rec_base_width, cfg.seg_base_width, cfg.bs, cfg.epochs)
     if cfg.anomaly_source_path is not None and not Path(cfg.anomaly_source_path).is_dir():
         raise UsageError(f"--anomaly_source_path {cfg.anomaly_source_path} is not a folder")
+    for out in ("checkpoint_path", "log_path"):  # plots and pictures there would join the training images
+        for src in ("data_path", "anomaly_source_path"):
+            if getattr(cfg, src) is not None:
+                refuse_inside(getattr(cfg, out), getattr(cfg, src), f"--{out}", f"--{src}")
     classes = resolve_classes(cfg.data_path, cfg.obj_id)
     names = [base_model_name(cfg.lr, cfg.epochs, cfg.bs, obj_name) for obj_name, _ in classes]
     held = hold_checkpoint_names(cfg.checkpoint_path, names, cfg.log_path) if rank == 0 \

@@ -175,3 +175,10 @@ def test_score_rule_and_jitter_defaults_follow_the_recipe():
     assert RECIPES["ours"]["jitter"] == PHOTOMETRIC
     assert train.parse_args(["--data_path", ".", "--jitter", "none"]).jitter == ()
     assert Config.build("cpu", "ours").to_dict()["jitter"] == list(PHOTOMETRIC)  # plain types for checkpoints
+
+
+def test_outputs_inside_the_training_folder_are_refused(tmp_path, capsys):
+    data = tmp_path / "widget" / "train" / "good"
+    write_images(data, 4)
+    assert train.main(["--data_path", str(data), "--checkpoint_path", str(data / "ck"), *TINY]) == 2
+    assert "inside the input folder --data_path" in capsys.readouterr().err and not (data / "ck").exists()

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from model import DRAEM
 from utils.checkpoint import base_model_name, load_resume_state, resume_path, save_pair, save_resume_state
 from utils.cli import UsageError, distributed_env, resolve_amp, seed_everything
+from utils.config import Config
 from utils.data_loader import (SQUARE, RandomCrops, is_grayscale, list_images, load_images, load_images_at_scale,
                                split_files, validation_crops)
 from utils.detector import Scorer, autocast, image_scores, predict, score_kernel
@@ -140,7 +141,7 @@ class TrainState:
 @dataclass
 class Run:
     """What a run builds once and does not change."""
-    settings: object
+    settings: Config
     obj_name: str
     base: str  # checkpoint pair name
     config: dict  # stored in every checkpoint
