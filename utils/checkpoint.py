@@ -241,8 +241,8 @@ def _holder(path):
 class NameLock:
     """`with NameLock(folder, name, "train.py"): ...` holds `name` in `folder` or raises UsageError at once."""
 
-    def __init__(self, folder, name, what="train.py"):
-        self.path, self.name, self.what, self.fd = lock_path(folder, name), name, what, None
+    def __init__(self, folder, name):
+        self.path, self.name, self.fd = lock_path(folder, name), name, None
 
     def acquire(self):
         if fcntl is None:
@@ -256,7 +256,7 @@ class NameLock:
                 pid, _ = _holder(self.path)
                 who = f"process {pid}" if pid else "another process"
                 raise UsageError(f"{self.name} in {self.path.parent} is being written by {who} (another "
-                                 f"{self.what} run); wait for it to end or use another --checkpoint_path") from None
+                                 f"train.py or evaluate.py --recalibrate); wait for it to end or use another --checkpoint_path") from None
             if self._still_ours(fd):
                 break
             os.close(fd)
@@ -284,17 +284,17 @@ class NameLock:
         self.release()
 
 
-def lock_names(folder, names, what="train.py"):
+def lock_names(folder, names):
     """An ExitStack holding every name in `names` (all or none: a refused name releases those taken)."""
     stack = contextlib.ExitStack()
     with contextlib.ExitStack() as taking:
         for name in names:
-            taking.enter_context(NameLock(folder, name, what))
+            taking.enter_context(NameLock(folder, name))
         stack.push(taking.pop_all())
     return stack
 
 
-def hold_checkpoint_names(checkpoint_path, names, log_path=None, what="train.py"):
+def hold_checkpoint_names(checkpoint_path, names, log_path=None):
     """A run's start: create the checkpoint folder, hold every checkpoint name in it (UsageError naming the
     running process when another run holds one), then finish or remove what killed runs of these names left
     (there and in their run folders under `log_path`). Returns the ExitStack holding the locks."""
@@ -303,7 +303,7 @@ def hold_checkpoint_names(checkpoint_path, names, log_path=None, what="train.py"
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--checkpoint_path {folder}: cannot create it ({e.strerror})") from None
-    stack = lock_names(folder, names, what)
+    stack = lock_names(folder, names)
     recover(folder)
     if log_path is not None and Path(log_path).is_dir():
         for run_dir in Path(log_path).iterdir():

@@ -287,7 +287,7 @@ def write_calibration(checkpoint_path, base, calibration):
     are unchanged; the pair gets a new pair id, so two files from before and after are never taken for one pair.
     Returns the paths written.
     """
-    with hold_checkpoint_names(checkpoint_path, [base], what="evaluate.py --recalibrate"):
+    with hold_checkpoint_names(checkpoint_path, [base]):
         model, meta = load_pair(checkpoint_path, base)
         pair_id = f"{(meta.get('pair_id') or 'original').split('+')[0]}+recalibrated-{uuid.uuid4().hex[:8]}"
         paths = save_pair(model, Path(checkpoint_path), base, meta["config"], calibration, pair_id)
