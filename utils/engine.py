@@ -253,34 +253,42 @@ def setup_run(settings, obj_name, good_dir, device, command, stop=None):
     return run, state
 
 
-def checkpoint(run, state, row):
-    """Validate; on rank 0 write the last pair, the best pair when validation improved, the resume state and
-    the CSV row (`row` gets the validation metrics)."""
-    settings = run.settings
+def validate_run(run, state):
+    """(validation metrics, calibration) of the model now; under DDP every rank takes rank 0's BN statistics."""
     if run.world > 1:  # BN running stats are updated per rank; rank 0's are the ones DDP broadcasts
         for buf in state.model.buffers():
             dist.broadcast(buf, 0)
-    calib = {"threshold": None, "rule": "no validation images"}
-    model = state.model
-    scorer = Scorer.from_config(model, run.config)  # fp32, as detect.py scores
-    if run.val is not None:
-        metrics, calib = validate(scorer, run.val, settings.bs, settings.target_false_reject)
-        if run.whole_val:  # tiled: the threshold from whole held-out images, scored as detect.py scores them
-            calib = calibrate_threshold(image_scores(scorer, run.whole_val, settings.size, run.device),
-                                        settings.target_false_reject)
-        row.update(metrics)
-    if not run.is_main:
-        return
-    run_id = run.logger.run_dir.name
+    if run.val is None:
+        return {}, {"threshold": None, "rule": "no validation images"}
+    scorer = Scorer.from_config(state.model, run.config)  # fp32, as detect.py scores
+    metrics, calib = validate(scorer, run.val, run.settings.bs, run.settings.target_false_reject)
+    if run.whole_val:  # tiled: the threshold from whole held-out images, scored as detect.py scores them
+        calib = calibrate_threshold(image_scores(scorer, run.whole_val, run.settings.size, run.device),
+                                    run.settings.target_false_reject)
+    return metrics, calib
+
+
+def save_checkpoints(run, state, calib, row):
+    """Rank 0: the last pair, the best pair when validation improved, the resume state and the CSV row."""
+    settings, run_id = run.settings, run.logger.run_dir.name
     pair_id = f"{run_id}-s{state.step}"
-    save_pair(model, settings.checkpoint_path, run.base + "last", run.config, calib, pair_id, run_id, state.step)
+    save_pair(state.model, settings.checkpoint_path, run.base + "last", run.config, calib, pair_id, run_id,
+              state.step)
     # best by image AUROC + pixel AP on the synthetic validation set (nan counts as 0)
     score = sum(v for v in (row.get("val_image_auroc"), row.get("val_pixel_ap")) if v is not None and v == v)
     if run.val is None or score > state.best:
         state.best = score
-        save_pair(model, settings.checkpoint_path, run.base, run.config, calib, pair_id, run_id, state.step)
+        save_pair(state.model, settings.checkpoint_path, run.base, run.config, calib, pair_id, run_id, state.step)
     save_resume_state(resume_path(settings.checkpoint_path, run.base), state)
     run.logger.log_epoch(row)
+
+
+def checkpoint(run, state, row):
+    """Validate, then (rank 0) write; `row` gets the validation metrics."""
+    metrics, calib = validate_run(run, state)
+    row.update(metrics)
+    if run.is_main:
+        save_checkpoints(run, state, calib, row)
 
 
 def progress_row(state, epoch, sums, n, t0):
@@ -309,8 +317,12 @@ def stop_on_signal(run, state):
     raise run.stop.interrupted(f"resumable state {path} (continue with --resume)")
 
 
+class OutOfTime(Exception):
+    """--max_minutes reached; the state has just been checkpointed."""
+
+
 def train_epoch(run, state, t0):
-    """One pass over the training images from state.epoch: (its row, False), or (None, True) when out of time."""
+    """One pass over the training images from state.epoch: its metrics.csv row. Raises OutOfTime."""
     settings, sums, n = run.settings, {}, 0
     bar = tqdm(run.loader, desc=f"{run.obj_name} epoch {state.epoch + 1}/{settings.epochs}", disable=not run.is_main,
                leave=False)
@@ -333,8 +345,8 @@ def train_epoch(run, state, t0):
             checkpoint(run, state, progress_row(state, state.epoch + n / len(run.loader), sums, n, t0))
         if late:
             log.info("--max_minutes %s reached after %d steps", settings.max_minutes, state.step)
-            return None, True
-    return progress_row(state, state.epoch + 1, sums, max(n, 1), t0), False
+            raise OutOfTime
+    return progress_row(state, state.epoch + 1, sums, max(n, 1), t0)
 
 
 def run_epochs(run, state):
@@ -350,9 +362,7 @@ def run_epochs(run, state):
             if isinstance(run.loader.dataset, RandomCrops):
                 run.loader.dataset.set_epoch(epoch)  # this epoch's crop offsets, seeded by (seed, epoch)
             t_epoch = time.time()
-            row, late = train_epoch(run, state, t0)
-            if late:
-                return
+            row = train_epoch(run, state, t0)
             state.epoch = epoch + 1
             if not settings.val_every or (epoch + 1 == end_epoch and state.step % settings.val_every):
                 checkpoint(run, state, row)
@@ -362,6 +372,8 @@ def run_epochs(run, state):
                 log.info("epoch %d/%d  loss %.4f  val AUROC %s  (%.1fs)", epoch + 1, settings.epochs, row["loss"],
                          f"{row['val_image_auroc']:.3f}" if "val_image_auroc" in row else "-",
                          time.time() - t_epoch)
+    except OutOfTime:
+        return
     finally:
         if run.stop is not None:
             run.stop.armed = False
