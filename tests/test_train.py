@@ -182,3 +182,11 @@ def test_outputs_inside_the_training_folder_are_refused(tmp_path, capsys):
     write_images(data, 4)
     assert train.main(["--data_path", str(data), "--checkpoint_path", str(data / "ck"), *TINY]) == 2
     assert "inside the input folder --data_path" in capsys.readouterr().err and not (data / "ck").exists()
+
+
+def test_max_minutes_stops_after_a_step_with_a_checkpoint(tmp_path):
+    assert run_train(tmp_path, "--epochs", "3", "--max_minutes", "0.00001") == 0
+    base = base_model_name(0.0001, 3, 4, "widget")
+    rows = list(csv.DictReader(open(next((tmp_path / "logs").rglob("metrics.csv")))))
+    assert len(rows) == 1 and rows[0]["step"] == "1"
+    assert load_pair(tmp_path / "ckpt", base)[1]["calibration"]["threshold"] is not None
