@@ -109,14 +109,6 @@ def fraction(s):
     return v
 
 
-def non_negative_int(s):
-    """argparse type: an integer >= 0."""
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
-    return v
-
-
 def probability(s):
     """argparse type: a probability or share in [0, 1]."""
     v = float(s)
