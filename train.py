@@ -90,6 +90,9 @@ def add_model_flags(p, d):
     g.add_argument("--jitter", type=jitter_kinds, default=jitter,
                    help="normal variation of whole good images, input and target alike: none, photo "
                         "(brightness,contrast,gamma,blur,noise), geo (flip,rot90), all, or a comma list")
+    g.add_argument("--prior", choices=("features", "none"), default=d.prior,
+                   help="features: ImageNet features (EfficientNet-Lite0, from its wheel) of the training images "
+                        "as a memory bank, their novelty fused with DRAEM's map; none: DRAEM alone")
 
 
 def add_optimisation_flags(p, d):

@@ -1,10 +1,14 @@
 import io
+import math
 import socket
 
 import pytest
 import torch
 
-from model.feature_prior import (FEATURE_CHANNELS, FeaturePrior, fit_prior, greedy_coreset, load_backbone,
+import torch.nn.functional as F
+
+from model.feature_prior import (FEATURE_CHANNELS, GATE_FRACTION, FeaturePrior, PriorFusion, TailEvidence,
+                                 channel_averaging, fit_prior, fuse, greedy_coreset, load_backbone,
                                  nearest_distance)
 
 SIZE = 64  # the prior's side in these tests: an 8 x 8 novelty grid
@@ -90,7 +94,7 @@ def test_bank_state_round_trip_with_weights_only(backbone):
     torch.save(prior.bank_state(), buf)
     buf.seek(0)
     state = torch.load(buf, weights_only=True)
-    assert set(state) == {"bank", "size"} and state["bank"].dtype == torch.float16
+    assert set(state) == {"bank", "size", "channels"} and state["bank"].dtype == torch.float16
     again = FeaturePrior.from_bank_state(state, backbone)
     x = with_blob(surfaces(1, seed=1)[0])[None]
     assert torch.equal(prior(x), again(x))
@@ -134,3 +138,51 @@ def test_onnx_export_matches(backbone):
     session = ort.InferenceSession(buf.getvalue())
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     torch.testing.assert_close(torch.from_numpy(out), prior(x), rtol=1e-3, atol=1e-3)
+
+
+def test_tail_evidence_is_monotone_and_keeps_order_past_the_maximum():
+    values = torch.rand(20_000, generator=torch.Generator().manual_seed(0)) ** 3
+    tail = TailEvidence.fit(values)
+    x = torch.linspace(-1, 3, 4001)
+    e = tail(x)
+    assert (e[1:] >= e[:-1]).all() and e.min() >= 0
+    beyond = e[x > values.max()]
+    assert (beyond[1:] > beyond[:-1]).all()  # no ties past the good pixels' maximum
+    # inside the table: about -log of the share of good values above x
+    q = float(values.quantile(0.99))
+    assert abs(float(tail(torch.tensor(q))) - torch.log(torch.tensor(100.0))) < 0.2
+
+
+def test_tail_evidence_of_a_constant_map_is_a_step():
+    tail = TailEvidence.fit(torch.full((100,), 0.5))
+    e = tail(torch.tensor([0.0, 0.5, 0.6]))
+    assert e[0] == 0 and e[2] > e[1]
+
+
+def test_fused_map_is_in_unit_interval_and_draem_below_the_gate_adds_nothing():
+    nov = torch.tensor([0.0, 1.0, 5.0])
+    below = torch.full((3,), math.log(1 / GATE_FRACTION) - 0.1)
+    assert torch.allclose(fuse(nov, below), nov / (nov + math.log(1000)))
+    above = fuse(nov, torch.full((3,), 20.0))
+    assert (above > fuse(nov, below)).all() and above.max() < 1 and above.min() >= 0
+    strong = fuse(torch.tensor([40.0, 60.0]), torch.zeros(2))
+    assert strong[1] > strong[0]  # strong defects keep their order (no float32 ties at 1)
+
+
+def test_channel_averaging_matches_adaptive_pooling():
+    x = torch.rand(5, FEATURE_CHANNELS)
+    ref = F.adaptive_avg_pool1d(x[:, None], 64)[:, 0]
+    assert torch.allclose(x @ channel_averaging(FEATURE_CHANNELS, 64), ref, atol=1e-6)
+
+
+def test_prior_fusion_round_trip_with_weights_only(backbone):
+    prior = fit_prior([surfaces(3)], size=SIZE, coreset=50, backbone=backbone, channels=64)
+    held = prior(surfaces(2, seed=1))
+    fusion = PriorFusion(prior, TailEvidence.fit(held), TailEvidence.fit(torch.rand(1000)))
+    buf = io.BytesIO()
+    torch.save(fusion.state(), buf)
+    buf.seek(0)
+    again = PriorFusion.from_state(torch.load(buf, weights_only=True), backbone)
+    x, d = with_blob(surfaces(1, seed=2)[0])[None], torch.rand(1, SIZE, SIZE)
+    assert again.features.bank.shape == (50, 64)
+    assert torch.equal(again(x, d), fusion(x, d))

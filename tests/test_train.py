@@ -13,7 +13,10 @@ from utils.checkpoint import base_model_name, load_pair, pair_paths
 from utils.data_loader import resolve_classes
 from utils.cli import init_distributed
 from utils.config import PRESETS, RECIPES, Config
-from utils.engine import train_class
+from utils.data_loader import list_images, split_files
+from utils.detector import Detector, anomaly_map
+from utils.engine import calibrate_threshold, train_class
+from model.feature_prior import REDUCED_CHANNELS
 from utils.synthesis.simulation import PHOTOMETRIC
 
 TINY = ["--size", "32", "--rec_base_width", "4", "--seg_base_width", "2", "--bs", "4", "--amp", "off"]
@@ -190,3 +193,34 @@ def test_max_minutes_stops_after_a_step_with_a_checkpoint(tmp_path):
     rows = list(csv.DictReader(open(next((tmp_path / "logs").rglob("metrics.csv")))))
     assert len(rows) == 1 and rows[0]["step"] == "1"
     assert load_pair(tmp_path / "ckpt", base)[1]["calibration"]["threshold"] is not None
+
+
+def test_prior_pair_loads_with_weights_only_and_detect_scores_as_calibration_did(tmp_path):
+    assert run_train(tmp_path, "--epochs", "1") == 0  # recipe ours: --prior features
+    base = base_model_name(0.0001, 1, 4, "widget")
+    prior = torch.load(pair_paths(tmp_path / "ckpt", base)[1], weights_only=True)["prior"]
+    assert prior["bank"].dtype == torch.float16 and prior["bank"].shape[1] == REDUCED_CHANNELS
+    assert prior["bank"].numel() * 2 < 20e6 and {"knots", "evidence", "beta"} <= set(prior["draem_tail"])
+    detector = Detector.from_checkpoint(tmp_path / "ckpt", base)
+    assert detector.scorer.prior is not None
+    amap = detector.score(torch.rand(32, 32, 3).numpy())["anomaly_map"][0]
+    assert amap.shape == (32, 32) and 0 <= amap.min() and amap.max() < 1
+    # one path: the held-out images scored by detect.py give the threshold training calibrated
+    held = split_files(list_images(tmp_path / "widget" / "train" / "good"), 0.1, 0)[1]
+    again = calibrate_threshold(detector.score_files(held), 0.02)["threshold"]
+    assert again == pytest.approx(detector.threshold, rel=1e-5, abs=1e-6)
+
+
+def test_prior_none_scores_as_draem_alone(tmp_path):
+    assert run_train(tmp_path, "--epochs", "1", "--prior", "none") == 0
+    base = base_model_name(0.0001, 1, 4, "widget")
+    assert "prior" not in torch.load(pair_paths(tmp_path / "ckpt", base)[1], weights_only=True)
+    detector = Detector.from_checkpoint(tmp_path / "ckpt", base)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    maps = torch.stack(detector.predict(list(x))["anomaly_map"])
+    with torch.inference_mode():
+        assert torch.equal(maps, anomaly_map(detector.scorer.draem(x)[1]))  # bit-identical: DRAEM's softmax
+
+
+def test_paper_recipe_has_no_prior():
+    assert Config.build("cpu", "paper").prior == "none" and Config.build("cpu", "ours").prior == "features"

@@ -6,6 +6,8 @@ dict of tensors and plain types (loadable with `torch.load(..., weights_only=Tru
     {"format_version": 1, "kind": "reconstructive" | "discriminative", "pair_id": str, "run_id": str,
      "step": int, "state_dict": {...}, "config": {rec_base_width, seg_base_width, in_channels, size, grayscale, ...},
      "calibration": {"threshold": float | None, "rule": str, ...}}
+and `_seg.pt` of a pair trained with the feature prior also "prior": {"bank": fp16 (N, C), "size", "channels",
+"novelty_tail" / "draem_tail": {"knots", "evidence", "beta"}, "gate"} (model/feature_prior.py PriorFusion).
 The authors' released files (`*.pckl`, raw state dicts, widths 128/64, 256 px, RGB) load too.
 
 A pair is written as a unit (`utils.files.atomic_group`): after a crash at any moment both files are the old
@@ -57,8 +59,9 @@ def atomic_save(obj, path):
         torch.save(obj, f)
 
 
-def save_pair(model, checkpoint_path, base, config, calibration, pair_id, run_id=None, step=None):
-    """Write `{base}.pt` and `{base}_seg.pt` of a DRAEM module (unwrapped from DDP by the caller) as one unit."""
+def save_pair(model, checkpoint_path, base, config, calibration, pair_id, run_id=None, step=None, prior=None):
+    """Write `{base}.pt` and `{base}_seg.pt` of a DRAEM module (unwrapped from DDP by the caller) as one unit.
+    prior: the feature prior's state (model/feature_prior.py PriorFusion.state()), kept in `_seg.pt`."""
     paths = pair_paths(checkpoint_path, base)
     objs = []
     for kind, net in (("reconstructive", model.reconstructive), ("discriminative", model.discriminative)):
@@ -66,6 +69,8 @@ def save_pair(model, checkpoint_path, base, config, calibration, pair_id, run_id
         objs.append({"format_version": FORMAT_VERSION, "kind": kind, "pair_id": pair_id,
                      "run_id": run_id if run_id is not None else pair_id, "step": step, "state_dict": state,
                      "config": dict(config), "calibration": dict(calibration)})
+    if prior is not None:
+        objs[1]["prior"] = prior
     atomic_group(paths, lambda f, i: torch.save(objs[i], f))
     return paths
 
@@ -222,7 +227,7 @@ def load_pair(checkpoint_path, base):
                 "calibration": {"threshold": None, "rule": "none (original checkpoint)"}, "original": True}
     else:
         meta = {"config": rec_meta["config"], "calibration": rec_meta["calibration"], "original": False,
-                "pair_id": rec_meta["pair_id"]}
+                "pair_id": rec_meta["pair_id"], "prior": seg_meta.get("prior")}
     return model.eval(), meta
 
 

@@ -17,10 +17,12 @@ PRESETS = {
 }
 # Anomaly simulation, image score and init. "paper" is the method as published; "ours" adds what the README's
 # ablation kept: cracks and pits (DefectSynthesizer), photometric jitter, the mean of the hottest 0.3% of the
-# map as the image score, the mean-filter kernel scaled with the image size, and the focal prior of the head.
+# map as the image score, the mean-filter kernel scaled with the image size, the focal prior of the head, and the
+# pretrained feature prior fused with DRAEM's map (model/feature_prior.py; "none": DRAEM alone).
 RECIPES = {
-    "paper": dict(jitter=(), score_top_fraction=0.0, scaled_kernel=False, anomaly_prior=None),
-    "ours": dict(jitter=PHOTOMETRIC, score_top_fraction=0.003, scaled_kernel=True, anomaly_prior=0.01),
+    "paper": dict(jitter=(), score_top_fraction=0.0, scaled_kernel=False, anomaly_prior=None, prior="none"),
+    "ours": dict(jitter=PHOTOMETRIC, score_top_fraction=0.003, scaled_kernel=True, anomaly_prior=0.01,
+                 prior="features"),
 }
 
 
@@ -55,6 +57,7 @@ class Config:
     score_top_fraction: float = 0.003
     scaled_kernel: bool = True
     anomaly_prior: float | None = 0.01
+    prior: str = "features"  # "features": ImageNet feature novelty fused with DRAEM's map; "none": DRAEM alone
     # output
     checkpoint_path: str = "./checkpoints/"
     log_path: str = "./logs/"

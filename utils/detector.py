@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.feature_prior import PriorFusion
 from utils.checkpoint import load_pair
 from utils.data_loader import DEFAULT_MAX_PIXELS, image_to_tensor, pad_to_tile, read_image, scale_of
 
@@ -85,27 +86,32 @@ def autocast(device, dtype):
 
 
 class Scorer(nn.Module):
-    """A DRAEM module and its score rule: images (B, 3, H, W) in [0, 1] -> reconstruction (B, 3, H, W) in [0, 1]
-    and anomaly map (B, H, W), fp32; `score(maps)` -> (B,).
+    """A DRAEM module, its feature prior if any, and its score rule: images (B, 3, H, W) in [0, 1] ->
+    reconstruction (B, 3, H, W) in [0, 1] and anomaly map (B, H, W) in [0, 1], fp32; `score(maps)` -> (B,).
 
     kernel, top_fraction: `image_score`'s rule; amp_dtype: autocast of the networks (None: fp32). The map and the
-    score are always computed in fp32.
+    score are always computed in fp32. prior: a model.feature_prior.PriorFusion, whose fused map (DRAEM's map and
+    the feature novelty, model/feature_prior.py `fuse`) replaces DRAEM's; None: DRAEM's map as it is.
     """
 
-    def __init__(self, draem, kernel=SCORE_KERNEL, top_fraction=0.0, amp_dtype=None):
+    def __init__(self, draem, kernel=SCORE_KERNEL, top_fraction=0.0, amp_dtype=None, prior=None):
         super().__init__()
         self.draem, self.kernel, self.top_fraction, self.amp_dtype = draem, kernel, top_fraction, amp_dtype
+        self.prior = prior
 
     @classmethod
-    def from_config(cls, draem, config, amp_dtype=None):
+    def from_config(cls, draem, config, amp_dtype=None, prior=None):
         """The rule a checkpoint's config records (the authors' pairs: 21 px, max of the filtered map)."""
         return cls(draem, int(config.get("score_kernel", SCORE_KERNEL)),
-                   float(config.get("score_top_fraction", 0.0)), amp_dtype)
+                   float(config.get("score_top_fraction", 0.0)), amp_dtype, prior)
 
     def forward(self, images):
         with autocast(images.device, self.amp_dtype):
             rec, logits = self.draem(images)
-        return rec.float().clamp(0, 1), anomaly_map(logits)  # fp32 softmax
+        amap = anomaly_map(logits)  # fp32 softmax
+        if self.prior is not None:
+            amap = self.prior(images.float(), amap)
+        return rec.float().clamp(0, 1), amap
 
     def score(self, maps):
         return image_score(maps, self.kernel, self.top_fraction)
@@ -224,6 +230,15 @@ def predict(scorer, images, tile, device, tile_batch=16, with_reconstruction=Tru
             "score": [scorer.score(o["anomaly_map"][None])[0] for o in outs]}
 
 
+@torch.inference_mode()
+def raw_maps(map_fn, images, tile, device, tile_batch=16):
+    """Whole-image maps of `map_fn` (tiles (B, 3, t, t) -> (B, t, t)), tiled and stitched as `predict` does:
+    images (3, H_i, W_i), uint8 or float in [0, 1] -> a list of (H_i, W_i) fp32 on `device`."""
+    images = [im.float() / 255 if im.dtype == torch.uint8 else im for im in images]
+    outs = stitch_all(images, lambda tiles: (map_fn(tiles), None), tile, tile_batch=tile_batch, device=device)
+    return [o["anomaly_map"] for o in outs]
+
+
 def image_scores(scorer, images, tile, device, tile_batch=16):
     """(N,) scores of uint8 images (3, H_i, W_i) at the working scale, one image at a time as detect.py scores
     them (the model in eval mode meanwhile; its training mode is restored)."""
@@ -240,7 +255,8 @@ class Detector:
 
     def __init__(self, model, meta, device, amp_dtype=None, bs=16, max_pixels=DEFAULT_MAX_PIXELS):
         self.device, self.bs, self.max_pixels = torch.device(device), bs, max_pixels
-        self.scorer = Scorer.from_config(model.to(self.device).eval(), meta["config"], amp_dtype).eval()
+        prior = PriorFusion.from_state(meta["prior"]).to(self.device) if meta.get("prior") else None
+        self.scorer = Scorer.from_config(model.to(self.device).eval(), meta["config"], amp_dtype, prior).eval()
         self.meta = meta
         self.size = int(meta["config"]["size"])
         self.scale = scale_of(meta["config"])  # "square" (whole image resized), "native" or a longer side N

@@ -20,12 +20,13 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
 from model import DRAEM
+from model.feature_prior import REDUCED_CHANNELS, PriorFusion, TailEvidence, fit_prior
 from utils.checkpoint import base_model_name, load_resume_state, resume_path, save_pair, save_resume_state
 from utils.cli import UsageError, distributed_env, resolve_amp, seed_everything
 from utils.config import Config
 from utils.data_loader import (SQUARE, RandomCrops, is_grayscale, list_images, load_images, load_images_at_scale,
                                split_files, validation_crops)
-from utils.detector import Scorer, autocast, image_scores, predict, score_kernel
+from utils.detector import Scorer, autocast, image_scores, predict, raw_maps, score_kernel
 from utils.evaluation import fit_threshold
 from utils.loss import DraemLoss
 from utils.metrics import image_auroc, pixel_ap
@@ -104,18 +105,24 @@ def calibrate_threshold(normal_scores, target_false_reject):
     return fit_threshold(torch.as_tensor(normal_scores, dtype=torch.float64).numpy(), target_false_reject)
 
 
-def validate(scorer, val, bs, target_false_reject):
+def validate(scorer, val, bs, target_false_reject, prior=None, novelty=None):
     """Image AUROC and pixel AP on the synthetic validation set, plus the calibration from its normal half.
 
     Scored in fp32 whatever the training precision: the threshold must fit the scores detect.py computes.
+    scorer: DRAEM alone; prior (PriorFusion) and novelty (its maps of val["images"], which are fixed, so computed
+    once per run): the DRAEM maps are fused as the Scorer with this prior fuses them (one tile per image).
     """
     scorer.eval()
     images, tile = val["images"], val["images"].shape[-1]
     scores, maps = [], []
     for i in range(0, len(images), bs):
         out = predict(scorer, list(images[i:i + bs]), tile, images.device, bs, with_reconstruction=False)
-        scores += [s.cpu() for s in out["score"]]
-        maps += [m.cpu() for m in out["anomaly_map"]]
+        batch = torch.stack(out["anomaly_map"])  # (B, S, S)
+        if prior is not None:
+            with torch.inference_mode():
+                batch = prior.fuse(novelty[i:i + bs].to(batch.device), batch)
+        scores += list(scorer.score(batch).cpu())
+        maps += list(batch.cpu())
     scorer.train()
     scores, maps = torch.stack(scores), torch.stack(maps)
     labels, masks = val["labels"].cpu().numpy(), val["masks"][:, 0].cpu().numpy()
@@ -159,6 +166,8 @@ class Run:
     train_model: torch.nn.Module  # the model, DDP-wrapped when distributed
     logger: TrainingLogger
     stop: object = None  # utils.signals.StopOnSignal: Ctrl-C / SIGTERM end the run after a step
+    prior: PriorFusion | None = None  # --prior features: bank and novelty tail fixed, DRAEM's tail refitted
+    val_novelty: torch.Tensor | None = None  # the prior's novelty maps of val["images"] (N, S, S)
 
     @property
     def is_main(self):
@@ -250,7 +259,46 @@ def setup_run(settings, obj_name, good_dir, device, command, stop=None):
     train_model = DDP(state.model) if world > 1 else state.model
     run = Run(settings, obj_name, base, config, device, amp_dtype, rank, world, loader, sampler, synthesizer,
               DraemLoss().to(device), scaler, val, whole_val, train_model, logger, stop)
+    if settings.prior == "features":
+        run.prior, run.val_novelty = fit_run_prior(settings, train_set, val, whole_val, device)
     return run, state
+
+
+def bank_images(train_set, settings):
+    """uint8 (N, 3, S, S) the bank is fitted on: the training images (square), else fixed crops of them, the tiles
+    detect.py scores."""
+    if isinstance(train_set, RandomCrops):
+        return validation_crops(train_set.images, settings.size, settings.seed)
+    return train_set.tensors[0]
+
+
+def fit_run_prior(settings, train_set, val, whole_val, device, bs=32):
+    """--prior features: (PriorFusion with the bank of the training images and the novelty tail of the held-out
+    good images, its novelty maps of the validation set), or (None, None) without held-out images."""
+    if val is None:
+        log.warning("no held-out images: the feature prior needs them for its tail tables; DRAEM alone")
+        return None, None
+    t0, images = time.time(), bank_images(train_set, settings)
+    features = fit_prior((images[i:i + bs].float() / 255 for i in range(0, len(images), bs)), seed=settings.seed,
+                         channels=REDUCED_CHANNELS, device=device)
+    with torch.inference_mode():
+        novelty = torch.cat([features(val["images"][i:i + bs]) for i in range(0, len(val["images"]), bs)])
+    goods = whole_val if whole_val else list(val["images"][:val["n_normal"]])
+    held = novelty[:val["n_normal"]] if not whole_val else raw_maps(features, goods, settings.size, device)
+    prior = PriorFusion(features, TailEvidence.fit(torch.cat([m.flatten() for m in held])))
+    log.info("feature prior: bank %d x %d from %d images in %.1fs", *features.bank.shape, len(images),
+             time.time() - t0)
+    return prior, novelty
+
+
+def refit_draem_tail(run, scorer):
+    """DRAEM's tail table from its maps of the held-out good images now (it changes as DRAEM trains)."""
+    val = run.val
+    goods = run.whole_val if run.whole_val else list(val["images"][:val["n_normal"]])
+    scorer.eval()
+    maps = raw_maps(lambda tiles: scorer(tiles)[1], goods, run.settings.size, run.device)
+    scorer.train()
+    run.prior.draem_tail = TailEvidence.fit(torch.cat([m.flatten() for m in maps])).to(run.device)
 
 
 def validate_run(run, state):
@@ -260,10 +308,14 @@ def validate_run(run, state):
             dist.broadcast(buf, 0)
     if run.val is None:
         return {}, {"threshold": None, "rule": "no validation images"}
-    scorer = Scorer.from_config(state.model, run.config)  # fp32, as detect.py scores
-    metrics, calib = validate(scorer, run.val, run.settings.bs, run.settings.target_false_reject)
+    scorer = Scorer.from_config(state.model, run.config)  # fp32, as detect.py scores; DRAEM alone
+    if run.prior is not None:
+        refit_draem_tail(run, scorer)
+    metrics, calib = validate(scorer, run.val, run.settings.bs, run.settings.target_false_reject, run.prior,
+                              run.val_novelty)
     if run.whole_val:  # tiled: the threshold from whole held-out images, scored as detect.py scores them
-        calib = calibrate_threshold(image_scores(scorer, run.whole_val, run.settings.size, run.device),
+        whole = Scorer.from_config(state.model, run.config, prior=run.prior)
+        calib = calibrate_threshold(image_scores(whole, run.whole_val, run.settings.size, run.device),
                                     run.settings.target_false_reject)
     return metrics, calib
 
@@ -272,13 +324,15 @@ def save_checkpoints(run, state, calib, row):
     """Rank 0: the last pair, the best pair when validation improved, the resume state and the CSV row."""
     settings, run_id = run.settings, run.logger.run_dir.name
     pair_id = f"{run_id}-s{state.step}"
+    prior = run.prior.state() if run.prior is not None else None
     save_pair(state.model, settings.checkpoint_path, run.base + "last", run.config, calib, pair_id, run_id,
-              state.step)
+              state.step, prior)
     # best by image AUROC + pixel AP on the synthetic validation set (nan counts as 0)
     score = sum(v for v in (row.get("val_image_auroc"), row.get("val_pixel_ap")) if v is not None and v == v)
     if run.val is None or score > state.best:
         state.best = score
-        save_pair(state.model, settings.checkpoint_path, run.base, run.config, calib, pair_id, run_id, state.step)
+        save_pair(state.model, settings.checkpoint_path, run.base, run.config, calib, pair_id, run_id, state.step,
+                  prior)
     save_resume_state(resume_path(settings.checkpoint_path, run.base), state)
     run.logger.log_epoch(row)
 
