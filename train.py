@@ -102,7 +102,8 @@ def add_optimisation_flags(p, d):
     g.add_argument("--epochs", type=positive_int, default=d.epochs,
                    help="passes over the training images; lr x0.2 at 80%% and 90%%")
     g.add_argument("--max_minutes", type=positive_float, default=d.max_minutes,
-                   help="stop after this many minutes of training (the schedule still assumes --epochs)")
+                   help="the run's length in minutes (decoding, bank fit and validations included): as many "
+                        "steps as fit, at most --epochs, with the lr decays at 80%% and 90%% of them")
     g.add_argument("--amp", choices=AMP_CHOICES, default=d.amp,
                    help="mixed precision: auto = bf16 on CPUs with native bf16 and on GPUs, else fp32")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed (data order, synthesis, init)")

@@ -4,7 +4,10 @@ import torch
 
 from model import DRAEM
 from utils.checkpoint import load_resume_state, save_resume_state
-from utils.engine import Diverged, TrainState, calibrate_threshold, loss_values, make_optimizer
+from tests.conftest import write_images
+from utils.config import Config
+from utils.engine import (Diverged, TrainState, calibrate_threshold, loss_values, make_optimizer, run_epochs,
+                          set_milestones, setup_run, steps_that_fit)
 
 
 def _state(seed):
@@ -53,3 +56,40 @@ def test_resume_state_round_trip(tmp_path):
     torch.save({"model": {}}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="missing optimizer"):
         load_resume_state(tmp_path / "bad.pt", _state(1))
+
+
+def test_steps_that_fit_pay_each_step_its_share_of_checkpoints_and_the_last_in_full():
+    assert steps_that_fit(100, 1.0, 0.0, 10) == 100
+    assert steps_that_fit(100, 1.0, 10.0, 10) == 45  # (100 - 10) / (1 + 1)
+    assert steps_that_fit(5, 1.0, 10.0, 10) == 0
+
+
+def test_set_milestones_moves_the_decays_after_the_current_step():
+    optimizer, scheduler = make_optimizer(torch.nn.Linear(1, 1), 1.0, total_steps=1000)
+    assert set_milestones(scheduler, 100, 0) == 100 and sorted(scheduler.milestones) == [80, 90]
+    assert set_milestones(scheduler, 10, 20) > 22 and min(scheduler.milestones) == 21
+
+
+class FakeClock:
+    """Seconds that advance by `tick` at every reading: the run's time is its number of clock readings."""
+
+    def __init__(self, tick):
+        self.t, self.tick = 0.0, tick
+
+    def __call__(self):
+        self.t += self.tick
+        return self.t
+
+
+def test_max_minutes_fixes_the_steps_so_the_run_ends_in_time_with_its_decays(tmp_path):
+    data = tmp_path / "widget" / "train" / "good"
+    write_images(data, 12)
+    cfg = Config.build("cpu", "ours", data_path=str(data), size=32, rec_base_width=4, seg_base_width=2, bs=2,
+                       amp="off", epochs=100, max_minutes=0.01, prior="none", lr=1.0,
+                       checkpoint_path=str(tmp_path / "ck"), log_path=str(tmp_path / "logs"))
+    clock = FakeClock(0.01)  # a budget of 60 readings: about 40 steps
+    run, state = setup_run(cfg, "widget", data, torch.device("cpu"), ["train.py"], clock=clock)
+    run_epochs(run, state)
+    assert state.step == run.total_steps < run.max_steps  # the budget ended it, not the epochs
+    assert 0.45 < clock.t <= 0.6 + 0.02  # it used most of its budget and no more (a reading past the check)
+    assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.04)  # both decays done

@@ -10,6 +10,7 @@ utils/checkpoint.py. `settings` is a utils.config.Config.
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +131,60 @@ def validate(scorer, val, bs, target_false_reject, prior=None, novelty=None):
             calibrate_threshold(scores[:val["n_normal"]], target_false_reject))
 
 
+# ------------------------------------------------------------------------------------------ the budget
+PLAN_AFTER_STEPS = 20  # the first plan of a --max_minutes run, from the time of its first steps
+
+
+@dataclass
+class Budget:
+    """--max_minutes as a number of steps. `clock` (seconds) is time.monotonic, or a fake one in tests; `start`
+    is the run's start (the bank fit and every validation count); the plan is revised after PLAN_AFTER_STEPS
+    steps and after each checkpoint until the first decay, from the measured time per step and per checkpoint."""
+    seconds: float | None  # None: no budget
+    clock: object = time.monotonic
+    start: float = 0.0
+    train_start: float | None = None  # clock when the first step of this process began
+    first_step: int = 0
+    checkpoint_s: float = 0.0  # the last checkpoint's duration
+    checkpoints_s: float = 0.0  # all checkpoints' durations since train_start
+
+
+def steps_that_fit(seconds_left, step_s, checkpoint_s, steps_per_checkpoint):
+    """How many more steps end within `seconds_left`: each step costs step_s plus its share of a checkpoint,
+    and the last checkpoint is paid in full."""
+    per_step = step_s + checkpoint_s / max(1, steps_per_checkpoint)
+    return max(0, int((seconds_left - checkpoint_s) / max(per_step, 1e-9)))
+
+
+def set_milestones(scheduler, total, step):
+    """The x0.2 decays at 80% and 90% of `total` steps, each after `step` (MultiStepLR counts its steps)."""
+    m1 = max(int(total * 0.8), step + 1)
+    m2 = max(int(total * 0.9), m1 + 1)
+    scheduler.milestones = Counter([m1, m2])
+    return max(total, m2 + 1)
+
+
+def replan(run, state):
+    """Fix run.total_steps so the run ends within --max_minutes with its decays done; rank 0 decides under DDP."""
+    b = run.budget
+    if not b.seconds or b.train_start is None or state.step <= b.first_step:
+        return
+    if state.step >= min(state.scheduler.milestones):  # the first decay is done: the plan is final
+        return
+    now = b.clock()
+    step_s = (now - b.train_start - b.checkpoints_s) / (state.step - b.first_step)
+    every = run.settings.val_every or len(run.loader)
+    left = steps_that_fit(b.seconds - (now - b.start), step_s, b.checkpoint_s, every)
+    total = min(run.max_steps, state.step + left)
+    if run.world > 1:
+        t = torch.tensor([float(total)], device=run.device)
+        dist.broadcast(t, 0)
+        total = int(t.item())
+    run.total_steps = set_milestones(state.scheduler, total, state.step)
+    log.info("--max_minutes %s: %d steps in all (%.2fs a step, %.1fs a checkpoint)", run.settings.max_minutes,
+             run.total_steps, step_s, b.checkpoint_s)
+
+
 # ------------------------------------------------------------------------------------------- the run
 @dataclass
 class TrainState:
@@ -167,6 +222,9 @@ class Run:
     logger: TrainingLogger
     stop: object = None  # utils.signals.StopOnSignal: Ctrl-C / SIGTERM end the run after a step
     prior: PriorFusion | None = None  # --prior features: bank and novelty tail fixed, DRAEM's tail refitted
+    budget: Budget = None
+    max_steps: int = 0  # --epochs of steps
+    total_steps: int = 0  # where the run ends: max_steps, or the steps --max_minutes allows
     val_novelty: torch.Tensor | None = None  # the prior's novelty maps of val["images"] (N, S, S)
 
     @property
@@ -233,8 +291,10 @@ def build_state(settings, data, device, rank, world):
     return TrainState(model, optimizer, scheduler, loader_gen, synth_gen), loader, sampler
 
 
-def setup_run(settings, obj_name, good_dir, device, command, stop=None):
-    """Everything one class's training needs: (Run, TrainState), the state resumed when --resume is set."""
+def setup_run(settings, obj_name, good_dir, device, command, stop=None, clock=time.monotonic):
+    """Everything one class's training needs: (Run, TrainState), the state resumed when --resume is set.
+    clock: seconds for the --max_minutes budget (a fake one in tests)."""
+    budget = Budget(settings.max_minutes * 60 if settings.max_minutes else None, clock, clock())
     rank, _, world = distributed_env()
     amp_dtype = resolve_amp(settings.amp, device)
     (train_set, val_images, whole_val), grayscale, synthesizer = load_class_data(settings, good_dir, device)
@@ -261,6 +321,8 @@ def setup_run(settings, obj_name, good_dir, device, command, stop=None):
               DraemLoss().to(device), scaler, val, whole_val, train_model, logger, stop)
     if settings.prior == "features":
         run.prior, run.val_novelty = fit_run_prior(settings, train_set, val, whole_val, device)
+    run.budget, run.max_steps = budget, settings.epochs * len(loader)
+    run.total_steps = run.max_steps
     return run, state
 
 
@@ -338,11 +400,16 @@ def save_checkpoints(run, state, calib, row):
 
 
 def checkpoint(run, state, row):
-    """Validate, then (rank 0) write; `row` gets the validation metrics."""
+    """Validate, then (rank 0) write; `row` gets the validation metrics. Timed for the budget, then replanned."""
+    t0 = run.budget.clock()
     metrics, calib = validate_run(run, state)
     row.update(metrics)
     if run.is_main:
         save_checkpoints(run, state, calib, row)
+    run.budget.checkpoint_s = run.budget.clock() - t0
+    run.budget.checkpoints_s += run.budget.checkpoint_s
+    if state.step < run.total_steps:
+        replan(run, state)
 
 
 def progress_row(state, epoch, sums, n, t0):
@@ -351,11 +418,13 @@ def progress_row(state, epoch, sums, n, t0):
             **{k: v / n for k, v in sums.items()}, "seconds": round(time.time() - t0, 1)}
 
 
-def should_stop(run, t0):
-    """(--max_minutes reached, a signal asked to stop); under DDP every rank must agree, or the ranks stop at
-    different steps and hang."""
-    minutes = run.settings.max_minutes
-    flags = [bool(minutes) and time.time() - t0 > minutes * 60, run.stop is not None and run.stop.requested]
+def should_stop(run, state):
+    """(the planned steps done or --max_minutes passed, a signal asked to stop); under DDP every rank must agree,
+    or the ranks stop at different steps and hang."""
+    b = run.budget
+    over = bool(b.seconds) and b.clock() - b.start > b.seconds  # only when the plan was badly off
+    planned_end = run.total_steps < run.max_steps and state.step >= run.total_steps  # else the epochs end it
+    flags = [planned_end or over, run.stop is not None and run.stop.requested]
     if run.world > 1:
         t = torch.tensor([float(f) for f in flags], device=run.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -381,6 +450,8 @@ def train_epoch(run, state, t0):
     bar = tqdm(run.loader, desc=f"{run.obj_name} epoch {state.epoch + 1}/{settings.epochs}", disable=not run.is_main,
                leave=False)
     for (batch,) in bar:
+        if run.budget.train_start is None:
+            run.budget.train_start, run.budget.first_step = run.budget.clock(), state.step
         batch = prepare_batch(batch, run.device, settings.channels_last)
         if settings.jitter:  # the jittered good image is the input and the reconstruction target alike
             batch = jitter_images(batch, state.synth_gen, settings.jitter)
@@ -392,13 +463,15 @@ def train_epoch(run, state, t0):
             sums[k] = sums.get(k, 0.0) + v
         n += 1
         bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
-        late, signalled = should_stop(run, t0)
+        if state.step == run.budget.first_step + PLAN_AFTER_STEPS:
+            replan(run, state)
+        late, signalled = should_stop(run, state)
         if signalled:
             stop_on_signal(run, state)
         if (settings.val_every and state.step % settings.val_every == 0) or late:
             checkpoint(run, state, progress_row(state, state.epoch + n / len(run.loader), sums, n, t0))
         if late:
-            log.info("--max_minutes %s reached after %d steps", settings.max_minutes, state.step)
+            log.info("the run ends after %d steps (--max_minutes %s)", state.step, settings.max_minutes)
             raise OutOfTime
     return progress_row(state, state.epoch + 1, sums, max(n, 1), t0)
 

@@ -53,7 +53,8 @@ def export_onnx(detector, path, check=True):
     path = Path(path)
     # A CPU fp32 copy: the detector itself stays on its device, and autocast plays no part in the graph.
     s = detector.scorer
-    scorer = ExportGraph(Scorer(copy.deepcopy(s.draem).cpu().float(), s.kernel, s.top_fraction)).eval()
+    prior = None if s.prior is None else copy.deepcopy(s.prior).cpu().float()  # the feature prior rides along
+    scorer = ExportGraph(Scorer(copy.deepcopy(s.draem).cpu().float(), s.kernel, s.top_fraction, prior=prior)).eval()
     example = _random_batch(2, detector.size, seed=0)
     atomic_write_bytes(path, _export_bytes(scorer, example))
     log.info("exported %s (input image (B, 3, %d, %d) in [0, 1] -> anomaly_map, score)%s", path, detector.size,
