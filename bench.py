@@ -12,6 +12,9 @@ Measures, per configuration (size, widths, batch) and precision:
     plus utils.data_loader.read_image (decode + resize) on its own;
   * tiled detection (--scale native) of a (2 size) x (8 size) image through Detector.predict: tiles/s and
     ms per megapixel (overlapping tiles, stitching and the score of the stitched map included);
+  * the feature prior (--prior features, fp32): bank fit seconds per 1000 training images (features of
+    --prior_images generated images + the coreset, extrapolated linearly), bank MB, detection ms/image with the
+    prior against DRAEM alone and their ratio (the target: <= 2);
   * the peak memory, and the largest |score| difference between fp32 and bf16 detection.
 Timings: warm-up steps excluded, median over --iters steps, e2e and bare steps interleaved so that a change of
 machine load hits both. With --json the last stdout line is one JSON object.
@@ -35,6 +38,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from model import DRAEM, weights_init
+from model.feature_prior import CORESET_SIZE, PRIOR_SIZE, PriorFusion, TailEvidence, fit_prior
 from utils.cli import cpu_has_native_bf16, positive_int, resolve_amp, seed_everything, size_arg
 from utils.config import PRESETS, Config
 from utils.data_loader import read_image
@@ -57,6 +61,7 @@ STEPS = {"cpu": {"cpu": (1, 3), "paper": (1, 1), "tiny": (1, 1)},  # (warm-up, t
 DETECT_STEPS = {"cpu": (2, 10), "cuda": (5, 50)}
 PRECISIONS = {"fp32": "off", "bf16": "bf16"}  # name -> train.py's --amp value
 N_SCORE_IMAGES = 4  # images scored in fp32 and bf16 for the score-difference check
+PRIOR_IMAGES = 64  # generated images the bank-fit timing fits on (tiny: 4)
 
 
 def parse_args(argv=None):
@@ -262,6 +267,29 @@ def bench_tiled(model, cfg, amp_dtype, device, warmup, iters, seed):
             "ms_per_megapixel": 1000 * t / (16 * size * size / 1e6)}
 
 
+def bench_prior(model, cfg, device, warmup, iters, seed, n_images):
+    """The feature prior: bank fit s per 1000 images, bank MB, detect ms with it vs DRAEM alone (fp32)."""
+    images = smooth_images(n_images, cfg["size"], torch.Generator().manual_seed(seed)).float() / 255
+    start = time.perf_counter()
+    features = fit_prior(images.split(16), seed=seed, device=device)  # a bank of min(CORESET_SIZE, patches)
+    fit_s = time.perf_counter() - start
+    tail = TailEvidence.fit(torch.rand(1000, generator=torch.Generator().manual_seed(seed)))
+    meta = {"config": {"size": cfg["size"]}, "calibration": {}}
+    alone = Detector(model, meta, device)
+    fused = Detector(model, meta, device)
+    fused.scorer.prior = PriorFusion(features, tail, tail)
+    image = images[0]
+
+    def run(detector):
+        return lambda: float(detector.predict([image])["score"][0])
+
+    t_alone, t_fused = interleaved_medians([run(alone), run(fused)], warmup, iters, device)
+    return {"prior_fit_s_per_1000": 1000 * fit_s / n_images, "prior_fit_images": n_images,
+            "prior_bank_mb": features.bank.numel() * 2 / 1e6, "prior_bank_rows": features.bank.shape[0],
+            "prior_bank_mb_full": CORESET_SIZE * features.bank.shape[1] * 2 / 1e6, "prior_size": PRIOR_SIZE,
+            "detect_alone_ms": 1000 * t_alone, "detect_prior_ms": 1000 * t_fused, "prior_over_alone": t_fused / t_alone}
+
+
 def bench_read(path, size, iters):
     """Median ms of read_image(path, size): decode + colour conversion + resize."""
     times = []
@@ -314,6 +342,9 @@ def run_config(name, args, device, read_path):
         res.update(bench_tiled(model, cfg, amp_dtype, device, min(d_warmup, 1), max(1, d_iters // 4), args.seed))
         res["detect_peak_mb"] = peak_memory_mb(device)
         out[prec] = res
+    log.info("%s: feature prior (fit and detection, fp32) ...", name)
+    model.load_state_dict(initial)
+    out["prior"] = bench_prior(model, cfg, device, d_warmup, d_iters, args.seed, 4 if args.tiny else PRIOR_IMAGES)
     if "fp32" in out and "bf16" in out:
         out["bf16_train_speedup"] = out["bf16"]["train_e2e_img_s"] / out["fp32"]["train_e2e_img_s"]
         out["bf16_detect_speedup"] = out["fp32"]["detect_e2e_ms"] / out["bf16"]["detect_e2e_ms"]
@@ -345,6 +376,11 @@ def report_table(result):
                      f"{c['warmup']} warm-up + {c['iters']} timed steps"
                      + (f"; bf16 speed-up train x{c['bf16_train_speedup']:.2f}, detect x{c['bf16_detect_speedup']:.2f}"
                         f", max |score fp32 - bf16| {c['max_score_diff_bf16']:.5f}" if "bf16_train_speedup" in c else ""))
+        p = c["prior"]
+        lines.append(f"{name:<7}feature prior ({p['prior_size']} px, fp32): detect {p['detect_prior_ms']:.1f} ms "
+                     f"vs {p['detect_alone_ms']:.1f} ms DRAEM alone = x{p['prior_over_alone']:.2f}; bank fit "
+                     f"{p['prior_fit_s_per_1000']:.1f} s per 1000 images (from {p['prior_fit_images']}), bank "
+                     f"{p['prior_bank_mb']:.2f} MB ({p['prior_bank_rows']} rows; {p['prior_bank_mb_full']:.2f} MB full)")
     if result["device"] == "cpu":
         lines.append("peak MB on CPU: the process's max RSS so far (cumulative over the rows above)")
     return "\n".join(lines)
@@ -355,7 +391,9 @@ def summary(configs, precisions):
     main_cfg = configs.get("cpu") or next(iter(configs.values()))
     first = main_cfg[precisions[0]]
     return {"train_e2e_over_bare": first["train_e2e_over_bare"], "detect_over_bare": first["detect_over_bare"],
-            "bf16_speedup": main_cfg.get("bf16_train_speedup")}
+            "bf16_speedup": main_cfg.get("bf16_train_speedup"),
+            "prior_over_alone": main_cfg["prior"]["prior_over_alone"],
+            "prior_fit_s_per_1000": main_cfg["prior"]["prior_fit_s_per_1000"]}
 
 
 def main(argv=None):

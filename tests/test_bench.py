@@ -7,7 +7,8 @@ import torch
 import bench
 from utils.synthesis.simulation import make_synthesizer
 
-REQUIRED = ("synth_samples_per_s", "train_e2e_over_bare", "detect_over_bare", "bf16_speedup")
+REQUIRED = ("synth_samples_per_s", "train_e2e_over_bare", "detect_over_bare", "bf16_speedup", "prior_over_alone",
+            "prior_fit_s_per_1000")
 
 
 def test_tiny_bench_prints_json_with_finite_positive_headlines(capsys):
@@ -26,6 +27,7 @@ def test_tiny_bench_prints_json_with_finite_positive_headlines(capsys):
         assert tiny[prec]["train_e2e_img_s"] > 0 and tiny[prec]["detect_e2e_ms"] > 0
         assert tiny[prec]["tiles_per_s"] > 0 and tiny[prec]["ms_per_megapixel"] > 0  # tiled (--scale native)
     assert tiny["max_score_diff_bf16"] < 0.01
+    assert tiny["prior"]["detect_prior_ms"] > 0 and 0 < tiny["prior"]["prior_bank_mb_full"] <= 20  # bank per pair
 
 
 def test_synthesis_throughput_runs():
