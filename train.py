@@ -22,7 +22,7 @@ import torch.distributed as dist
 from utils.checkpoint import base_model_name, hold_checkpoint_names
 from utils.cli import (AMP_CHOICES, SCALE_HELP, Interrupted, StopOnSignal, UsageError, add_target_flag,
                        distributed_env, fraction, init_distributed, positive_float, positive_int, report_error,
-                       resolve_amp, scale_arg, select_device, size_arg)
+                       scale_arg, select_device, size_arg)
 from utils.config import FIELDS, PHOTOMETRIC, PRESETS, Config
 from utils.data_loader import resolve_classes
 from utils.demo_data import DEMO_ROOT, make_demo_dataset
@@ -137,8 +137,9 @@ def parse_args(argv=None):
 def run_demo_evaluation(settings, base, class_dir):
     """The demo's test split through the freshly trained pair; prints the metrics table."""
     device = select_device(settings.gpu_id)
-    detector = Detector.from_checkpoint(settings.checkpoint_path, base, device, resolve_amp(settings.amp, device),
-                                        bs=settings.bs)
+    # fp32, as detect.py scores by default and as the threshold was calibrated (the fused map's DRAEM tail table
+    # is fitted on fp32 maps)
+    detector = Detector.from_checkpoint(settings.checkpoint_path, base, device, None, bs=settings.bs)
     results = evaluate_class(detector, class_dir)
     print(results_text(results, title=f"demo test split ({class_dir})"))
     return results
