@@ -71,6 +71,22 @@ def test_scale_is_stored_and_threshold_calibrated_on_whole_images(wide):
     # whole (tiled), not crops
 
 
+def test_prior_bank_from_tiles_and_the_whole_image_map_is_stitched_from_per_tile_novelty(wide):
+    from utils.data_loader import list_images, split_files
+    from utils.detector import Detector
+    from utils.engine import calibrate_threshold
+    root, cls, ckpt = wide
+    _, meta = load_pair(ckpt, BASE)
+    assert meta["prior"]["bank"].shape[1] == 152  # fitted on 64 px crops, the tiles detect.py scores
+    detector = Detector.from_checkpoint(ckpt, BASE)
+    image = detector.read(sorted((cls / "test" / "spot").iterdir())[0])
+    amap = detector.predict([image])["anomaly_map"][0]
+    assert amap.shape == (160, 640) and 0 <= float(amap.min()) and float(amap.max()) < 1
+    held = split_files(list_images(cls / "train" / "good"), 0.34, 0)[1]  # the threshold: these scored whole
+    again = calibrate_threshold(detector.score_files(held), 0.02)["threshold"]
+    assert again == pytest.approx(detector.threshold, rel=1e-5, abs=1e-6)
+
+
 def test_detect_json_and_a_wide_panel(wide, tmp_path, capsys):
     _, cls, ckpt = wide
     picture, image = tmp_path / "panel.png", cls / "test" / "spot" / "000.png"
