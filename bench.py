@@ -380,7 +380,8 @@ def report_table(result):
         lines.append(f"{name:<7}feature prior ({p['prior_size']} px, fp32): detect {p['detect_prior_ms']:.1f} ms "
                      f"vs {p['detect_alone_ms']:.1f} ms DRAEM alone = x{p['prior_over_alone']:.2f}; bank fit "
                      f"{p['prior_fit_s_per_1000']:.1f} s per 1000 images (from {p['prior_fit_images']}), bank "
-                     f"{p['prior_bank_mb']:.2f} MB ({p['prior_bank_rows']} rows; {p['prior_bank_mb_full']:.2f} MB full)")
+                     f"{p['prior_bank_mb']:.2f} MB ({p['prior_bank_rows']} rows; "
+                     f"{p['prior_bank_mb_full']:.2f} MB full)")
     if result["device"] == "cpu":
         lines.append("peak MB on CPU: the process's max RSS so far (cumulative over the rows above)")
     return "\n".join(lines)
