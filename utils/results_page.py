@@ -1,0 +1,380 @@
+"""The results page: one self-contained `index.html` listing every scored image, with a live threshold slider.
+
+Written beside the outputs of a folder run or an evaluation; opened from disk (file://), it needs no server,
+no network and no CDN: the CSS and JS are inline, the data is a JSON block in the page, and the overlay
+thumbnails (`thumbs/`, small JPEGs written by `write_thumbnail`) and the 4-panel pictures are linked relatively.
+
+The page lists each image with its thumbnail, score and verdict; sorts by score or name; filters by verdict (and
+by defect type when the rows have one). Its slider spans the scores, starts at the stored threshold (marked on
+it) and re-colours the verdicts live (NG when score > threshold, as everywhere in this tool), showing how many
+images are NG; with labels (evaluate), also the false-reject rate (good images called NG) and the recall
+(defective images called NG). `#threshold=0.42` in the address sets the slider on load. Clicking a row opens
+its 4-panel picture. The rows are built once; the slider only switches classes and counters, so 2,000 images
+stay fluid, and thumbnails load lazily.
+
+Names may come from file names that are not valid UTF-8 (surrogate escapes in Python): they are shown with the
+undecodable bytes as \\xNN and linked by their raw bytes (percent-encoded).
+"""
+import html
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import cv2
+import numpy as np
+
+from utils.atomic import atomic_write_bytes
+from utils.visualize import COLOR_NG, COLOR_OK
+
+log = logging.getLogger(__name__)
+
+PAGE_NAME = "index.html"
+THUMBS = "thumbs"
+THUMB_SIDE = 160  # pixels, the longer side of a thumbnail
+THUMB_QUALITY = 85  # JPEG
+PLACEHOLDER_RE = re.compile(r"\{\{(TITLE|COLOR_OK|COLOR_NG|DATA)\}\}")
+
+
+@dataclass(frozen=True)
+class PageRow:
+    """One image on the page. Paths are files in (or under) the page's folder.
+
+    name: the input's relative path (a str; undecodable bytes as surrogate escapes are fine).
+    verdict: at the stored threshold ("OK", "NG", or the tool's text when uncalibrated).
+    label: "good" or "defect" when the truth is known (evaluate), else None.
+    """
+    name: str
+    score: float
+    verdict: str
+    thumb: Path
+    picture: Path
+    defect_type: str | None = None
+    label: str | None = None
+
+
+def _write(path, data: bytes) -> None:
+    """The one place this module writes a file: atomically, parents created."""
+    atomic_write_bytes(path, data)
+
+
+def readable(name: str) -> str:
+    """`name` as displayable text: undecodable bytes (surrogate escapes) shown as \\xNN."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def relative_url(path, folder) -> str:
+    """Link from a page in `folder` to `path`: relative, '/'-separated, raw bytes percent-encoded."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(folder))
+    return quote(os.fsencode(Path(rel).as_posix()), safe="/")
+
+
+def thumbnail_jpeg(rgb, side: int = THUMB_SIDE) -> bytes:
+    """(H, W, 3) RGB uint8 -> JPEG bytes, reduced (area averaging) so the longer side is at most `side`."""
+    rgb = np.asarray(rgb)
+    h, w = rgb.shape[:2]
+    k = side / max(h, w)
+    if k < 1:
+        rgb = cv2.resize(rgb, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
+    ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, THUMB_QUALITY])
+    if not ok:
+        raise ValueError(f"JPEG encoding failed for an array of shape {rgb.shape}")
+    return jpeg.tobytes()
+
+
+def thumb_path(folder, name: str) -> Path:
+    """Where the thumbnail of input `name` (relative path) goes: <folder>/thumbs/<name>.jpg."""
+    return Path(folder) / THUMBS / f"{name}.jpg"
+
+
+def write_thumbnail(folder, name: str, overlay_rgb) -> Path:
+    """Write the overlay thumbnail of input `name` under the page folder; returns its path."""
+    path = thumb_path(folder, name)
+    _write(path, thumbnail_jpeg(overlay_rgb))
+    return path
+
+
+def _slider_range(scores, threshold) -> tuple[float, float]:
+    """(low, high) spanning every score and the threshold; widened when they are all equal."""
+    values = list(scores) + ([] if threshold is None else [threshold])
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    if high - low < 1e-9:
+        low, high = low - 0.5, high + 0.5
+    return low, high
+
+
+def page_data(rows, folder, threshold, title) -> dict:
+    """What the page's script reads: plain types only (the JSON block)."""
+    low, high = _slider_range([r.score for r in rows], threshold)
+    return {
+        "title": title, "threshold": threshold, "low": low, "high": high,
+        "has_labels": any(r.label is not None for r in rows),
+        "has_types": any(r.defect_type is not None for r in rows),
+        "rows": [{"name": readable(r.name), "score": float(r.score), "verdict": r.verdict,
+                  "thumb": relative_url(r.thumb, folder), "picture": relative_url(r.picture, folder),
+                  "type": None if r.defect_type is None else readable(r.defect_type), "label": r.label}
+                 for r in rows],
+    }
+
+
+def json_for_script(data) -> str:
+    """JSON safe inside <script>: every '<', '>' and '&' as a \\u escape (so no '</script>' or '<!--')."""
+    text = json.dumps(data, ensure_ascii=True, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render_page(rows, folder, threshold, title="DRAEM results") -> str:
+    """The whole page as text (see the module doc); `folder` is where it will be written."""
+    data = page_data(rows, folder, threshold, title)
+    fields = {"TITLE": html.escape(readable(title)), "COLOR_OK": COLOR_OK, "COLOR_NG": COLOR_NG,
+              "DATA": json_for_script(data)}
+    return PLACEHOLDER_RE.sub(lambda m: fields[m.group(1)], PAGE_TEMPLATE)  # one pass: no field is re-read
+
+
+def write_results_page(folder, rows, threshold, title="DRAEM results") -> Path:
+    """Write <folder>/index.html for `rows` (PageRow) and the stored `threshold` (None: uncalibrated)."""
+    path = Path(folder) / PAGE_NAME
+    _write(path, render_page(rows, folder, threshold, title).encode("utf-8"))
+    log.info("wrote %s (%d images)", path, len(rows))
+    return path
+
+
+PAGE_TEMPLATE = r"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{TITLE}}</title>
+<style>
+:root { --ok: {{COLOR_OK}}; --ng: {{COLOR_NG}}; }
+body { font: 14px/1.4 system-ui, sans-serif; margin: 0; color: #222; background: #fafafa; }
+header { position: sticky; top: 0; background: #fff; border-bottom: 1px solid #ddd; padding: 8px 16px; z-index: 1; }
+h1 { font-size: 18px; margin: 0 0 6px; }
+.controls { display: flex; flex-wrap: wrap; gap: 8px 24px; align-items: center; }
+.slider { position: relative; width: 420px; padding-top: 14px; }
+.slider input { width: 100%; margin: 0; }
+#mark { position: absolute; top: 0; pointer-events: none; transform: translateX(-50%); font-size: 11px; color: #555; white-space: nowrap; }
+#mark::after { content: ""; display: block; width: 2px; height: 10px; background: #333; margin: 0 auto; }
+.counts b { font-size: 16px; }
+.count-ng { color: var(--ng); }
+table { border-collapse: collapse; margin: 8px 16px; }
+th, td { padding: 4px 10px; text-align: left; border-bottom: 1px solid #e5e5e5; }
+th.sort { cursor: pointer; user-select: none; text-decoration: underline dotted; }
+tbody tr { cursor: pointer; }
+tbody tr:hover { background: #eef3ff; }
+td.thumb { width: 160px; height: 68px; }
+td.thumb img { max-height: 64px; max-width: 160px; display: block; }
+td.score { font-variant-numeric: tabular-nums; text-align: right; }
+td.verdict { font-weight: bold; color: #fff; text-align: center; width: 40px; }
+tr.ok td.verdict { background: var(--ok); }
+tr.ng td.verdict { background: var(--ng); }
+td.name { word-break: break-all; max-width: 520px; }
+#viewer { position: fixed; inset: 0; background: rgba(0,0,0,.85); display: none; z-index: 2; padding: 16px;
+  box-sizing: border-box; text-align: center; }
+#viewer.open { display: block; }
+#viewer img { max-width: 100%; max-height: calc(100% - 40px); background: #fff; }
+#viewer p { color: #fff; margin: 6px 0; }
+#viewer a { color: #9cf; }
+</style>
+</head>
+<body>
+<script type="application/json" id="page-data">{{DATA}}</script>
+<header>
+<h1 id="title"></h1>
+<div class="controls">
+<label>threshold <output id="thr-value"></output></label>
+<div class="slider"><span id="mark"></span><input type="range" id="threshold" step="any"></div>
+<button id="reset" type="button">stored threshold</button>
+<span class="counts"><b class="count-ng" id="ng-count"></b> NG of <b id="total"></b>
+<span id="shown"></span></span>
+<span class="counts" id="rates"></span>
+<label>verdict <select id="verdict-filter"><option value="">all</option><option>NG</option><option>OK</option>
+</select></label>
+<label id="type-box">defect type <select id="type-filter"><option value="">all</option></select></label>
+</div>
+</header>
+<table>
+<thead><tr><th>#</th><th>overlay</th><th class="sort" data-key="name">name</th>
+<th class="sort" data-key="score">score</th><th>verdict</th><th class="extra">type</th><th class="extra">label</th>
+</tr></thead>
+<tbody id="rows"></tbody>
+</table>
+<div id="viewer"><p><span id="viewer-name"></span> &middot; <a id="viewer-link" target="_blank">open alone</a>
+&middot; Esc or click to close</p><img id="viewer-img" alt="4-panel picture"></div>
+<script>
+"use strict";
+const DATA = JSON.parse(document.getElementById("page-data").textContent);
+const $ = (id) => document.getElementById(id);
+const state = { threshold: DATA.threshold, sortKey: "", sortDown: true, trs: [] };
+
+function cell(tr, cls, text) {
+  const td = document.createElement("td");
+  td.className = cls;
+  td.textContent = text;
+  tr.appendChild(td);
+  return td;
+}
+
+function buildRow(row, i) {
+  const tr = document.createElement("tr");
+  cell(tr, "index", String(i + 1));
+  const img = document.createElement("img");
+  img.loading = "lazy";
+  img.alt = "";
+  img.src = row.thumb;
+  cell(tr, "thumb", "").appendChild(img);
+  cell(tr, "name", row.name);
+  cell(tr, "score", row.score.toFixed(4));
+  tr.verdictCell = cell(tr, "verdict", "");
+  if (DATA.has_types || DATA.has_labels) {
+    cell(tr, "type", row.type === null ? "" : row.type);
+    cell(tr, "label", row.label === null ? "" : row.label);
+  }
+  tr.row = row;
+  tr.ng = null;
+  tr.addEventListener("click", () => openViewer(row));
+  return tr;
+}
+
+function buildRows() {
+  const body = document.createDocumentFragment();
+  state.trs = DATA.rows.map(buildRow);
+  state.trs.forEach((tr) => body.appendChild(tr));
+  $("rows").appendChild(body);
+}
+
+function setVerdicts(t) {
+  let ng = 0, goodNg = 0, good = 0, defectNg = 0, defect = 0;
+  for (const tr of state.trs) {
+    const isNg = tr.row.score > t;
+    if (tr.ng !== isNg) {
+      tr.ng = isNg;
+      tr.className = isNg ? "ng" : "ok";
+      tr.verdictCell.textContent = isNg ? "NG" : "OK";
+    }
+    if (isNg) ng++;
+    if (tr.row.label === "good") { good++; if (isNg) goodNg++; }
+    if (tr.row.label === "defect") { defect++; if (isNg) defectNg++; }
+  }
+  return { ng, goodNg, good, defectNg, defect };
+}
+
+function rate(k, n) {
+  return n === 0 ? "n/a" : k + "/" + n + " (" + (100 * k / n).toFixed(1) + "%)";
+}
+
+function update() {
+  const t = state.threshold;
+  const c = setVerdicts(t);
+  $("thr-value").textContent = t.toFixed(4);
+  $("ng-count").textContent = String(c.ng);
+  if (DATA.has_labels) {
+    $("rates").textContent = "false-reject rate " + rate(c.goodNg, c.good) + " \u00b7 recall " +
+      rate(c.defectNg, c.defect);
+  }
+  applyFilter();
+}
+
+function applyFilter() {
+  const verdict = $("verdict-filter").value, type = $("type-filter").value;
+  let shown = 0;
+  for (const tr of state.trs) {
+    const hide = (verdict !== "" && (tr.ng ? "NG" : "OK") !== verdict) ||
+      (type !== "" && tr.row.type !== type);
+    if (tr.hidden !== hide) tr.hidden = hide;
+    if (!hide) shown++;
+  }
+  $("shown").textContent = shown === state.trs.length ? "" : "(" + shown + " shown)";
+}
+
+function sortRows(key) {
+  state.sortDown = state.sortKey === key ? !state.sortDown : key === "score";
+  state.sortKey = key;
+  const sign = state.sortDown ? -1 : 1;
+  const byName = (a, b) => (a.row.name < b.row.name ? -1 : a.row.name > b.row.name ? 1 : 0);
+  const cmp = key === "score" ? (a, b) => a.row.score - b.row.score || byName(a, b) : byName;
+  const body = $("rows"), sorted = state.trs.slice().sort((a, b) => sign * cmp(a, b));
+  const frag = document.createDocumentFragment();
+  sorted.forEach((tr) => frag.appendChild(tr));
+  body.appendChild(frag);
+}
+
+function openViewer(row) {
+  $("viewer-img").src = row.picture;
+  $("viewer-link").href = row.picture;
+  $("viewer-name").textContent = row.name + " \u00b7 score " + row.score.toFixed(4);
+  $("viewer").classList.add("open");
+}
+
+function setThreshold(t) {
+  state.threshold = Math.min(DATA.high, Math.max(DATA.low, t));
+  $("threshold").value = String(state.threshold);
+  update();
+}
+
+function initSlider() {
+  const s = $("threshold");
+  s.min = String(DATA.low);
+  s.max = String(DATA.high);
+  const stored = DATA.threshold;
+  if (stored === null) {
+    $("mark").textContent = "no stored threshold";
+    $("reset").hidden = true;
+    state.threshold = DATA.high;
+  } else {
+    $("mark").textContent = "stored " + stored.toFixed(4);
+    $("mark").style.left = "calc(8px + " + ((stored - DATA.low) / (DATA.high - DATA.low)) + " * (100% - 16px))";
+  }
+  s.value = String(state.threshold);
+  s.addEventListener("input", () => { state.threshold = Number(s.value); update(); });
+  $("reset").addEventListener("click", () => setThreshold(stored));
+}
+
+function fromAddress() {
+  const m = /(?:^#|&)threshold=([-+0-9.eE]+)/.exec(location.hash);
+  if (m && isFinite(Number(m[1]))) setThreshold(Number(m[1]));
+}
+
+function initFilters() {
+  $("verdict-filter").addEventListener("change", applyFilter);
+  const types = [...new Set(DATA.rows.map((r) => r.type).filter((t) => t !== null))].sort();
+  $("type-box").hidden = types.length === 0;
+  for (const t of types) {
+    const o = document.createElement("option");
+    o.textContent = t;
+    o.value = t;
+    $("type-filter").appendChild(o);
+  }
+  $("type-filter").addEventListener("change", applyFilter);
+  document.querySelectorAll("th.extra").forEach((th) => { th.hidden = !(DATA.has_types || DATA.has_labels); });
+}
+
+function init() {
+  document.title = DATA.title;
+  $("title").textContent = DATA.title;
+  $("total").textContent = String(DATA.rows.length);
+  buildRows();
+  initSlider();
+  initFilters();
+  document.querySelectorAll("th.sort").forEach((th) =>
+    th.addEventListener("click", () => sortRows(th.dataset.key)));
+  $("viewer").addEventListener("click", () => $("viewer").classList.remove("open"));
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape") $("viewer").classList.remove("open"); });
+  sortRows("score");
+  update();
+  fromAddress();
+  window.addEventListener("hashchange", fromAddress);
+  document.body.dataset.ready = "1";
+}
+
+init();
+</script>
+</body>
+</html>
+"""
