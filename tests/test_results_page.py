@@ -167,10 +167,11 @@ class Browser:
         to_chrome, self.cmd_w = os.pipe()
         self.out_r, from_chrome = os.pipe()
 
-        def fds():  # the child reads commands on fd 3 and writes replies on fd 4
-            high = os.dup(to_chrome), os.dup(from_chrome)  # above 4: dup2 onto 3, 4 never meets itself
-            os.dup2(high[0], 3)  # (dup2 makes them inheritable: they survive the exec)
-            os.dup2(high[1], 4)
+        def fds():  # in the child: commands in on fd 3, replies out on fd 4
+            high = os.dup(to_chrome), os.dup(from_chrome)  # copies first: dup2 onto 3 must not close from_chrome
+            for fd, target in zip(high, (3, 4)):
+                os.dup2(fd, target)
+                os.set_inheritable(target, True)  # (dup2 of an fd onto itself changes nothing, keeps CLOEXEC)
         args = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
                 f"--user-data-dir={profile}", "--no-first-run", "--allow-file-access-from-files", "about:blank"]
         self.proc = subprocess.Popen(args, preexec_fn=fds, close_fds=False, stdout=subprocess.DEVNULL,
@@ -232,8 +233,8 @@ class Browser:
 
     def wait_for_images(self):
         """Until the (lazy) thumbnails in view have loaded or failed."""
-        self.js("Promise.all([...document.images].filter(i => i.getBoundingClientRect().top < innerHeight)"
-                ".map(i => i.decode().catch(() => 0)))")
+        self.js("Promise.all([...document.images].filter(i => { const r = i.getBoundingClientRect(); "
+                "return r.bottom > 0 && r.top < innerHeight; }).map(i => i.decode().catch(() => 0)))")
 
     def screenshot(self, path):
         self.wait_for_images()
@@ -263,6 +264,7 @@ STATE_JS = """(() => {
           rates: document.getElementById('rates').textContent,
           rows: trs.map(tr => ({score: Number(tr.querySelector('.score').textContent), cls: tr.className,
                                 verdict: tr.querySelector('.verdict').textContent,
+                                label: tr.querySelector('.label').textContent,
                                 colour: getComputedStyle(tr.querySelector('.verdict')).backgroundColor,
                                 thumb: tr.querySelector('img').naturalWidth}))};
 })()"""
@@ -276,7 +278,9 @@ def check_verdicts(state, scores, threshold):
     for row in state["rows"]:
         verdict = "NG" if row["score"] > threshold + 5e-5 else "OK" if row["score"] < threshold - 5e-5 else None
         if verdict is not None:  # (the page shows scores to 4 decimals)
-            assert (row["verdict"], row["cls"], row["colour"]) == (verdict, verdict.lower(), RGB[verdict])
+            assert (row["verdict"], row["cls"].split()[0], row["colour"]) == (verdict, verdict.lower(), RGB[verdict])
+            if row["label"]:
+                assert ("wrong" in row["cls"]) == ((verdict == "NG") != (row["label"] == "defect"))
 
 
 def test_slider_recolours_verdicts_in_headless_chromium(five, browser, tmp_path):
@@ -288,7 +292,7 @@ def test_slider_recolours_verdicts_in_headless_chromium(five, browser, tmp_path)
     assert state["value"] == 0.5 and state["ng"] == 2  # starts at the stored threshold: 0.93 and 0.58
     check_verdicts(state, scores, 0.5)
     assert [r["score"] for r in state["rows"]] == sorted(scores, reverse=True)  # highest score first
-    assert [r["thumb"] for r in state["rows"]] == [96] * 5  # every thumbnail (96 px: never enlarged) loaded, the non-UTF-8 name's too
+    assert [r["thumb"] for r in state["rows"]] == [96] * 5  # all loaded (the non-UTF-8 name's too), not enlarged
     assert state["rates"] == "false-reject rate 0/2 (0.0%) \u00b7 recall 2/3 (66.7%)"
     left, width, y = browser.js(SLIDER_JS)
     knob = left + 8 + (0.5 - 0.12) / (0.93 - 0.12) * (width - 16)
@@ -313,3 +317,16 @@ def test_address_sets_the_threshold_and_filter_hides_rows(five, browser):
                        "f.dispatchEvent(new Event('change')); "
                        "return [...document.querySelectorAll('#rows tr')].filter(tr => !tr.hidden).length; })()")
     assert shown == 1
+
+
+def test_clicking_a_row_opens_its_picture(five, browser):
+    folder, rows, _ = five
+    browser.open(write_results_page(folder, rows, 0.5).as_uri())
+    x, y = browser.js("(() => { const r = document.querySelector('#rows tr .name').getBoundingClientRect(); "
+                      "return [r.left + 5, r.top + r.height / 2]; })()")
+    browser.send("Input.dispatchMouseEvent", type="mousePressed", x=x, y=y, button="left", buttons=1, clickCount=1)
+    browser.send("Input.dispatchMouseEvent", type="mouseReleased", x=x, y=y, button="left", buttons=0, clickCount=1)
+    browser.js("document.getElementById('viewer-img').decode().catch(() => 0)")
+    opened = browser.js("(() => { const v = document.getElementById('viewer'), "
+                        "i = document.getElementById('viewer-img'); return [v.className, i.getAttribute('src'), i.naturalWidth]; })()")
+    assert opened == ["open", "pictures/crack/%3C/script%3E%3Cscript%3Ealert%281%29%3C/script%3E.png.png", 96]

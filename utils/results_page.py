@@ -8,9 +8,9 @@ The page lists each image with its thumbnail, score and verdict; sorts by score 
 by defect type when the rows have one). Its slider spans the scores, starts at the stored threshold (marked on
 it) and re-colours the verdicts live (NG when score > threshold, as everywhere in this tool), showing how many
 images are NG; with labels (evaluate), also the false-reject rate (good images called NG) and the recall
-(defective images called NG). `#threshold=0.42` in the address sets the slider on load. Clicking a row opens
-its 4-panel picture. The rows are built once; the slider only switches classes and counters, so 2,000 images
-stay fluid, and thumbnails load lazily.
+(defective images called NG), and the label is red where the verdict contradicts it. `#threshold=0.42` in the
+address sets the slider on load. Clicking a row opens its 4-panel picture. The rows are built once; the slider
+only switches classes and counters, so 2,000 images stay fluid, and thumbnails load lazily.
 
 Names may come from file names that are not valid UTF-8 (surrogate escapes in Python): they are shown with the
 undecodable bytes as \\xNN and linked by their raw bytes (percent-encoded).
@@ -159,7 +159,8 @@ h1 { font-size: 18px; margin: 0 0 6px; }
 .controls { display: flex; flex-wrap: wrap; gap: 8px 24px; align-items: center; }
 .slider { position: relative; width: 420px; padding-top: 14px; }
 .slider input { width: 100%; margin: 0; }
-#mark { position: absolute; top: 0; pointer-events: none; transform: translateX(-50%); font-size: 11px; color: #555; white-space: nowrap; }
+#mark { position: absolute; top: 0; pointer-events: none; transform: translateX(-50%); font-size: 11px;
+  color: #555; white-space: nowrap; }
 #mark::after { content: ""; display: block; width: 2px; height: 10px; background: #333; margin: 0 auto; }
 .counts b { font-size: 16px; }
 .count-ng { color: var(--ng); }
@@ -168,12 +169,13 @@ th, td { padding: 4px 10px; text-align: left; border-bottom: 1px solid #e5e5e5; 
 th.sort { cursor: pointer; user-select: none; text-decoration: underline dotted; }
 tbody tr { cursor: pointer; }
 tbody tr:hover { background: #eef3ff; }
-td.thumb { width: 160px; height: 68px; }
-td.thumb img { max-height: 64px; max-width: 160px; display: block; }
+td.thumb { width: 120px; height: 52px; padding: 2px 10px; }
+td.thumb img { max-height: 48px; max-width: 120px; display: block; }
 td.score { font-variant-numeric: tabular-nums; text-align: right; }
 td.verdict { font-weight: bold; color: #fff; text-align: center; width: 40px; }
 tr.ok td.verdict { background: var(--ok); }
 tr.ng td.verdict { background: var(--ng); }
+tr.wrong td.label { color: var(--ng); font-weight: bold; }
 td.name { word-break: break-all; max-width: 520px; }
 #viewer { position: fixed; inset: 0; background: rgba(0,0,0,.85); display: none; z-index: 2; padding: 16px;
   box-sizing: border-box; text-align: center; }
@@ -255,7 +257,8 @@ function setVerdicts(t) {
     const isNg = tr.row.score > t;
     if (tr.ng !== isNg) {
       tr.ng = isNg;
-      tr.className = isNg ? "ng" : "ok";
+      const wrong = tr.row.label !== null && isNg !== (tr.row.label === "defect");
+      tr.className = (isNg ? "ng" : "ok") + (wrong ? " wrong" : "");  // wrong: the label says otherwise
       tr.verdictCell.textContent = isNg ? "NG" : "OK";
     }
     if (isNg) ng++;
