@@ -20,12 +20,14 @@ Example:
     >>> mask_from_16bit(map_to_16bit(amap, 2, 2), 0.4).tolist()
     [[0, 255], [255, 0]]
 """
+from pathlib import Path
+
 import cv2
 import matplotlib
 import numpy as np
 
-from utils.outputs import mark_png
-from utils.visualize import OVERLAY_ALPHA, _as_rgb01
+from utils.files import atomic_write_bytes
+from utils.visualize import OVERLAY_ALPHA, as_rgb01
 
 FULL_SCALE = 65535  # the 16-bit PNG value of map value 1.0
 
@@ -66,7 +68,7 @@ def overlay(image, amap, threshold=None) -> np.ndarray:
     else the outline of the mask (``defect_mask``) is drawn white under red, as the 4-panel picture does.
     The heat colours are visualize.py's: matplotlib's jet blended at OVERLAY_ALPHA.
     """
-    rgb = _as_rgb01(image)  # (H, W, 3) float in [0, 1]
+    rgb = as_rgb01(image)  # (H, W, 3) float in [0, 1]
     h, w = rgb.shape[:2]
     map16 = map_to_16bit(amap, h, w)
     heat = matplotlib.colormaps["jet"](map16.astype(np.float32) / FULL_SCALE)[..., :3]  # (H, W, 3)
@@ -80,11 +82,40 @@ def overlay(image, amap, threshold=None) -> np.ndarray:
 
 
 def encode_png(array) -> bytes:
-    """(H, W) uint8/uint16 or (H, W, 3) RGB uint8 -> PNG bytes carrying our mark (utils/outputs.py)."""
+    """(H, W) uint8/uint16 or (H, W, 3) RGB uint8 -> PNG bytes."""
     array = np.asarray(array)
     if array.ndim == 3:
         array = array[..., ::-1]  # cv2 wants BGR
     ok, png = cv2.imencode(".png", np.ascontiguousarray(array))
     if not ok:
         raise ValueError(f"PNG encoding failed for an array of shape {array.shape} and type {array.dtype}")
-    return mark_png(png.tobytes())
+    return png.tobytes()
+
+
+MAP_FILES = ("map", "mask", "overlay")  # the per-image files of detect.py --save_maps, in report.csv's order
+
+
+def map_output_paths(picture) -> dict:
+    """The per-image files beside a 4-panel picture: `sub/x.jpg.png` -> `sub/x.jpg.map.png`, `.mask.png`,
+    `.overlay.png` (single-image mode: `result.png` -> `result.map.png` ...)."""
+    stem = Path(picture).with_suffix("")
+    return {kind: stem.with_name(f"{stem.name}.{kind}.png") for kind in MAP_FILES}
+
+
+def save_map_outputs(picture, image, amap, threshold) -> dict:
+    """Write the map, mask and overlay of one image beside its picture, atomically; returns {kind: path}.
+
+    image: the input at its original size, (H, W, 3) RGB float in [0, 1]. amap: (h, w) map at the working scale.
+    threshold: None (uncalibrated checkpoint) -> no mask is written (its entry is None) and the overlay has no
+    outline.
+    """
+    h, w = np.asarray(image).shape[:2]
+    map16 = map_to_16bit(amap, h, w)
+    paths = map_output_paths(picture)
+    atomic_write_bytes(paths["map"], encode_png(map16))
+    if threshold is None:
+        paths["mask"] = None
+    else:
+        atomic_write_bytes(paths["mask"], encode_png(mask_from_16bit(map16, threshold)))
+    atomic_write_bytes(paths["overlay"], encode_png(overlay(image, amap, threshold)))
+    return paths
