@@ -10,7 +10,7 @@ import torch
 import detect
 import evaluate
 from model import DRAEM
-from tests.conftest import WIDGET_PAIR
+from tests.conftest import WIDGET_PAIR, write_images
 from utils.checkpoint import pair_paths, save_pair
 
 BASE = WIDGET_PAIR

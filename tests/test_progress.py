@@ -28,6 +28,13 @@ def test_explicit_interval_wins_and_leave_false_writes_no_blank_line():
     assert log.getvalue().count("\n") == len([x for x in log.getvalue().splitlines() if x.strip()])
 
 
+def test_short_transient_bars_write_nothing_to_a_log():
+    log = io.StringIO()
+    for epoch in range(50):  # 50 short epochs: no line each (they end before LOG_INTERVAL_S)
+        list(progress(range(4), desc=f"epoch {epoch + 1}/50", file=log, leave=False))
+    assert log.getvalue() == ""
+
+
 def test_a_terminal_gets_tqdm_unchanged():
     tty = Terminal()
     bar = progress(range(3), file=tty)

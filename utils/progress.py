@@ -2,7 +2,9 @@
 
 In a terminal: tqdm as usual. When the stream is not a terminal (redirected to a file, a pipe, CI), tqdm would
 write a carriage-return frame at every refresh (hundreds of kilobytes in a long run); here it refreshes at most
-every LOG_INTERVAL_S seconds and each frame is written as one plain line (no '\\r', no padding).
+every LOG_INTERVAL_S seconds and each frame is written as one plain line (no '\\r', no padding). A bar that is
+not kept (leave=False, as the one of each training epoch) first shows after LOG_INTERVAL_S, so short epochs add
+no line at all: a 10-minute CPU training writes about 6 kB of log.
 
 Example:
     >>> import io
@@ -54,4 +56,6 @@ def progress(iterable=None, **kwargs):
     kwargs.setdefault("maxinterval", max(LOG_INTERVAL_S, kwargs["mininterval"]))
     kwargs.setdefault("ascii", True)  # no block characters in a log
     kwargs.setdefault("dynamic_ncols", False)
+    if not kwargs.get("leave", True):
+        kwargs.setdefault("delay", LOG_INTERVAL_S)  # a transient bar (one per epoch): nothing if it ends sooner
     return tqdm(iterable, file=_Lines(stream), **kwargs)
