@@ -8,9 +8,9 @@
 
 Panels: Input (original), Reconstructed, Anomaly Map (raw), Result (overlay) with the score and OK/NG against
 the threshold calibrated at training time (checkpoints without one, like the authors' release, say so).
-Folder mode also writes index.html, the results page (utils/results_page.py), with an overlay thumbnail per
+Folder mode also writes index.html, the results page (utils/outputs/page.py), with an overlay thumbnail per
 image under thumbs/. --save_maps adds, beside each picture, the raw anomaly map (16-bit PNG at the input's size),
-the defect mask at the stored threshold (0/255) and the overlay alone (utils/map_outputs.py).
+the defect mask at the stored threshold (0/255) and the overlay alone (utils/outputs/maps.py).
 """
 import argparse
 import contextlib
@@ -26,9 +26,9 @@ from utils.data_loader import NATIVE, list_images, read_image
 from utils.demo_data import DEMO_ROOT
 from utils.detector import Detector
 from utils.files import atomic_open, check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside
-from utils.map_outputs import MAP_FILES, map_output_paths, overlay, save_map_outputs
+from utils.outputs.maps import MAP_FILES, map_output_paths, overlay, save_map_outputs
 from utils.progress import progress
-from utils.results_page import PAGE_NAME, PageRow, write_results_page, write_thumbnail
+from utils.outputs.page import PAGE_NAME, PageRow, write_results_page, write_thumbnail
 from utils.visualize import save_panels
 
 log = logging.getLogger("detect")

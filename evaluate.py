@@ -39,7 +39,7 @@ from utils.evaluation import (VERDICTS, check_outputs, describe, evaluate_class,
                               json_safe, recalibration_report, results_text, write_calibration, write_results)
 from utils.files import refuse_inside
 from utils.metrics import METRIC_NAMES, format_table
-from utils.results_page import write_results_page
+from utils.outputs.page import write_results_page
 
 log = logging.getLogger("evaluate")
 

@@ -1,4 +1,4 @@
-"""Tests for utils/results_page.py and utils/map_outputs.py: the page's data and escaping, the per-image PNGs,
+"""Tests for utils/outputs/page.py and utils/outputs/maps.py: the page's data and escaping, the per-image PNGs,
 and the page itself in headless Chromium (skipped when no browser is installed): a mouse drag on the slider must
 change the NG count and the verdict colours exactly as the scores say."""
 import base64
@@ -16,8 +16,8 @@ import matplotlib
 import numpy as np
 import pytest
 
-from utils.map_outputs import FULL_SCALE, defect_mask, encode_png, map_to_16bit, mask_from_16bit, overlay
-from utils.results_page import (PageRow, json_for_script, readable, relative_url, render_page, thumb_path,
+from utils.outputs.maps import FULL_SCALE, defect_mask, encode_png, map_to_16bit, mask_from_16bit, overlay
+from utils.outputs.page import (PageRow, json_for_script, readable, relative_url, render_page, thumb_path,
                                 write_results_page, write_thumbnail)
 from utils.visualize import OVERLAY_ALPHA
 

@@ -21,8 +21,8 @@ from utils.data_loader import MVTecTestDataset
 from utils.metrics import METRIC_NAMES, drop_pixel_metrics, format_table, per_type_metrics
 from utils.progress import progress
 from utils.files import check_output_dir, check_output_file
-from utils.map_outputs import overlay
-from utils.results_page import PageRow, write_thumbnail
+from utils.outputs.maps import overlay
+from utils.outputs.page import PageRow, write_thumbnail
 from utils.visualize import save_panels
 
 VERDICTS = ("threshold", "false_reject_rate", "defect_recall", "best_recall_at_same_frr")  # overall, in --json

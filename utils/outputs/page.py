@@ -1,8 +1,9 @@
 """The results page: one self-contained `index.html` listing every scored image, with a live threshold slider.
 
 Written beside the outputs of a folder run or an evaluation; opened from disk (file://), it needs no server,
-no network and no CDN: the CSS and JS are inline, the data is a JSON block in the page, and the overlay
-thumbnails (`thumbs/`, small JPEGs written by `write_thumbnail`) and the 4-panel pictures are linked relatively.
+no network and no CDN: the CSS and JS (page.html beside this file) are inline, the data is a JSON block in
+the page, and the overlay thumbnails (`thumbs/`, small JPEGs written by `write_thumbnail`) and the 4-panel
+pictures are linked relatively.
 
 The page lists each image with its thumbnail, score and verdict; sorts by score or name; filters by verdict (and
 by defect type when the rows have one). Its slider spans the scores, starts at the stored threshold (marked on
@@ -28,7 +29,6 @@ import cv2
 import numpy as np
 
 from utils.files import atomic_write_bytes
-from utils.page_template import PAGE_TEMPLATE
 from utils.visualize import COLOR_NG, COLOR_OK
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ PAGE_NAME = "index.html"
 THUMBS = "thumbs"
 THUMB_SIDE = 160  # pixels, the longer side of a thumbnail
 THUMB_QUALITY = 85  # JPEG
+PAGE_TEMPLATE = (Path(__file__).parent / "page.html").read_text(encoding="utf-8")  # {{...}}: filled below
 PLACEHOLDER_RE = re.compile(r"\{\{(TITLE|COLOR_OK|COLOR_NG|DATA)\}\}")
 
 

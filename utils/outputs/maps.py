@@ -4,11 +4,11 @@ All three are at the input image's own size: the map (at the checkpoint's workin
 original H x W with bilinear interpolation, then stored as 0..65535 for 0..1 (values outside [0, 1] clipped).
 
 How the mask relates to the map and the threshold: the stored threshold is calibrated on the *image score*
-(model/scoring.py: NG when score > threshold). The mask applies the same number pixelwise to the map, as the
-outline of the 4-panel picture does (utils/visualize.py draws the contour of ``anomaly_map`` at the threshold):
+(utils/detector.py `image_score`: NG when score > threshold). The mask applies the same number pixelwise to the
+map, as the outline of the 4-panel picture does (utils/visualize.py draws the contour of ``anomaly_map`` at the threshold):
 a pixel is 255 when its 16-bit map value v has ``v / 65535 > threshold``, 0 otherwise. So a reader of the two
 PNGs gets exactly the mask back from the map (``mask == 255 * (map16 / 65535 > threshold)``). Both scores of
-model/scoring.py (the max of the mean-filtered map, the mean of its hottest pixels) never exceed the map's
+utils/detector.py (the max of the mean-filtered map, the mean of its hottest pixels) never exceed the map's
 maximum, so an NG image has a non-empty mask (up to the resize and the 16-bit rounding), while an OK image may
 still have a few mask pixels: hot spots too small to lift the score.
 
