@@ -37,7 +37,7 @@ from utils.data_loader import list_images
 from utils.detector import Detector
 from utils.evaluation import (VERDICTS, check_outputs, describe, evaluate_class, f1_threshold, fit_threshold,
                               json_safe, recalibration_report, results_text, write_calibration, write_results)
-from utils.files import refuse_inside
+from utils.files import check_output_dir, refuse_inside
 from utils.metrics import METRIC_NAMES, format_table
 from utils.outputs.page import write_results_page
 
@@ -190,9 +190,10 @@ def main(argv=None):
     try:
         if args.data_path is not None and not Path(args.data_path).is_dir():
             raise UsageError(f"--data_path {args.data_path} is not a folder")
-        classes = None if args.data_path is None else class_names(args.data_path, args.obj_id)
         if args.data_path is not None:
+            check_output_dir(args.output_path, "--output_path")
             refuse_inside(args.output_path, args.data_path, in_flag="--data_path")
+        classes = None if args.data_path is None else class_names(args.data_path, args.obj_id)
         device = select_device(args.gpu_id)
         log.info("device: %s", device)
         if classes is not None:
