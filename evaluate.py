@@ -55,7 +55,8 @@ def parse_args(argv=None):
                         "--base_model_name is then the prefix of the pairs (<prefix>_<class>_)")
     p.add_argument("--output_path", default="./eval_results/", help="folder for metrics.csv / metrics.json")
     add_inference_flags(p, bs_help="tiles per forward pass (a square image is one tile)",
-                        pair_help=", e.g. DRAEM_test_0.0001_700_bs8_bottle_",
+                        pair_help=", e.g. DRAEM_test_0.0001_700_bs8_bottle_; with --obj_id the prefix, e.g. "
+                                  "DRAEM_test_0.0001_700_bs8",
                         pair_required=True)
     p.add_argument("--save_images", action="store_true",
                    help="also write the 4-panel PNG of every test image and index.html, the results page")
