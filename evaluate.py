@@ -62,7 +62,7 @@ def parse_args(argv=None):
                    help="also write the 4-panel PNG of every test image and index.html, the results page")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object of the overall metrics "
                                                          "(with --obj_id: per class and their mean)")
-    g = p.add_argument_group("Threshold (recalibration on the line's own images; README 'Choosing the threshold')")
+    g = p.add_argument_group("Threshold (recalibration on the line's own images; docs/thresholds.md)")
     g.add_argument("--recalibrate", default=None, metavar="GOOD_DIR",
                    help="score this folder of good images, recompute the OK/NG threshold and write it into the pair")
     g.add_argument("--defect_path", default=None, metavar="DEFECT_DIR",
