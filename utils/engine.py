@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-from tqdm import tqdm
 
 from model import DRAEM
 from model.feature_prior import REDUCED_CHANNELS, PriorFusion, TailEvidence, fit_prior
@@ -31,6 +30,7 @@ from utils.detector import Scorer, autocast, image_scores, predict, raw_maps, sc
 from utils.evaluation import fit_threshold
 from utils.loss import DraemLoss
 from utils.metrics import image_auroc, pixel_ap
+from utils.progress import progress
 from utils.synthesis.simulation import jitter_images, make_synthesizer
 from utils.synthesis.textures import load_texture_bank
 from utils.training_logger import TrainingLogger
@@ -447,8 +447,8 @@ class OutOfTime(Exception):
 def train_epoch(run, state, t0):
     """One pass over the training images from state.epoch: its metrics.csv row. Raises OutOfTime."""
     settings, sums, n = run.settings, {}, 0
-    bar = tqdm(run.loader, desc=f"{run.obj_name} epoch {state.epoch + 1}/{settings.epochs}", disable=not run.is_main,
-               leave=False)
+    bar = progress(run.loader, desc=f"{run.obj_name} epoch {state.epoch + 1}/{settings.epochs}",
+                   disable=not run.is_main, leave=False)
     for (batch,) in bar:
         if run.budget.train_start is None:
             run.budget.train_start, run.budget.first_step = run.budget.clock(), state.step
@@ -462,7 +462,7 @@ def train_epoch(run, state, t0):
         for k, v in loss_values(losses, state.step, settings.checkpoint_path).items():
             sums[k] = sums.get(k, 0.0) + v
         n += 1
-        bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
+        bar.set_postfix(loss=f"{sums['loss'] / n:.4f}", refresh=False)  # drawn at the bar's own pace
         if state.step == run.budget.first_step + PLAN_AFTER_STEPS:
             replan(run, state)
         late, signalled = should_stop(run, state)
