@@ -8,9 +8,9 @@ Measures, per configuration (size, widths, batch) and precision:
   * synthesis samples/s (synthesis_throughput below, 256 px, batch 32, by default);
   * training images/s end to end (uint8 cache -> DataLoader -> float -> utils.engine.train_step, which
     synthesises) against the same train_step fed a pre-made synthetic batch (forward + loss + backward + Adam);
-  * detection ms/image through Detector.__call__ (model + anomaly map + score) against a bare model forward,
+  * detection ms/image through Detector.predict (model + anomaly map + score) against a bare model forward,
     plus utils.data_loader.read_image (decode + resize) on its own;
-  * tiled detection (--scale native) of a (2 size) x (8 size) image through Detector.predict_image: tiles/s and
+  * tiled detection (--scale native) of a (2 size) x (8 size) image through Detector.predict: tiles/s and
     ms per megapixel (overlapping tiles, stitching and the score of the stitched map included);
   * the peak memory, and the largest |score| difference between fp32 and bf16 detection.
 Timings: warm-up steps excluded, median over --iters steps, e2e and bare steps interleaved so that a change of
@@ -35,14 +35,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from model import DRAEM, weights_init
+from utils.cli import cpu_has_native_bf16, positive_int, resolve_amp, seed_everything, size_arg
+from utils.config import PRESETS, Config
 from utils.data_loader import read_image
-from utils.engine import LR, PRESETS, make_optimizer, prepare_batch, train_step
-from utils.inference import Detector, autocast
+from utils.detector import Detector, autocast, count_tiles
+from utils.engine import make_optimizer, prepare_batch, train_step
 from utils.loss import DraemLoss
-from utils.runtime import cpu_has_native_bf16, positive_int, resolve_amp, seed_everything, size_arg
-from utils.synthesis import make_synthesizer
-from utils.textures import load_texture_bank
-from utils.tiling import count_tiles
+from utils.synthesis.simulation import make_synthesizer
+from utils.synthesis.textures import load_texture_bank
 
 log = logging.getLogger("bench")
 
@@ -198,7 +198,7 @@ def bench_train(model, cfg, synthesizer, amp_dtype, device, warmup, iters, seed)
     gen = torch.Generator().manual_seed(seed)
     cache = smooth_images(bs * 4, cfg["size"], gen)  # (N, 3, S, S) uint8, as utils.data_loader.load_images returns
     loader = DataLoader(TensorDataset(cache), batch_size=bs, shuffle=True, generator=gen, drop_last=True)
-    optimizer, scheduler = make_optimizer(model, LR, 1000)
+    optimizer, scheduler = make_optimizer(model, Config.lr, 1000)
     criterion = DraemLoss().to(device)
     synth_gen = torch.Generator(device=device).manual_seed(seed)
     scaler = None  # fp32 / bf16 need no loss scaling (the engine makes one for fp16 only)
@@ -229,13 +229,13 @@ def bench_train(model, cfg, synthesizer, amp_dtype, device, warmup, iters, seed)
 
 
 def bench_detect(model, cfg, amp_dtype, device, warmup, iters, seed):
-    """ms/image of Detector.__call__ on a preprocessed (1, 3, S, S) CPU tensor vs a bare forward on the device."""
+    """ms/image of Detector.predict on a preprocessed (1, 3, S, S) CPU tensor vs a bare forward on the device."""
     detector = Detector(model, {"config": {"size": cfg["size"]}, "calibration": {}}, device, amp_dtype)
     image = smooth_images(1, cfg["size"], torch.Generator().manual_seed(seed)).float() / 255  # (1, 3, S, S)
     on_device = image.to(device)
 
     def e2e():
-        float(detector(image)["score"][0])  # detect.py reads the score as a Python float
+        float(detector.predict([image[0]])["score"][0])  # detect.py reads the score as a Python float
 
     @torch.inference_mode()
     def bare():
@@ -247,14 +247,14 @@ def bench_detect(model, cfg, amp_dtype, device, warmup, iters, seed):
 
 
 def bench_tiled(model, cfg, amp_dtype, device, warmup, iters, seed):
-    """Tiles/s and ms per megapixel of Detector.predict_image on a wide (2 size, 8 size) image at scale native."""
+    """Tiles/s and ms per megapixel of Detector.predict on a wide (2 size, 8 size) image at scale native."""
     size = cfg["size"]
     meta = {"config": {"size": size, "scale": "native"}, "calibration": {}}
     detector = Detector(model, meta, device, amp_dtype)
     image = smooth_images(1, 8 * size, torch.Generator().manual_seed(seed))[0, :, :2 * size].float() / 255
 
     def tiled():
-        float(detector.predict_image(image)["score"])  # (3, 2S, 8S): map, reconstruction and score, as detect.py
+        float(detector.predict([image])["score"][0])  # (3, 2S, 8S): map, reconstruction and score, as detect.py
 
     (t,) = interleaved_medians([tiled], warmup, iters, device)
     tiles = count_tiles(2 * size, 8 * size, size)
@@ -279,7 +279,8 @@ def max_score_difference(model, size, device, seed):
     synth = make_synthesizer("ours", None, grayscale=False, anomaly_prob=1.0)
     images = synth(images, gen)["augmented_image"]
     meta = {"config": {"size": size}, "calibration": {}}
-    scores = [Detector(model, meta, device, dt)(images)["score"].cpu() for dt in (None, torch.bfloat16)]
+    scores = [torch.stack(Detector(model, meta, device, dt).predict(list(images))["score"]).cpu()
+              for dt in (None, torch.bfloat16)]
     return (scores[0] - scores[1]).abs().max().item()
 
 

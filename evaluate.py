@@ -18,14 +18,14 @@ import logging
 import sys
 from pathlib import Path
 
-from utils.calibration import (add_target_flag, describe, f1_threshold, fit_threshold, recalibration_report,
-                               write_calibration)
+from utils.cli import (UsageError, add_inference_flags, add_max_pixels_flag, add_target_flag, report_error,
+                       resolve_amp, select_device)
 from utils.data_loader import list_images
-from utils.evaluation import VERDICTS, check_outputs, evaluate_class, json_safe, results_text, write_results
-from utils.image_size import add_max_pixels_flag, set_max_pixels
-from utils.inference import Detector, score_files
+from utils.detector import Detector
+from utils.evaluation import (VERDICTS, check_outputs, describe, evaluate_class, f1_threshold, fit_threshold,
+                              json_safe, recalibration_report, results_text, write_calibration, write_results)
+from utils.files import refuse_inside
 from utils.metrics import METRIC_NAMES
-from utils.runtime import UsageError, add_inference_flags, report_error, resolve_amp, select_device
 
 log = logging.getLogger("evaluate")
 
@@ -36,7 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--data_path", default=None,
                    help="class folder with test/<type>/* and ground_truth/<type>/* (optional with --recalibrate)")
     p.add_argument("--output_path", default="./eval_results/", help="folder for metrics.csv / metrics.json")
-    add_inference_flags(p, bs_help="images per forward pass", pair_help=", e.g. DRAEM_test_0.0001_700_bs8_bottle_",
+    add_inference_flags(p, bs_help="tiles per forward pass (a square image is one tile)",
+                        pair_help=", e.g. DRAEM_test_0.0001_700_bs8_bottle_",
                         pair_required=True)
     p.add_argument("--save_images", action="store_true", help="also write the 4-panel PNG of every test image")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object of the overall metrics")
@@ -70,8 +71,8 @@ def _folder_images(flag, folder):
 
 def recalibrate(args, detector):
     """Score --recalibrate (and --defect_path), fit the new threshold, write it into the pair; print a report."""
-    good = score_files(detector, _folder_images("--recalibrate", args.recalibrate), args.bs)
-    bad = score_files(detector, _folder_images("--defect_path", args.defect_path), args.bs) \
+    good = detector.score_files(_folder_images("--recalibrate", args.recalibrate))
+    bad = detector.score_files(_folder_images("--defect_path", args.defect_path)) \
         if args.defect_path else None
     if args.threshold_rule == "f1":
         calib = f1_threshold(good, bad)
@@ -88,22 +89,22 @@ def recalibrate(args, detector):
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    set_max_pixels(args.max_pixels)
     try:
         if args.data_path is not None and not Path(args.data_path).is_dir():
             raise UsageError(f"--data_path {args.data_path} is not a folder")
         if args.data_path is not None:
             check_outputs(args.output_path)
+            refuse_inside(args.output_path, args.data_path, in_flag="--data_path")
         device = select_device(args.gpu_id)
         log.info("device: %s", device)
         detector = Detector.from_checkpoint(args.checkpoint_path, args.base_model_name, device,
-                                            resolve_amp(args.amp, device))
+                                            resolve_amp(args.amp, device), bs=args.bs, max_pixels=args.max_pixels)
         if args.recalibrate:
             recalibrate(args, detector)
         if args.data_path is None:
             return 0
         images_dir = Path(args.output_path) / "images" if args.save_images else None
-        results = evaluate_class(detector, args.data_path, args.bs, images_dir)
+        results = evaluate_class(detector, args.data_path, images_dir)
         calibration = detector.meta["calibration"]
         print(results_text(results, title=f"{args.base_model_name} on {args.data_path}\n{describe(calibration)}"))
         write_results(results, args.output_path, {"base_model_name": args.base_model_name,

@@ -5,7 +5,7 @@ import math
 import torch
 
 import bench
-from utils.synthesis import make_synthesizer
+from utils.synthesis.simulation import make_synthesizer
 
 REQUIRED = ("synth_samples_per_s", "train_e2e_over_bare", "detect_over_bare", "bf16_speedup")
 

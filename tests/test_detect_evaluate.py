@@ -127,11 +127,11 @@ def test_recalibrate_bad_inputs_leave_the_pair(trained, tmp_path, capsys):
 
 
 def test_bf16_scores_match_fp32(trained):
-    from utils.inference import Detector
+    from utils.detector import Detector
     _, cls, ckpt = trained
     x = torch.rand(2, 3, 64, 64)
-    fp32 = Detector.from_checkpoint(ckpt, BASE, torch.device("cpu"))(x)["score"]
-    bf16 = Detector.from_checkpoint(ckpt, BASE, torch.device("cpu"), torch.bfloat16)(x)["score"]
+    fp32 = torch.stack(Detector.from_checkpoint(ckpt, BASE, torch.device("cpu")).predict(x)["score"])
+    bf16 = torch.stack(Detector.from_checkpoint(ckpt, BASE, torch.device("cpu"), torch.bfloat16).predict(x)["score"])
     assert (fp32 - bf16).abs().max() < 0.01
 
 

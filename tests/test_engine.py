@@ -30,7 +30,7 @@ def test_calibration_uses_normal_scores_only():
     calib = calibrate_threshold(torch.linspace(0.1, 0.2, 101), 0.05)
     assert calib["n_normal"] == 101 and calib["target_false_reject"] == 0.05
     assert calib["normal_median"] == pytest.approx(0.15) and 0.19 < calib["threshold"] <= 0.2
-    assert 0 < calibrate_threshold([0.9, 0.95, 1.0])["threshold"] <= 1.0  # scores are probabilities
+    assert 0 < calibrate_threshold([0.9, 0.95, 1.0], 0.02)["threshold"] <= 1.0  # scores are probabilities
 
 
 def test_diverging_loss_raises_naming_the_step():

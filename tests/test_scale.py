@@ -12,7 +12,7 @@ import evaluate
 import train
 from tests.conftest import write_images
 from utils.checkpoint import base_model_name, load_pair
-from utils.inference import Detector
+from utils.detector import Detector
 
 WIDE = dict(height=160, width=640)
 BASE = base_model_name(0.001, 1, 8, "wide")
@@ -141,7 +141,7 @@ def test_stitched_map_finds_a_2_pixel_scratch_on_a_wide_strip(tmp_path):
                        "0.001", "--amp", "off", "--val_fraction", "0", "--checkpoint_path", str(tmp_path / "ck"),
                        "--log_path", str(tmp_path / "logs")]) == 0
     det = Detector.from_checkpoint(tmp_path / "ck", base_model_name(0.001, 12, 8, "strip"), torch.device("cpu"))
-    amap = det.predict_image(det.read(tmp_path / "scratch.png"), with_reconstruction=False)["anomaly_map"]
+    amap = det.predict([det.read(tmp_path / "scratch.png")], with_reconstruction=False)["anomaly_map"][0]
     assert amap.shape == (128, 1024)
     y, x = np.unravel_index(int(amap.argmax()), amap.shape)
     assert cv2.dilate(mask, np.ones((5, 5), np.uint8))[y, x] > 0, (y, x)
@@ -150,16 +150,16 @@ def test_stitched_map_finds_a_2_pixel_scratch_on_a_wide_strip(tmp_path):
 def test_onnx_tile_model_with_the_tiling_function(wide, tmp_path):
     pytest.importorskip("onnx")
     onnxruntime = pytest.importorskip("onnxruntime")
-    from utils.onnx_export import export_onnx, onnx_predict_tiled
+    from utils.export import export_onnx, onnx_predict_tiled
     _, cls, ckpt = wide
     det = Detector.from_checkpoint(ckpt, BASE, torch.device("cpu"))
     export_onnx(det, tmp_path / "tile.onnx")
     image = det.read(cls / "test" / "spot" / "000.png")  # (3, 160, 640)
     session = onnxruntime.InferenceSession(str(tmp_path / "tile.onnx"), providers=["CPUExecutionProvider"])
-    amap, score = onnx_predict_tiled(session, image, det.size, det.kernel, top_fraction=det.top_fraction)
-    want = det.predict_image(image, with_reconstruction=False)
-    assert amap.shape == (160, 640) and (amap - want["anomaly_map"]).abs().max() < 1e-4
-    assert abs(float(score) - float(want["score"])) < 1e-4
+    amap, score = onnx_predict_tiled(session, image, det.size, det.scorer.kernel, top_fraction=det.scorer.top_fraction)
+    want = det.predict([image], with_reconstruction=False)
+    assert amap.shape == (160, 640) and (amap - want["anomaly_map"][0]).abs().max() < 1e-4
+    assert abs(float(score) - float(want["score"][0])) < 1e-4
 
 
 def test_native_resume_gives_the_same_weights_as_uninterrupted(tmp_path):

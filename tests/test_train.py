@@ -11,9 +11,10 @@ import train
 from tests.conftest import write_images
 from utils.checkpoint import base_model_name, load_pair, pair_paths
 from utils.data_loader import resolve_classes
-from utils.engine import OURS_TOP_FRACTION, PRESETS, train_class
-from utils.jitter import PHOTOMETRIC
-from utils.runtime import init_distributed
+from utils.cli import init_distributed
+from utils.config import PRESETS, RECIPES, Config
+from utils.engine import train_class
+from utils.synthesis.simulation import PHOTOMETRIC
 
 TINY = ["--size", "32", "--rec_base_width", "4", "--seg_base_width", "2", "--bs", "4", "--amp", "off"]
 
@@ -105,12 +106,11 @@ def _ddp_worker(rank, world, port, tmp_path, data):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    args = train.parse_args(["--data_path", str(data), "--checkpoint_path", str(tmp_path / "ckpt"),
-                             "--log_path", str(tmp_path / "logs"), *TINY, "--epochs", "1", "--gpu_id", "-1"])
-    device = init_distributed(args.gpu_id)  # gloo: the same call torchrun makes
-    preset, settings = train.resolve_settings(args, device)
-    [(name, good)] = resolve_classes(settings.data_path, settings.obj_id)
-    _, model = train_class(settings, name, good, device, preset, ["train.py"])
+    cfg = train.parse_args(["--data_path", str(data), "--checkpoint_path", str(tmp_path / "ckpt"),
+                            "--log_path", str(tmp_path / "logs"), *TINY, "--epochs", "1", "--gpu_id", "-1"])
+    device = init_distributed(cfg.gpu_id)  # gloo: the same call torchrun makes
+    [(name, good)] = resolve_classes(cfg.data_path, cfg.obj_id)
+    _, model = train_class(cfg, name, good, device, ["train.py"])
     # every rank dumps its weights so the parent can compare them
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp_path / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
@@ -137,18 +137,24 @@ def test_unreadable_training_file_is_skipped_with_a_warning(tmp_path, caplog):
     assert "zz_broken.png" in caplog.text
 
 
-def test_presets_fill_only_unset_flags_and_leave_args_alone():
-    args = train.parse_args(["--data_path", ".", "--size", "64", "--preset", "paper"])
-    before = vars(args).copy()
-    preset, settings = train.resolve_settings(args, torch.device("cpu"))
-    assert vars(args) == before  # parsed flags are never changed
-    assert preset == "paper" and settings.size == 64 and settings.epochs == PRESETS["paper"]["epochs"]
-    preset, settings = train.resolve_settings(train.parse_args(["--data_path", "."]), torch.device("cpu"))
-    assert preset == "cpu" and settings.bs == PRESETS["cpu"]["bs"]
+def test_presets_give_the_defaults_and_flags_override_them():
+    cfg = train.parse_args(["--data_path", ".", "--size", "64", "--preset", "paper"])
+    assert cfg.preset == "paper" and cfg.size == 64 and cfg.epochs == PRESETS["paper"]["epochs"]
+    cfg = train.parse_args(["--data_path", ".", "--preset", "cpu"])
+    assert cfg.preset == "cpu" and cfg.bs == PRESETS["cpu"]["bs"] and cfg.size == PRESETS["cpu"]["size"]
+    assert train.parse_args([]).preset == "cpu"  # the demo
 
 
-def test_short_run_levers_jitter_surface_defects_cosine_ema_and_resume(tmp_path):
-    levers = ["--jitter", "photo,flip", "--surface_defect_prob", "0.5", "--schedule", "cosine", "--ema", "0.9"]
+def test_help_shows_the_real_defaults_of_the_preset(capsys):
+    for argv, size in ((["--preset", "cpu"], "128"), (["--data_path", ".", "--preset", "paper"], "256")):
+        with pytest.raises(SystemExit):
+            train.parse_args([*argv, "--help"])
+        text = capsys.readouterr().out
+        assert f"(default: {size})" in text and "from --preset" not in text
+
+
+def test_short_run_with_jitter_and_resume(tmp_path):
+    levers = ["--jitter", "photo,flip"]
     assert run_train(tmp_path, "--epochs", "2", "--stop_after_epoch", "1", *levers) == 0
     assert run_train(tmp_path, "--epochs", "2", "--resume", *levers) == 0
     model, meta = load_pair(tmp_path / "ckpt", base_model_name(0.0001, 2, 4, "widget"))
@@ -162,10 +168,25 @@ def test_unknown_jitter_is_a_usage_error(tmp_path, capsys):
 
 
 def test_score_rule_and_jitter_defaults_follow_the_recipe():
-    cpu = torch.device("cpu")
-    for recipe, top, jitter in (("ours", OURS_TOP_FRACTION, PHOTOMETRIC), ("paper", 0.0, ())):
-        _, settings = train.resolve_settings(train.parse_args(["--data_path", ".", "--recipe", recipe]), cpu)
-        assert settings.score_top_fraction == top and settings.jitter == jitter
-    flags = ["--data_path", ".", "--score_top_fraction", "0", "--jitter", "none"]
-    _, settings = train.resolve_settings(train.parse_args(flags), cpu)
-    assert settings.score_top_fraction == 0.0 and settings.jitter == ()
+    for recipe in ("ours", "paper"):
+        cfg = train.parse_args(["--data_path", ".", "--recipe", recipe])
+        assert cfg.score_top_fraction == RECIPES[recipe]["score_top_fraction"]
+        assert cfg.jitter == RECIPES[recipe]["jitter"]
+    assert RECIPES["ours"]["jitter"] == PHOTOMETRIC
+    assert train.parse_args(["--data_path", ".", "--jitter", "none"]).jitter == ()
+    assert Config.build("cpu", "ours").to_dict()["jitter"] == list(PHOTOMETRIC)  # plain types for checkpoints
+
+
+def test_outputs_inside_the_training_folder_are_refused(tmp_path, capsys):
+    data = tmp_path / "widget" / "train" / "good"
+    write_images(data, 4)
+    assert train.main(["--data_path", str(data), "--checkpoint_path", str(data / "ck"), *TINY]) == 2
+    assert "inside the input folder --data_path" in capsys.readouterr().err and not (data / "ck").exists()
+
+
+def test_max_minutes_stops_after_a_step_with_a_checkpoint(tmp_path):
+    assert run_train(tmp_path, "--epochs", "3", "--max_minutes", "0.00001") == 0
+    base = base_model_name(0.0001, 3, 4, "widget")
+    rows = list(csv.DictReader(open(next((tmp_path / "logs").rglob("metrics.csv")))))
+    assert len(rows) == 1 and rows[0]["step"] == "1"
+    assert load_pair(tmp_path / "ckpt", base)[1]["calibration"]["threshold"] is not None

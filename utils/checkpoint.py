@@ -1,4 +1,5 @@
-"""Checkpoint names, atomic writes and loading (ours, self-describing; or the authors' raw state dicts).
+"""Checkpoint pairs: names, writing, loading (ours, self-describing; or the authors' raw state dicts), the
+resumable state and the one-writer-per-name lock.
 
 A checkpoint pair is `{base}.pt` (reconstructive) and `{base}_seg.pt` (discriminative). Each of ours is a plain
 dict of tensors and plain types (loadable with `torch.load(..., weights_only=True)`):
@@ -7,22 +8,31 @@ dict of tensors and plain types (loadable with `torch.load(..., weights_only=Tru
      "calibration": {"threshold": float | None, "rule": str, ...}}
 The authors' released files (`*.pckl`, raw state dicts, widths 128/64, 256 px, RGB) load too.
 
-A pair is written as a unit (`utils.atomic.atomic_group`): after a crash at any moment both files are the old
-pair or both the new one, with the same pair_id. Loaders first complete or clean up interrupted writes
-(`utils.atomic.recover`).
+A pair is written as a unit (`utils.files.atomic_group`): after a crash at any moment both files are the old
+pair or both the new one, with the same pair_id. Readers never write: a committed write that a crash left
+unfinished is read through its journal (`utils.files.pending_moves`); writers (train.py, recalibration) finish
+it (`utils.files.recover`). One writer per pair name: `hold_checkpoint_names` holds a lock file per name.
 
 The resumable state `{base}_resume.pt` (RESUME_KEYS) holds the state dicts of the model, optimizer and scheduler,
 both random generators' states, and the progress: epoch to restart at, step, best validation score, run folder.
 """
+import contextlib
+import hashlib
 import logging
+import os
 import pickle
 from pathlib import Path
 
 import torch
 
-from model.draem import DRAEM
-from utils.atomic import atomic_group, atomic_open, recover
-from utils.runtime import UsageError
+from model.model_unet import DRAEM
+from utils.cli import UsageError
+from utils.files import atomic_group, atomic_open, pending_moves, recover
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, no single-writer guarantee
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +70,6 @@ def save_pair(model, checkpoint_path, base, config, calibration, pair_id, run_id
     return paths
 
 
-def recover_folder(checkpoint_path):
-    """Complete interrupted pair writes and remove our leftover temp files; a read-only folder is left as is."""
-    try:
-        recover(checkpoint_path)
-    except OSError as e:
-        log.warning("could not tidy %s (%s); reading it as it is", checkpoint_path, e.strerror or e)
-
-
 def newest_complete_pair(checkpoint_path, contains=""):
     """Name of the most recently written complete pair in the folder (best-by-validation pairs first).
 
@@ -76,7 +78,6 @@ def newest_complete_pair(checkpoint_path, contains=""):
     d = Path(checkpoint_path)
     if not d.is_dir():
         raise UsageError(f"--checkpoint_path {d} is not a folder")
-    recover_folder(d)
     segs = [p for p in d.iterdir() if p.suffix in EXTENSIONS and p.stem.endswith("_seg") and contains in p.stem]
     best = [p for p in segs if not p.stem.endswith("last_seg")]
     for group in (best, [p for p in segs if p not in best]):
@@ -99,8 +100,7 @@ def save_resume_state(path, state):
     atomic_save({"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
                  "scheduler": state.scheduler.state_dict(), "loader_gen": state.loader_gen.get_state(),
                  "synth_gen": state.synth_gen.get_state().cpu(), "epoch": state.epoch, "step": state.step,
-                 "best": state.best, "run_dir": state.run_dir,
-                 **({"ema": state.ema.state_dict()} if state.ema is not None else {})}, path)
+                 "best": state.best, "run_dir": state.run_dir}, path)
 
 
 def load_resume_state(path, state):
@@ -118,8 +118,6 @@ def load_resume_state(path, state):
     state.loader_gen.set_state(saved["loader_gen"])
     state.synth_gen.set_state(saved["synth_gen"].to(state.synth_gen.get_state().device))
     state.epoch, state.step, state.best, state.run_dir = (saved[k] for k in ("epoch", "step", "best", "run_dir"))
-    if state.ema is not None and "ema" in saved:  # a run started without --ema restarts its average here
-        state.ema.load_state_dict(saved["ema"])
     return state
 
 
@@ -137,30 +135,26 @@ def safe_load(path):
         raise UsageError(f"{path} is not a PyTorch checkpoint ({type(e).__name__})") from None
 
 
+def current_paths(checkpoint_path, base, ext=".pt"):
+    """pair_paths, each replaced by the temp file of a committed but unfinished write when there is one."""
+    moves = pending_moves(checkpoint_path)
+    return tuple(moves.get(p, p) for p in pair_paths(checkpoint_path, base, ext))
+
+
 def _find_pair(checkpoint_path, base):
     d = Path(checkpoint_path)
     if not d.is_dir():
         raise UsageError(f"--checkpoint_path {d} is not a folder")
-    recover_folder(d)
     for ext in EXTENSIONS:
-        rec, seg = pair_paths(d, base, ext)
+        rec, seg = current_paths(d, base, ext)
         if rec.is_file() or seg.is_file():
             if not (rec.is_file() and seg.is_file()):
                 present, missing = (rec, seg) if rec.is_file() else (seg, rec)
-                raise UsageError(f"half a checkpoint pair: {present} exists but {missing} is missing "
-                                 f"(an interrupted write of an older version?)")
+                raise UsageError(f"half a checkpoint pair: {present} exists but {missing} is missing")
             return rec, seg
     found = sorted(p.name for p in d.iterdir() if p.suffix in EXTENSIONS)
     listing = ", ".join(found) if found else "none"
     raise UsageError(f"no checkpoint {base}.pt (+ {base}_seg.pt) in {d}; checkpoints there: {listing}")
-
-
-def _run_and_step(meta):
-    """(run id, step) of one of our checkpoints; older files only have pair_id = '<run>-s<step>'."""
-    if meta.get("run_id") is not None and meta.get("run_id") != meta.get("pair_id"):
-        return meta["run_id"], meta.get("step")
-    run, _, step = str(meta.get("pair_id")).rpartition("-s")
-    return (run, step) if run and step.isdigit() else (meta.get("pair_id"), None)
 
 
 def check_same_pair(rec_path, seg_path, rec_meta, seg_meta):
@@ -170,19 +164,14 @@ def check_same_pair(rec_path, seg_path, rec_meta, seg_meta):
                          f"raw state dict and the other one of ours")
     if rec_meta is None or rec_meta["pair_id"] == seg_meta["pair_id"]:
         return
-    (rec_run, rec_step), (seg_run, seg_step) = _run_and_step(rec_meta), _run_and_step(seg_meta)
-    if rec_run == seg_run:
-        raise UsageError(f"half-replaced checkpoint pair: {rec_path.name} is from step {rec_step} and "
-                         f"{seg_path.name} from step {seg_step} of the same run {rec_run} (an interrupted write "
-                         f"of an older version); use another pair or retrain")
-    raise UsageError(f"mismatched checkpoint pair: {rec_path.name} and {seg_path.name} come from different "
-                     f"training runs ({rec_run} and {seg_run})")
+    raise UsageError(f"mismatched checkpoint pair: {rec_path.name} and {seg_path.name} were not written together "
+                     f"(pair ids {rec_meta['pair_id']} and {seg_meta['pair_id']}); use another pair or retrain")
 
 
 def pair_is_complete(checkpoint_path, base):
     """True when both files of our pair exist and hold the same pair_id (read lazily, without the weights)."""
     ids = []
-    for path in pair_paths(checkpoint_path, base):
+    for path in current_paths(checkpoint_path, base):
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception:  # missing, not a zip checkpoint (the authors' .pckl are never ours), unreadable
@@ -235,3 +224,89 @@ def load_pair(checkpoint_path, base):
         meta = {"config": rec_meta["config"], "calibration": rec_meta["calibration"], "original": False,
                 "pair_id": rec_meta["pair_id"]}
     return model.eval(), meta
+
+
+def lock_path(folder, name):
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return Path(folder) / f".draem-lock-{digest}"
+
+
+def _holder(path):
+    with contextlib.suppress(OSError, ValueError):
+        pid, _, name = path.read_text().partition(" ")
+        return int(pid), name.strip()
+    return None, ""
+
+
+class NameLock:
+    """`with NameLock(folder, name, "train.py"): ...` holds `name` in `folder` or raises UsageError at once."""
+
+    def __init__(self, folder, name):
+        self.path, self.name, self.fd = lock_path(folder, name), name, None
+
+    def acquire(self):
+        if fcntl is None:
+            return self
+        while True:  # the file may be unlinked by its releasing holder between our open and our flock
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                pid, _ = _holder(self.path)
+                who = f"process {pid}" if pid else "another process"
+                raise UsageError(f"{self.name} in {self.path.parent} is being written by {who} (another "
+                                 f"train.py or evaluate.py --recalibrate); wait for it to end or use another --checkpoint_path") from None
+            if self._still_ours(fd):
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {self.name}\n".encode("utf-8", "surrogateescape"))
+        self.fd = fd
+        return self
+
+    def _still_ours(self, fd):
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
+
+    def release(self):
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # unlinked while locked: a waiting opener retries (_still_ours)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def lock_names(folder, names):
+    """An ExitStack holding every name in `names` (all or none: a refused name releases those taken)."""
+    stack = contextlib.ExitStack()
+    with contextlib.ExitStack() as taking:
+        for name in names:
+            taking.enter_context(NameLock(folder, name))
+        stack.push(taking.pop_all())
+    return stack
+
+
+def hold_checkpoint_names(checkpoint_path, names, log_path=None):
+    """A run's start: create the checkpoint folder, hold every checkpoint name in it (UsageError naming the
+    running process when another run holds one), then finish or remove what killed runs of these names left
+    (there and in their run folders under `log_path`). Returns the ExitStack holding the locks."""
+    folder = Path(checkpoint_path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--checkpoint_path {folder}: cannot create it ({e.strerror})") from None
+    stack = lock_names(folder, names)
+    recover(folder)
+    if log_path is not None and Path(log_path).is_dir():
+        for run_dir in Path(log_path).iterdir():
+            if run_dir.is_dir() and any(run_dir.name == n or run_dir.name.startswith(n + "_") for n in names):
+                recover(run_dir)
+    return stack

@@ -1,13 +1,16 @@
-"""Image reading and datasets.
+"""Image reading (with the pixel guard), the working scale, class folders, the split, crops and datasets.
 
 One reader (`read_image`) is used by training, validation, detection and evaluation, so every image goes
-through the same decoding and resizing: 8/16-bit, gray/RGB/RGBA, jpg/png/bmp/tif, any size -> float RGB in [0, 1].
+through the same decoding and resizing: 8/16-bit, gray/RGB/RGBA, jpg/png/bmp/tif, any size -> float RGB in [0, 1]
+at a working scale ("square": size x size, the paper; "native": its own pixels; N: the longer side N px).
+Before decoding, the pixel count is read from the file's header and a file above `max_pixels` is refused.
 
 Training data is only normal images, decoded once into a uint8 tensor (`load_images`); the anomalies are
-synthesised per *batch* on the training device by `utils.synthesis` (see utils/engine.py), so the datasets here
+synthesised per *batch* on the training device by `utils.synthesis.simulation` (see utils/engine.py), so the datasets here
 stay simple and fast.
 """
 import logging
+import struct
 from pathlib import Path
 
 import cv2
@@ -15,14 +18,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from utils.image_size import check_pixels
-from utils.runtime import UsageError, seed_worker
-from utils.tiling import SQUARE, to_working_scale
+from utils.cli import UsageError, seed_worker
+from utils.config import Config
 
 log = logging.getLogger(__name__)
 
 MIN_HELD_OUT = 30  # good images held out for the threshold when the data allow (README "Choosing the threshold")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+DEFAULT_MAX_PIXELS = Config.max_pixels  # larger image files are refused from their header
+SQUARE, NATIVE = "square", "native"  # working scales; or an int N, the longer side in pixels
 
 
 def list_images(folder):
@@ -31,7 +35,23 @@ def list_images(folder):
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def _decode(path, flags):
+def scale_of(config):
+    """The working scale a checkpoint config records ("square" for the authors' pairs)."""
+    scale = config.get("scale", SQUARE)
+    return scale if scale in (SQUARE, NATIVE) else int(scale)
+
+
+def working_shape(height, width, scale, size):
+    """(H, W) an image of height x width pixels has at the working scale."""
+    if scale == SQUARE:
+        return size, size
+    if scale == NATIVE:
+        return height, width
+    ratio = scale / max(height, width)
+    return max(1, round(height * ratio)), max(1, round(width * ratio))
+
+
+def _decode(path, flags, max_pixels):
     # cv2.imread cannot open non-ASCII paths on some platforms; decoding the bytes always works.
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
@@ -39,31 +59,33 @@ def _decode(path, flags):
         return None
     if not data.size:
         return None
-    check_pixels(path, data)  # from the header, before cv2 allocates the decoded image
+    check_pixels(path, data, max_pixels)  # from the header, before cv2 allocates the decoded image
     return cv2.imdecode(data, flags)
 
 
-def read_image(path, size=None):
-    """Read an image as a float tensor (3, H, W) in [0, 1], RGB, resized to (size, size) if given.
+def read_image(path, size=None, scale=SQUARE, max_pixels=DEFAULT_MAX_PIXELS):
+    """Read an image as a float tensor (3, H, W) in [0, 1], RGB, at a working scale (`image_to_tensor`).
 
     Grayscale is replicated to 3 channels (the networks take 3), alpha is dropped, 16-bit is scaled by 65535.
     Raises ValueError naming the file when it cannot be decoded.
     """
-    img = _decode(path, cv2.IMREAD_UNCHANGED)
+    img = _decode(path, cv2.IMREAD_UNCHANGED, max_pixels)
     if img is None or img.ndim not in (2, 3):
         raise ValueError(f"cannot read image file {path}")
-    return image_to_tensor(img, size, bgr=True)
+    return image_to_tensor(img, size, bgr=True, scale=scale)
 
 
-def image_to_tensor(img, size=None, bgr=False):
+def image_to_tensor(img, size=None, bgr=False, scale=SQUARE):
     """An image array (H, W) or (H, W, 1|3|4), uint8 / uint16 / float in [0, 1] -> float tensor (3, H, W) in
-    [0, 1], RGB, resized to (size, size) if given. bgr: the channels are in OpenCV's order (as cv2.imread gives)."""
+    [0, 1], RGB, at the working scale (`working_shape`: (size, size) for "square"; no size: its own pixels),
+    resized by area in the array's own dtype.
+    bgr: the channels are in OpenCV's order (as cv2.imread gives)."""
     img = np.asarray(img)
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
         raise ValueError(f"expected an image array (H, W) or (H, W, 1|3|4), got shape {img.shape}")
-    scale = 65535.0 if img.dtype == np.uint16 else 255.0
+    norm = 65535.0 if img.dtype == np.uint16 else 255.0
     if img.dtype not in (np.uint8, np.uint16):  # float TIFFs etc.: assume [0, 1]
-        img, scale = img.astype(np.float32), 1.0
+        img, norm = img.astype(np.float32), 1.0
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     elif img.shape[2] == 1:
@@ -72,12 +94,25 @@ def image_to_tensor(img, size=None, bgr=False):
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB)
     elif bgr:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    if size is not None:
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    h, w = working_shape(*img.shape[:2], NATIVE if size is None else scale, size)
+    if (h, w) != img.shape[:2]:
+        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
     img = img.astype(np.float32)
-    img /= scale  # in place: a large image is not copied twice more
+    img /= norm  # in place: a large image is not copied twice more
     np.clip(img, 0.0, 1.0, out=img)
     return torch.from_numpy(img).permute(2, 0, 1).contiguous()
+
+
+def pad_to_tile(image, tile):
+    """(C, H, W) -> (C, max(H, tile), max(W, tile)): reflection at the bottom and right, so the original
+    pixels keep their coordinates. Works for any dtype; repeats the reflection when the image is tiny."""
+    h, w = image.shape[-2:]
+    pad_h, pad_w = max(0, tile - h), max(0, tile - w)
+    if not pad_h and not pad_w:
+        return image
+    mode = "reflect" if min(h, w) > 1 else "edge"  # a 1-pixel side has nothing to reflect
+    padded = np.pad(image.numpy(), ((0, 0), (0, pad_h), (0, pad_w)), mode=mode)
+    return torch.from_numpy(padded)
 
 
 def read_mask(path, size):
@@ -85,7 +120,7 @@ def read_mask(path, size):
 
     Resized by nearest neighbour (no blur, no new values), for every working scale.
     """
-    m = _decode(path, cv2.IMREAD_GRAYSCALE)
+    m = _decode(path, cv2.IMREAD_GRAYSCALE, DEFAULT_MAX_PIXELS)
     if m is None:
         raise ValueError(f"cannot read mask file {path}")
     h, w = (size, size) if isinstance(size, int) else size
@@ -133,27 +168,19 @@ def split_files(files, val_fraction, seed):
     return sorted(files[i] for i in order[n_val:]), val
 
 
-def read_at_scale(path, size, scale=SQUARE):
-    """An image file as float (3, H, W) in [0, 1] at a working scale: (size, size) for "square", else as
-    utils.tiling.to_working_scale (the image's own pixels, or its longer side resized to N)."""
-    if scale == SQUARE:
-        return read_image(path, size)
-    return to_working_scale(read_image(path), scale, size)
-
-
 class Uint8Images(Dataset):
     """Training images as uint8 (3, size, size) (or (3, H, W) at a tiled working scale), or None for a file that
     cannot be decoded (warned once)."""
 
-    def __init__(self, files, size, scale=SQUARE):
-        self.files, self.size, self.scale = files, size, scale
+    def __init__(self, files, size, scale=SQUARE, max_pixels=DEFAULT_MAX_PIXELS):
+        self.files, self.size, self.scale, self.max_pixels = files, size, scale, max_pixels
 
     def __len__(self):
         return len(self.files)
 
     def __getitem__(self, idx):
         try:
-            return (read_at_scale(self.files[idx], self.size, self.scale) * 255).round().to(torch.uint8)
+            return (read_image(self.files[idx], self.size, self.scale, self.max_pixels) * 255).round().to(torch.uint8)
         except ValueError as e:
             log.warning("skipping %s", e)
             return None
@@ -163,20 +190,20 @@ def _keep_readable(batch):
     return [x for x in batch if x is not None]
 
 
-def load_images_at_scale(files, size, workers, scale=SQUARE):
+def load_images_at_scale(files, size, workers, scale=SQUARE, max_pixels=DEFAULT_MAX_PIXELS):
     """Decode every image once: a list of uint8 tensors (3, H_i, W_i) at the working scale (images of different
     sizes cannot be stacked). Unreadable files are skipped with one warning each."""
-    loader = DataLoader(Uint8Images(files, size, scale), batch_size=32 if scale == SQUARE else 4,
+    loader = DataLoader(Uint8Images(files, size, scale, max_pixels), batch_size=32 if scale == SQUARE else 4,
                         num_workers=workers, worker_init_fn=seed_worker, collate_fn=_keep_readable)
     return [x for batch in loader for x in batch]
 
 
-def load_images(files, size, workers):
+def load_images(files, size, workers, max_pixels=DEFAULT_MAX_PIXELS):
     """Decode every image once into a uint8 tensor (N, 3, size, size): epochs then cost no decoding.
 
     Unreadable files are skipped with one warning each.
     """
-    images = load_images_at_scale(files, size, workers)
+    images = load_images_at_scale(files, size, workers, SQUARE, max_pixels)
     return torch.stack(images) if images else torch.zeros(0, 3, size, size, dtype=torch.uint8)
 
 
@@ -184,11 +211,11 @@ class MVTecTestDataset(Dataset):
     """Test split of an MVTec AD class: `test/<type>/*` with masks at `ground_truth/<type>/<stem>_mask.*`.
 
     Returns dict(image (3,H,W), mask (1,H,W), label 0/1, type str, path str); `good` images get an empty mask.
-    (H, W) is (size, size) for scale "square", else the image's shape at that working scale (utils/tiling.py).
+    (H, W) is (size, size) for scale "square", else the image's shape at that working scale (`working_shape`).
     """
 
-    def __init__(self, class_dir, size, scale=SQUARE):
-        self.class_dir, self.size, self.scale = Path(class_dir), size, scale
+    def __init__(self, class_dir, size, scale=SQUARE, max_pixels=DEFAULT_MAX_PIXELS):
+        self.class_dir, self.size, self.scale, self.max_pixels = Path(class_dir), size, scale, max_pixels
         test_dir = self.class_dir / "test"
         if not test_dir.is_dir():
             raise FileNotFoundError(f"no test folder in {class_dir} (expected MVTec layout: test/<type>/*)")
@@ -221,7 +248,7 @@ class MVTecTestDataset(Dataset):
 
     def __getitem__(self, idx):
         path, defect_type, mask_path = self.samples[idx]
-        image = read_at_scale(path, self.size, self.scale)
+        image = read_image(path, self.size, self.scale, self.max_pixels)
         shape = tuple(image.shape[1:])  # (H, W)
         if mask_path is None:  # a good image, or a defect image without a mask (its pixel metrics are dropped)
             mask = torch.zeros(1, *shape)
@@ -229,3 +256,136 @@ class MVTecTestDataset(Dataset):
             mask = read_mask(mask_path, shape)
         label = 0 if defect_type == "good" else 1
         return {"image": image, "mask": mask, "label": label, "type": defect_type, "path": str(path)}
+
+
+def _png(b):
+    if len(b) >= 24 and bytes(b[12:16]) == b"IHDR":
+        return struct.unpack(">II", b[16:24])
+    return None
+
+
+def _jpeg(b):
+    i = 2
+    while i + 9 <= len(b):
+        if b[i] != 0xFF:
+            return None
+        marker = b[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD9)):  # markers without a length
+            i += 2
+            continue
+        length = struct.unpack(">H", b[i + 2:i + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn: frame header
+            h, w = struct.unpack(">HH", b[i + 5:i + 9])
+            return w, h
+        i += 2 + length
+    return None
+
+
+def _bmp(b):
+    if len(b) < 26:
+        return None
+    dib = struct.unpack("<I", b[14:18])[0]
+    if dib == 12:  # BITMAPCOREHEADER: 16-bit sizes
+        return struct.unpack("<HH", b[18:22])
+    w, h = struct.unpack("<ii", b[18:26])
+    return abs(w), abs(h)  # a negative height means top-down rows
+
+
+def _tiff(b):
+    endian = "<" if bytes(b[:2]) == b"II" else ">"
+    if struct.unpack(endian + "H", b[2:4])[0] != 42:
+        return None  # BigTIFF (43) and others: unknown
+    offset = struct.unpack(endian + "I", b[4:8])[0]
+    if offset + 2 > len(b):
+        return None
+    n = struct.unpack(endian + "H", b[offset:offset + 2])[0]
+    size = {}
+    for k in range(n):
+        e = offset + 2 + 12 * k
+        if e + 12 > len(b):
+            return None
+        tag, typ = struct.unpack(endian + "HH", b[e:e + 4])
+        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT (3) or LONG (4)
+            size[tag] = struct.unpack(endian + ("H" if typ == 3 else "I"), b[e + 8:e + 10 if typ == 3 else e + 12])[0]
+    return (size[256], size[257]) if len(size) == 2 else None
+
+
+def header_size(data):
+    """(width, height) from a PNG/JPEG/BMP/TIFF file's bytes (any buffer; only the header is parsed, nothing is
+    decoded); None when the format is unknown or the header is unreadable."""
+    b = memoryview(data).cast("B")
+    head = bytes(b[:8])
+    try:
+        if head.startswith(b"\x89PNG\r\n\x1a\n"):
+            return _png(b)
+        if head.startswith(b"\xff\xd8"):
+            return _jpeg(b)
+        if head.startswith(b"BM"):
+            return _bmp(b)
+        if head[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff(b)
+    except struct.error:
+        return None
+    return None
+
+
+def check_pixels(path, data, max_pixels=DEFAULT_MAX_PIXELS):
+    """ValueError naming the file when its header is unknown or it holds more than `max_pixels` pixels."""
+    size = header_size(data)
+    if size is None:
+        raise ValueError(f"cannot read image file {path} (not a readable PNG, JPEG, BMP or TIFF header)")
+    w, h = size
+    if w * h > max_pixels:
+        raise ValueError(f"image {path} is {w}x{h} = {w * h / 1e6:.1f} megapixels, above the limit of "
+                         f"{max_pixels / 1e6:.1f} (raise it with --max_pixels)")
+    return size
+
+
+def crops_per_image(image, size):
+    h, w = image.shape[-2:]
+    return max(1, round(h * w / size ** 2))
+
+
+def _random_offsets(images, index, size, generator):
+    """(len(index), 2) top-left corners, uniform over each image's valid positions."""
+    limits = torch.tensor([[images[i].shape[1] - size + 1, images[i].shape[2] - size + 1] for i in index])
+    return (torch.rand(len(index), 2, generator=generator, dtype=torch.float64) * limits).long()
+
+
+class RandomCrops(Dataset):
+    """size x size crops of a list of uint8 images (3, H_i, W_i); item k -> (crop (3, size, size) uint8,).
+
+    A 1-tuple, like TensorDataset's items, so the training loop reads `for (batch,) in loader` either way.
+    """
+
+    def __init__(self, images, size, seed=0):
+        self.images = [pad_to_tile(im, size) for im in images]  # a copy only for images smaller than a tile
+        self.size, self.seed = size, seed
+        self.index = [i for i, im in enumerate(self.images) for _ in range(crops_per_image(im, size))]
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch):
+        """Draw this epoch's crop offsets (seeded by seed and epoch: the same after a resume)."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        self.offsets = _random_offsets(self.images, self.index, self.size, g)
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, k):
+        y, x = self.offsets[k].tolist()
+        return (self.images[self.index[k]][:, y:y + self.size, x:x + self.size],)
+
+
+def validation_crops(images, size, seed, per_image=4):
+    """Fixed crops of held-out images for the synthetic validation: up to `per_image` crops of each image
+    (as many as its area holds), seeded. Returns uint8 (N, 3, size, size)."""
+    images = [pad_to_tile(im, size) for im in images]
+    index = [i for i, im in enumerate(images) for _ in range(min(per_image, crops_per_image(im, size)))]
+    if not index:
+        return torch.zeros(0, 3, size, size, dtype=torch.uint8)
+    offsets = _random_offsets(images, index, size, torch.Generator().manual_seed(seed))
+    return torch.stack([images[i][:, y:y + size, x:x + size] for i, (y, x) in zip(index, offsets.tolist())])

@@ -5,8 +5,7 @@
 
 `Run` is what a run builds once (data, synthesiser, loader, validation set, logger); `TrainState` is what changes
 and what `--resume` restores (model, optimizer, schedule, generators, step, best score), saved by
-utils/checkpoint.py. `settings` is train.py's parsed flags with the preset filled in (any object with the
-same attributes).
+utils/checkpoint.py. `settings` is a utils.config.Config.
 """
 import logging
 import math
@@ -21,34 +20,22 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
 from model import DRAEM
-from model.scoring import score_kernel
-from utils.calibration import DEFAULT_TARGET_FALSE_REJECT, fit_threshold
 from utils.checkpoint import base_model_name, load_resume_state, resume_path, save_pair, save_resume_state
-from utils.crops import RandomCrops, validation_crops
-from utils.data_loader import is_grayscale, list_images, load_images, load_images_at_scale, split_files
-from utils.inference import autocast, predict, whole_image_scores
-from utils.jitter import jitter_images
+from utils.cli import UsageError, distributed_env, resolve_amp, seed_everything
+from utils.config import Config
+from utils.data_loader import (SQUARE, RandomCrops, is_grayscale, list_images, load_images, load_images_at_scale,
+                               split_files, validation_crops)
+from utils.detector import Scorer, autocast, image_scores, predict, score_kernel
+from utils.evaluation import fit_threshold
 from utils.loss import DraemLoss
 from utils.metrics import image_auroc, pixel_ap
-from utils.runtime import UsageError, distributed_env, resolve_amp, seed_everything
-from utils.schedules import WeightEMA, make_scheduler
-from utils.synthesis import make_synthesizer
-from utils.textures import load_texture_bank
-from utils.tiling import is_tiled
+from utils.synthesis.simulation import jitter_images, make_synthesizer
+from utils.synthesis.textures import load_texture_bank
 from utils.training_logger import TrainingLogger
 
 log = logging.getLogger(__name__)
 
-# Defaults, in one place. Size presets (explicit flags win over a preset; see train.py --preset).
-PRESETS = {
-    "paper": dict(size=256, rec_base_width=128, seg_base_width=64, bs=8, epochs=700),
-    "cpu": dict(size=128, rec_base_width=16, seg_base_width=8, bs=8, epochs=20),  # README: "CPU preset"
-}
-LR = 0.0001  # Adam, as the paper
-ANOMALY_PRIOR = 0.01  # recipe ours: p(anomaly) the segmentation head starts at
 VAL_SEED = 1234  # the synthetic validation set is the same in every run
-OURS_TOP_FRACTION = 0.003  # recipe ours: image score = mean of the hottest 0.3% of pixels (README: ablation)
-OURS_JITTER = "photo"  # recipe ours: photometric jitter of the good images (utils/jitter.py; README: ablation)
 
 
 class Diverged(RuntimeError):
@@ -79,11 +66,11 @@ def train_step(model, batch, synthesizer, gen, criterion, optimizer, amp_dtype, 
     return losses
 
 
-def make_optimizer(model, lr, total_steps, schedule="step", warmup=0.05):
-    """Adam at lr; "step": lr x0.2 at 80% and 90% of training (the paper's epochs, counted in steps so short runs
-    decay), "cosine": warm-up + cosine (utils/schedules.py)."""
+def make_optimizer(model, lr, total_steps):
+    """Adam at lr, x0.2 at 80% and 90% of training (the paper's epochs, counted in steps so short runs decay)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    return optimizer, make_scheduler(optimizer, total_steps, schedule, warmup)
+    milestones = [int(total_steps * 0.8), int(total_steps * 0.9)]
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.2)
 
 
 def loss_values(losses, step, checkpoint_path):
@@ -109,7 +96,7 @@ def build_validation(images, synthesizer, device):
     return {"images": x, "masks": masks, "labels": labels, "n_normal": len(clean)}
 
 
-def calibrate_threshold(normal_scores, target_false_reject=DEFAULT_TARGET_FALSE_REJECT):
+def calibrate_threshold(normal_scores, target_false_reject):
     """Image-score threshold from held-out *normal* scores only, aimed at a false-reject rate (utils/calibration.py).
 
     No defect images are needed (or used); the calibration dict records the rule, n and the expected rate.
@@ -117,19 +104,20 @@ def calibrate_threshold(normal_scores, target_false_reject=DEFAULT_TARGET_FALSE_
     return fit_threshold(torch.as_tensor(normal_scores, dtype=torch.float64).numpy(), target_false_reject)
 
 
-def validate(model, val, bs, kernel, target_false_reject=DEFAULT_TARGET_FALSE_REJECT, top_fraction=0.0):
+def validate(scorer, val, bs, target_false_reject):
     """Image AUROC and pixel AP on the synthetic validation set, plus the calibration from its normal half.
 
     Scored in fp32 whatever the training precision: the threshold must fit the scores detect.py computes.
     """
-    model.eval()
+    scorer.eval()
+    images, tile = val["images"], val["images"].shape[-1]
     scores, maps = [], []
-    for i in range(0, len(val["images"]), bs):
-        out = predict(model, val["images"][i:i + bs], None, kernel, top_fraction)
-        scores.append(out["score"].cpu())
-        maps.append(out["anomaly_map"].cpu())
-    model.train()
-    scores, maps = torch.cat(scores), torch.cat(maps)
+    for i in range(0, len(images), bs):
+        out = predict(scorer, list(images[i:i + bs]), tile, images.device, bs, with_reconstruction=False)
+        scores += [s.cpu() for s in out["score"]]
+        maps += [m.cpu() for m in out["anomaly_map"]]
+    scorer.train()
+    scores, maps = torch.stack(scores), torch.stack(maps)
     labels, masks = val["labels"].cpu().numpy(), val["masks"][:, 0].cpu().numpy()
     return ({"val_image_auroc": image_auroc(labels, scores.numpy()), "val_pixel_ap": pixel_ap(masks, maps.numpy())},
             calibrate_threshold(scores[:val["n_normal"]], target_false_reject))
@@ -148,13 +136,12 @@ class TrainState:
     step: int = 0  # optimisation steps done
     best: float = -1.0  # best validation image AUROC + pixel AP so far
     run_dir: str | None = None  # the run folder of logs
-    ema: WeightEMA | None = None  # --ema: the averaged weights that validation and the pairs use
 
 
 @dataclass
 class Run:
     """What a run builds once and does not change."""
-    settings: object
+    settings: Config
     obj_name: str
     base: str  # checkpoint pair name
     config: dict  # stored in every checkpoint
@@ -183,14 +170,15 @@ def load_training_sets(settings, train_files, val_files):
     validation, held-out whole images for the threshold or None).
 
     --scale square: whole images resized. native / N: random crops of the images at the working scale
-    (utils/crops.py); the synthetic validation uses fixed crops of the held-out images, and the threshold is
+    (utils/data_loader.py); the synthetic validation uses fixed crops of the held-out images, and the threshold is
     calibrated on the held-out images scored whole, tiled and stitched exactly as detect.py does.
     """
-    if not is_tiled(settings.scale):
-        return (TensorDataset(load_images(train_files, settings.size, settings.workers)),
-                load_images(val_files, settings.size, settings.workers), None)
-    held_out = load_images_at_scale(val_files, settings.size, settings.workers, settings.scale)
-    train_images = load_images_at_scale(train_files, settings.size, settings.workers, settings.scale)
+    if settings.scale == SQUARE:
+        return (TensorDataset(load_images(train_files, settings.size, settings.workers, settings.max_pixels)),
+                load_images(val_files, settings.size, settings.workers, settings.max_pixels), None)
+    held_out = load_images_at_scale(val_files, settings.size, settings.workers, settings.scale, settings.max_pixels)
+    train_images = load_images_at_scale(train_files, settings.size, settings.workers, settings.scale,
+                                        settings.max_pixels)
     return (RandomCrops(train_images, settings.size, settings.seed),
             validation_crops(held_out, settings.size, VAL_SEED), held_out or None)
 
@@ -208,27 +196,22 @@ def load_class_data(settings, good_dir, device):
     sample = torch.stack([train_set[i][0] for i in range(min(64, len(train_set)))])  # (<=64, 3, S, S) uint8
     grayscale = {"on": True, "off": False}.get(settings.grayscale, is_grayscale(sample.float() / 255))
     bank = load_texture_bank(settings.anomaly_source_path, settings.size) if settings.anomaly_source_path else None
-    synthesizer = make_synthesizer(settings.recipe, bank, grayscale, self_texture_prob=settings.self_texture_prob,
-                                   surface_defect_prob=settings.surface_defect_prob)
+    synthesizer = make_synthesizer(settings.recipe, bank, grayscale)
     return (train_set, val_images, whole_val), grayscale, synthesizer.to(device)
 
 
-def checkpoint_config(settings, obj_name, grayscale, preset, amp_dtype):
-    """What a checkpoint pair says about itself (the networks are rebuilt from it without flags)."""
-    return {"size": settings.size, "rec_base_width": settings.rec_base_width,
-            "seg_base_width": settings.seg_base_width, "in_channels": 3, "grayscale": grayscale,
-            "obj_name": obj_name, "lr": settings.lr, "epochs": settings.epochs, "bs": settings.bs, "preset": preset,
-            "recipe": settings.recipe, "seed": settings.seed, "scale": settings.scale,
+def checkpoint_config(settings, obj_name, grayscale, amp_dtype):
+    """What a checkpoint pair says about itself: the run's Config and what the run resolved (the networks and
+    the score rule are rebuilt from it without flags)."""
+    return {**settings.to_dict(), "in_channels": 3, "grayscale": grayscale, "obj_name": obj_name,
             "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
-            "score_kernel": score_kernel(settings.size, scaled=settings.recipe != "paper"),
-            "score_top_fraction": settings.score_top_fraction}
+            "score_kernel": score_kernel(settings.size, scaled=settings.scaled_kernel)}
 
 
 def build_state(settings, data, device, rank, world):
     """Seeded model, data loader (and DDP sampler), optimizer and generators: (TrainState, loader, sampler)."""
     seed_everything(settings.seed)
-    prior = ANOMALY_PRIOR if settings.recipe != "paper" else None
-    model = DRAEM(settings.rec_base_width, settings.seg_base_width).init_weights(prior).to(device)
+    model = DRAEM(settings.rec_base_width, settings.seg_base_width).init_weights(settings.anomaly_prior).to(device)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=settings.seed,
@@ -236,20 +219,18 @@ def build_state(settings, data, device, rank, world):
     loader_gen = torch.Generator().manual_seed(settings.seed)
     loader = DataLoader(data, batch_size=settings.bs, shuffle=sampler is None, sampler=sampler,
                         generator=loader_gen, drop_last=len(data) // world > settings.bs)
-    optimizer, scheduler = make_optimizer(model, settings.lr, settings.epochs * len(loader), settings.schedule,
-                                          settings.warmup)
-    ema = WeightEMA(model, settings.ema) if settings.ema else None
+    optimizer, scheduler = make_optimizer(model, settings.lr, settings.epochs * len(loader))
     synth_gen = torch.Generator(device=device).manual_seed(settings.seed + 7919 * rank)
-    return TrainState(model, optimizer, scheduler, loader_gen, synth_gen, ema=ema), loader, sampler
+    return TrainState(model, optimizer, scheduler, loader_gen, synth_gen), loader, sampler
 
 
-def setup_run(settings, obj_name, good_dir, device, preset, command, stop=None):
+def setup_run(settings, obj_name, good_dir, device, command, stop=None):
     """Everything one class's training needs: (Run, TrainState), the state resumed when --resume is set."""
     rank, _, world = distributed_env()
     amp_dtype = resolve_amp(settings.amp, device)
     (train_set, val_images, whole_val), grayscale, synthesizer = load_class_data(settings, good_dir, device)
     base = base_model_name(settings.lr, settings.epochs, settings.bs, obj_name)
-    config = checkpoint_config(settings, obj_name, grayscale, preset, amp_dtype)
+    config = checkpoint_config(settings, obj_name, grayscale, amp_dtype)
     log.info("class %s: %d training + %d validation %s from %s, scale %s, %s synthesis%s, %s", obj_name,
              len(train_set), len(val_images), "crops" if whole_val else "images", good_dir, settings.scale,
              settings.recipe, " (grayscale)" if grayscale else "", config["amp"])
@@ -262,7 +243,7 @@ def setup_run(settings, obj_name, good_dir, device, preset, command, stop=None):
         load_resume_state(resume_path(settings.checkpoint_path, base), state)
         log.info("resumed %s at epoch %d, step %d", resume_path(settings.checkpoint_path, base), state.epoch,
                  state.step)
-    logger = TrainingLogger(settings.log_path, base, {**vars(settings), **config}, argv=command, enabled=rank == 0,
+    logger = TrainingLogger(settings.log_path, base, config, argv=command, enabled=rank == 0,
                             run_dir=state.run_dir)
     state.run_dir = str(logger.run_dir)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
@@ -272,36 +253,42 @@ def setup_run(settings, obj_name, good_dir, device, preset, command, stop=None):
     return run, state
 
 
-def checkpoint(run, state, row):
-    """Validate; on rank 0 write the last pair, the best pair when validation improved, the resume state and
-    the CSV row (`row` gets the validation metrics)."""
-    settings = run.settings
+def validate_run(run, state):
+    """(validation metrics, calibration) of the model now; under DDP every rank takes rank 0's BN statistics."""
     if run.world > 1:  # BN running stats are updated per rank; rank 0's are the ones DDP broadcasts
         for buf in state.model.buffers():
             dist.broadcast(buf, 0)
-    calib = {"threshold": None, "rule": "no validation images"}
-    model = state.ema.model if state.ema is not None else state.model  # what validation and the pairs see
-    top = run.config["score_top_fraction"]
-    if run.val is not None:
-        metrics, calib = validate(model, run.val, settings.bs, run.config["score_kernel"],
-                                  settings.target_false_reject, top)
-        if run.whole_val:  # tiled: the threshold from whole held-out images, scored as detect.py scores them (fp32)
-            calib = calibrate_threshold(whole_image_scores(model, run.whole_val, settings.size, None,
-                                                           run.config["score_kernel"], run.device, top),
-                                        settings.target_false_reject)
-        row.update(metrics)
-    if not run.is_main:
-        return
-    run_id = run.logger.run_dir.name
+    if run.val is None:
+        return {}, {"threshold": None, "rule": "no validation images"}
+    scorer = Scorer.from_config(state.model, run.config)  # fp32, as detect.py scores
+    metrics, calib = validate(scorer, run.val, run.settings.bs, run.settings.target_false_reject)
+    if run.whole_val:  # tiled: the threshold from whole held-out images, scored as detect.py scores them
+        calib = calibrate_threshold(image_scores(scorer, run.whole_val, run.settings.size, run.device),
+                                    run.settings.target_false_reject)
+    return metrics, calib
+
+
+def save_checkpoints(run, state, calib, row):
+    """Rank 0: the last pair, the best pair when validation improved, the resume state and the CSV row."""
+    settings, run_id = run.settings, run.logger.run_dir.name
     pair_id = f"{run_id}-s{state.step}"
-    save_pair(model, settings.checkpoint_path, run.base + "last", run.config, calib, pair_id, run_id, state.step)
+    save_pair(state.model, settings.checkpoint_path, run.base + "last", run.config, calib, pair_id, run_id,
+              state.step)
     # best by image AUROC + pixel AP on the synthetic validation set (nan counts as 0)
     score = sum(v for v in (row.get("val_image_auroc"), row.get("val_pixel_ap")) if v is not None and v == v)
     if run.val is None or score > state.best:
         state.best = score
-        save_pair(model, settings.checkpoint_path, run.base, run.config, calib, pair_id, run_id, state.step)
+        save_pair(state.model, settings.checkpoint_path, run.base, run.config, calib, pair_id, run_id, state.step)
     save_resume_state(resume_path(settings.checkpoint_path, run.base), state)
     run.logger.log_epoch(row)
+
+
+def checkpoint(run, state, row):
+    """Validate, then (rank 0) write; `row` gets the validation metrics."""
+    metrics, calib = validate_run(run, state)
+    row.update(metrics)
+    if run.is_main:
+        save_checkpoints(run, state, calib, row)
 
 
 def progress_row(state, epoch, sums, n, t0):
@@ -330,8 +317,12 @@ def stop_on_signal(run, state):
     raise run.stop.interrupted(f"resumable state {path} (continue with --resume)")
 
 
+class OutOfTime(Exception):
+    """--max_minutes reached; the state has just been checkpointed."""
+
+
 def train_epoch(run, state, t0):
-    """One pass over the training images from state.epoch: (its row, False), or (None, True) when out of time."""
+    """One pass over the training images from state.epoch: its metrics.csv row. Raises OutOfTime."""
     settings, sums, n = run.settings, {}, 0
     bar = tqdm(run.loader, desc=f"{run.obj_name} epoch {state.epoch + 1}/{settings.epochs}", disable=not run.is_main,
                leave=False)
@@ -342,8 +333,6 @@ def train_epoch(run, state, t0):
         losses = train_step(run.train_model, batch, run.synthesizer, state.synth_gen, run.criterion,
                             state.optimizer, run.amp_dtype, run.scaler)
         state.scheduler.step()
-        if state.ema is not None:
-            state.ema.update(state.model)
         state.step += 1
         for k, v in loss_values(losses, state.step, settings.checkpoint_path).items():
             sums[k] = sums.get(k, 0.0) + v
@@ -356,8 +345,8 @@ def train_epoch(run, state, t0):
             checkpoint(run, state, progress_row(state, state.epoch + n / len(run.loader), sums, n, t0))
         if late:
             log.info("--max_minutes %s reached after %d steps", settings.max_minutes, state.step)
-            return None, True
-    return progress_row(state, state.epoch + 1, sums, max(n, 1), t0), False
+            raise OutOfTime
+    return progress_row(state, state.epoch + 1, sums, max(n, 1), t0)
 
 
 def run_epochs(run, state):
@@ -373,9 +362,7 @@ def run_epochs(run, state):
             if isinstance(run.loader.dataset, RandomCrops):
                 run.loader.dataset.set_epoch(epoch)  # this epoch's crop offsets, seeded by (seed, epoch)
             t_epoch = time.time()
-            row, late = train_epoch(run, state, t0)
-            if late:
-                return
+            row = train_epoch(run, state, t0)
             state.epoch = epoch + 1
             if not settings.val_every or (epoch + 1 == end_epoch and state.step % settings.val_every):
                 checkpoint(run, state, row)
@@ -385,14 +372,16 @@ def run_epochs(run, state):
                 log.info("epoch %d/%d  loss %.4f  val AUROC %s  (%.1fs)", epoch + 1, settings.epochs, row["loss"],
                          f"{row['val_image_auroc']:.3f}" if "val_image_auroc" in row else "-",
                          time.time() - t_epoch)
+    except OutOfTime:
+        return
     finally:
         if run.stop is not None:
             run.stop.armed = False
 
 
-def train_class(settings, obj_name, good_dir, device, preset, command, stop=None):
+def train_class(settings, obj_name, good_dir, device, command, stop=None):
     """Train one class; returns (checkpoint pair name, the trained model). stop: see Run.stop."""
-    run, state = setup_run(settings, obj_name, good_dir, device, preset, command, stop)
+    run, state = setup_run(settings, obj_name, good_dir, device, command, stop)
     run_epochs(run, state)
     if run.is_main:
         log.info("checkpoints: %s (+_seg.pt), logs: %s", Path(settings.checkpoint_path) / f"{run.base}.pt",

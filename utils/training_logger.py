@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from utils.atomic import atomic_write_bytes
+from utils.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

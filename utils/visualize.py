@@ -16,7 +16,6 @@ Example:
     3
 """
 import logging
-from pathlib import Path
 
 import cv2
 import matplotlib
@@ -24,9 +23,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from utils.atomic import atomic_write_bytes
-from utils.outputs import mark_png, png_is_ours
-from utils.runtime import UsageError
+from utils.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -167,15 +164,10 @@ def render_panels(image, reconstruction, anomaly_map, score, threshold=None, tit
 
 
 def save_panels(path, *args, **kwargs) -> None:
-    """``render_panels(*args, **kwargs)`` written atomically as a PNG at ``path`` (parents created).
-
-    The PNG carries our mark; a file at ``path`` without it (not written by us) is never replaced (UsageError).
-    """
-    if Path(path).exists() and not png_is_ours(path):
-        raise UsageError(f"{path} exists and was not written by this tool; refusing to overwrite it")
+    """``render_panels(*args, **kwargs)`` written atomically as a PNG at ``path`` (parents created)."""
     rgb = render_panels(*args, **kwargs)
     ok, png = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))  # cv2 wants BGR
     if not ok:
         raise RuntimeError(f"PNG encoding failed for {path}")
-    atomic_write_bytes(path, mark_png(png.tobytes()))
+    atomic_write_bytes(path, png.tobytes())
     logger.debug("wrote %s", path)

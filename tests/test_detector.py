@@ -1,15 +1,20 @@
-"""utils/tiling.py: the working scale, the tile grid and the stitching (tested exactly), and tiled inference."""
+"""utils/detector.py: the tile grid and the stitching (tested exactly), the one predict path, the README's
+"Python API" block run as written, and Detector.score on batches."""
 import argparse
-
 import numpy as np
 import pytest
 import torch
+import re
+from pathlib import Path
+import cv2
 
 from model import DRAEM
-from model.scoring import image_score
-from utils.inference import Detector, predict, predict_tiled
-from utils.tiling import (blend_window, count_tiles, pad_to_tile, scale_arg, scale_of, stitch, tile_grid,
-                          tile_starts, to_working_scale, working_shape)
+from utils.cli import scale_arg
+from utils.data_loader import image_to_tensor, pad_to_tile, scale_of, working_shape
+from utils.detector import (Detector, Scorer, blend_window, count_tiles, image_score, predict, stitch, tile_grid,
+                            tile_starts)
+from utils.checkpoint import save_pair
+from utils.detector import Detector
 
 
 def test_scale_arg_and_checkpoint_default():
@@ -26,9 +31,9 @@ def test_working_shape():
     assert working_shape(460, 1130, "native", 128) == (460, 1130)
     assert working_shape(460, 1130, 565, 128) == (230, 565)  # longer side N, aspect kept
     assert working_shape(2000, 500, 400, 128) == (400, 100)
-    image = torch.rand(3, 460, 1130)
-    assert to_working_scale(image, 565, 128).shape == (3, 230, 565)
-    assert to_working_scale(image, "native", 128) is image
+    image = np.random.default_rng(0).integers(0, 255, (460, 1130, 3), np.uint8)
+    assert image_to_tensor(image, 128, scale=565).shape == (3, 230, 565)
+    assert image_to_tensor(image, 128).shape == (3, 128, 128) and image_to_tensor(image).shape == (3, 460, 1130)
 
 
 @pytest.mark.parametrize("length,tile,overlap", [(64, 64, 16), (65, 64, 16), (300, 64, 16), (1024, 128, 32),
@@ -97,16 +102,15 @@ def test_small_images_are_padded_by_reflection_not_stretched():
     assert out["anomaly_map"].shape == (20, 50)
 
 
-def test_one_tile_image_equals_untiled_prediction():
-    """An image exactly one tile large: the tiled path gives predict()'s map and score exactly."""
+def test_a_square_image_is_one_tile_and_gives_the_network_output_exactly():
     torch.manual_seed(0)
-    model = DRAEM(4, 2).eval()
-    image = torch.rand(3, 64, 64)
-    tiled = predict_tiled(model, image, 64, kernel=11)
-    plain = predict(model, image[None], kernel=11)
-    assert torch.allclose(tiled["anomaly_map"], plain["anomaly_map"][0], atol=1e-6)
-    assert torch.allclose(tiled["reconstruction"], plain["reconstruction"][0], atol=1e-6)
-    assert abs(float(tiled["score"]) - float(plain["score"][0])) < 1e-6
+    scorer = Scorer(DRAEM(4, 2), kernel=11).eval()
+    images = torch.rand(3, 3, 64, 64)
+    out = predict(scorer, list(images), 64, torch.device("cpu"))
+    with torch.inference_mode():
+        rec, amap = scorer(images)
+    assert torch.equal(torch.stack(out["anomaly_map"]), amap) and torch.equal(torch.stack(out["reconstruction"]), rec)
+    assert torch.equal(torch.stack(out["score"]), scorer.score(amap))
 
 
 def test_detector_reads_and_scores_at_the_stored_scale(tmp_path):
@@ -117,7 +121,7 @@ def test_detector_reads_and_scores_at_the_stored_scale(tmp_path):
     det = Detector(model, meta, torch.device("cpu"))
     image = det.read(tmp_path / "wide.png")
     assert image.shape == (3, 90, 300)
-    out = det.predict_batch([image, image[:, :70, :100]], with_reconstruction=False)
+    out = det.predict([image, image[:, :70, :100]], with_reconstruction=False)
     assert [m.shape for m in out["anomaly_map"]] == [(90, 300), (70, 100)] and out["reconstruction"] == [None] * 2
     assert float(out["score"][0]) == pytest.approx(float(image_score(out["anomaly_map"][0][None], 5)[0]))
     det.scale = 150
@@ -132,3 +136,46 @@ def test_python_api_scores_numpy_images_at_the_stored_scale():
     out = det.score([rng.integers(0, 255, (90, 300, 3), np.uint8), rng.random((40, 50))])
     assert [m.shape for m in out["anomaly_map"]] == [(90, 300), (40, 50)] and out["score"].shape == (2,)
     assert out["verdict"] in (["OK", "OK"], ["OK", "NG"], ["NG", "OK"], ["NG", "NG"])
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BASE = "DRAEM_test_0.0001_20_bs8_coil_"  # the name the README's block loads
+
+
+def readme_block():
+    text = README.read_text()
+    section = text[text.index("## Python API"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.fixture
+def pair(tmp_path):
+    torch.manual_seed(0)
+    config = {"size": 32, "rec_base_width": 4, "seg_base_width": 2, "in_channels": 3, "grayscale": False}
+    save_pair(DRAEM(4, 2).init_weights().eval(), tmp_path / "checkpoints", BASE, config,
+              {"threshold": 0.5, "rule": "test"}, "test-s1")
+    return tmp_path
+
+
+def test_readme_python_api_block_runs_as_written(pair, monkeypatch):
+    monkeypatch.chdir(pair)
+    cv2.imwrite("part.png", np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    names = {}
+    exec(readme_block(), names)  # the README's own lines, unchanged
+    assert isinstance(names["score"], np.floating) and 0 <= names["score"] <= 1
+    assert names["verdict"] in ("OK", "NG")
+    assert names["anomaly_map"].shape == (32, 32) and names["anomaly_map"].dtype == np.float32
+
+
+def test_score_single_batch_and_grey_agree_with_the_tensor_path(pair):
+    detector = Detector.from_checkpoint(pair / "checkpoints", BASE)
+    rgb = np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    one = detector.score(rgb)
+    batch = detector.score(np.stack([rgb, rgb[::-1]]))
+    assert one["score"].shape == (1,) and batch["score"].shape == (2,) and len(batch["verdict"]) == 2
+    assert np.allclose(one["score"][0], batch["score"][0], atol=1e-6)
+    tensor = torch.from_numpy(cv2.resize(rgb, (32, 32), interpolation=cv2.INTER_AREA)).permute(2, 0, 1)[None] / 255
+    assert np.allclose(float(detector.predict(list(tensor.float()))["score"][0]), one["score"], atol=1e-6)
+    assert detector.score(rgb[..., 0])["anomaly_map"][0].shape == (32, 32)  # grey (H, W)
+    with pytest.raises(ValueError, match="shape"):
+        detector.score(np.zeros((2, 4, 4, 7)))  # 7 channels

@@ -1,4 +1,5 @@
-"""Atomic file writes, singly or as a group (a checkpoint pair), and cleanup of what a killed writer left.
+"""Atomic file writes, singly or as a group (a checkpoint pair), cleanup of what a killed writer left, and the
+output rules: outputs are checked before any work and never replace an input file or land inside an input folder.
 
 One file: written under a short temp name in the same folder (`.draem-<12 hex>.tmp`, so the temp name never
 makes a valid output name too long), fsynced, then `os.replace`d over the target. A crash leaves the old file
@@ -9,8 +10,9 @@ journal (`.draem-commit-<16 hex>.json`: the list of temp -> target moves) is wri
 atomically: that is the commit point. Then each temp file replaces its target and the journal is removed.
 After a crash at any moment:
 - before the journal exists: only temp files were written; the targets hold the complete old group;
-- after it: `recover(folder)` (run by every writer and reader of the folder) replays the journal's moves that
-  have not happened yet, so the targets hold the complete new group.
+- after it: `recover(folder)` (run by writers only) replays the journal's moves that have not happened yet, so
+  the targets hold the complete new group; readers read the new group through `pending_moves` without moving
+  anything.
 While a temp file is being written or waits in a group, its writer holds an flock on it; `recover` deletes
 only temp files of our own pattern that nobody holds (the writer died) and that are not named by a journal.
 """
@@ -24,6 +26,8 @@ import secrets
 import time
 from pathlib import Path
 
+from utils.cli import UsageError
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock; temp files of live writers are then told apart by age only
@@ -33,8 +37,6 @@ log = logging.getLogger(__name__)
 
 TEMP_RE = re.compile(r"^\.draem-[0-9a-f]{12}\.tmp$")
 JOURNAL_RE = re.compile(r"^\.draem-commit-[0-9a-f]{16}\.json$")
-# what versions before the short temp names left: .<target name>.<8 mkstemp chars>.tmp
-LEGACY_TEMP_RE = re.compile(r"^\..+\.(pt|png|csv|json|txt)\.[a-z0-9_]{8}\.tmp$")
 UNLOCKED_TEMP_AGE_S = 3600.0  # without flock (Windows), a temp file this old is taken for a dead writer's
 
 
@@ -226,6 +228,20 @@ def _remove_if_abandoned(path):
     return True
 
 
+def pending_moves(folder):
+    """{target path: temp path} of committed group writes in `folder` not finished yet (a writer died between the
+    commit and the moves). Changes nothing: readers use it to see the committed files."""
+    moves = {}
+    folder = Path(folder)
+    with contextlib.suppress(OSError):
+        for journal in sorted((p for p in folder.iterdir() if JOURNAL_RE.match(p.name)), key=_mtime):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                for tmp_name, target_name in json.loads(journal.read_text())["moves"]:
+                    if (folder / tmp_name).is_file():
+                        moves[folder / target_name] = folder / tmp_name
+    return moves
+
+
 def recover(folder):
     """Finish committed group writes and delete temp files that dead writers of ours left in `folder`.
 
@@ -246,9 +262,76 @@ def recover(folder):
             log.warning("ignoring %s: not a readable commit journal", journal)
     removed = []
     for p in sorted(folder.iterdir()):
-        if (TEMP_RE.match(p.name) or LEGACY_TEMP_RE.match(p.name)) and p.is_file() and _remove_if_abandoned(p):
+        if TEMP_RE.match(p.name) and p.is_file() and _remove_if_abandoned(p):
             removed.append(p)
     if completed or removed:
         log.info("%s: completed %d interrupted write(s), removed %d leftover temp file(s)", folder,
                  len(completed), len(removed))
     return completed, removed
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_MARK = b"Software\x00DRAEM"
+
+
+def _nearest_existing(path):
+    p = Path(os.path.abspath(path))
+    missing = []
+    while not os.path.exists(p) and p != p.parent:  # os.path: False (not an error) for an over-long name
+        missing.append(p.name)
+        p = p.parent
+    return p, missing[::-1]
+
+
+def _probe_writable(folder, flag, path):
+    try:
+        fd, tmp = new_temp_file(folder)
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot write in {folder} ({e.strerror})") from None
+    os.close(fd)
+    tmp.unlink(missing_ok=True)
+
+
+def check_output_dir(path, flag, shown=None):
+    """UsageError unless `path` is (or can be created as) a writable folder. Creates nothing.
+
+    shown: the path the message names (the flag's value), when `path` is its folder."""
+    shown = path if shown is None else shown
+    existing, missing = _nearest_existing(path)
+    if not existing.is_dir():
+        what = "is a file" if existing == Path(os.path.abspath(path)) else f"cannot be created: {existing} is a file"
+        raise UsageError(f"{flag} {shown} {what}" + (", not a folder" if shown == path else ""))
+    name_max = os.pathconf(existing, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    for name in missing:
+        if len(os.fsencode(name)) > name_max:
+            raise UsageError(f"{flag} {shown}: the name {name[:40]}... is longer than {name_max} bytes")
+    _probe_writable(existing, flag, shown)
+
+
+def check_output_file(path, flag):
+    """UsageError unless `path` can be written: not a folder, a name the file system takes, in a writable
+    folder. An existing file is replaced, as by any command-line tool; the file itself is never touched here."""
+    path = Path(path)
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is an existing folder; give a file name")
+    name_max = os.pathconf(_nearest_existing(path.parent)[0], "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    if len(os.fsencode(path.name)) > name_max:
+        raise UsageError(f"{flag} {path}: the file name is longer than {name_max} bytes")
+    check_output_dir(path.parent, flag, shown=path)
+
+
+def refuse_input_overwrite(outputs, inputs, out_flag="--output_path", in_flag="--image_path"):
+    """UsageError naming both when an output path is one of the input files."""
+    inputs = {os.path.realpath(p): p for p in inputs}
+    for out in outputs:
+        hit = inputs.get(os.path.realpath(out))
+        if hit is not None:
+            raise UsageError(f"{out_flag} {out} would replace the input {in_flag} {hit}; choose another output")
+
+
+def refuse_inside(output, folder, out_flag="--output_path", in_flag="--image_path"):
+    """UsageError when the output folder is the input folder or inside it (its files would join the inputs)."""
+    out, src = Path(output).resolve(), Path(folder).resolve()
+    if out == src or src in out.parents:
+        raise UsageError(f"{out_flag} {output} is inside the input folder {in_flag} {folder}: its files would "
+                         f"replace or join the inputs; choose a folder outside it")

@@ -1,4 +1,4 @@
-"""utils/onnx_export.py: a tiny detector exported, run in ONNX Runtime against PyTorch, and via detect.py."""
+"""utils/export.py: a tiny detector exported, run in ONNX Runtime against PyTorch, and via detect.py."""
 import sys
 import types
 
@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import detect
-from model.draem import DRAEM, DRAEMScorer
+from model.model_unet import DRAEM
 from tests.conftest import write_images
-from utils import onnx_export
+from utils import export as onnx_export
 from utils.checkpoint import save_pair
-from utils.inference import Detector
-from utils.onnx_export import export_onnx
-from utils.runtime import UsageError
+from utils.detector import Detector
+from utils.export import ExportGraph, export_onnx
+from utils.cli import UsageError
 
 SIZE = 32
 
@@ -38,11 +38,11 @@ def test_onnx_matches_pytorch_with_dynamic_batch(tmp_path):
     images = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))  # batch 3, exported with 2
     amap, score = session.run(["anomaly_map", "score"], {"image": images.numpy()})
     with torch.inference_mode():
-        want_map, want_score = DRAEMScorer(detector.model).eval()(images)
+        want_map, want_score = ExportGraph(detector.scorer).eval()(images)
     assert amap.shape == (3, SIZE, SIZE) and score.shape == (3,)
     assert (torch.from_numpy(amap) - want_map).abs().max() <= 1e-4
     assert (torch.from_numpy(score) - want_score).abs().max() <= 1e-4
-    assert detector.model.training is False  # the detector itself is left as it was
+    assert detector.scorer.training is False  # the detector itself is left as it was
 
 
 def test_detect_export_flag_writes_the_file(tmp_path):
@@ -50,7 +50,7 @@ def test_detect_export_flag_writes_the_file(tmp_path):
     detector = tiny_detector(seed=1)
     base = "DRAEM_test_tiny_"
     config = {"size": SIZE, "rec_base_width": 4, "seg_base_width": 2, "in_channels": 3, "grayscale": False}
-    save_pair(detector.model, tmp_path / "ckpt", base, config, {"threshold": None, "rule": "none"}, "pair0")
+    save_pair(detector.scorer.draem, tmp_path / "ckpt", base, config, {"threshold": None, "rule": "none"}, "pair0")
     image = write_images(tmp_path / "images", 1, size=40)[0]
     onnx_path = tmp_path / "exported.onnx"
     rc = detect.main(["--image_path", str(image), "--checkpoint_path", str(tmp_path / "ckpt"),

@@ -1,14 +1,23 @@
-"""Run-time helpers shared by the scripts: flag types, device choice, seeding, distributed setup, precision."""
+"""What the scripts share: errors and exit codes, flag types, signals, device choice, seeding, distributed setup,
+precision.
+
+Exit codes: 0 done, 2 bad input (`UsageError`, a missing file, a bad value; one line, no traceback), 1 an OS
+error while writing (the outputs stay whole), 130 / 143 stopped by SIGINT / SIGTERM (`Interrupted`).
+"""
 import argparse
 import logging
 import math
 import os
 import random
+import signal
 import sys
+import threading
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from utils.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,36 @@ def add_inference_flags(parser, bs_help, pair_help, pair_required=False):
     parser.add_argument("--bs", type=positive_int, default=8, help=bs_help)
 
 
+def add_max_pixels_flag(parser):
+    parser.add_argument("--max_pixels", type=positive_int, default=Config.max_pixels,
+                        help="refuse images with more pixels than this (read from the header, before decoding)")
+
+
+def add_target_flag(parser, help_suffix=""):
+    """--target_false_reject, shared by train.py and evaluate.py."""
+    parser.add_argument("--target_false_reject", type=false_reject_rate, default=Config.target_false_reject,
+                        help="share of good parts the OK/NG threshold may call NG (README 'Choosing the threshold')"
+                             + help_suffix)
+
+
+SCALE_HELP = ("square = each image resized to --size x --size (the paper); native = the images' own pixels; N = "
+              "resized so that the longer side is N px, aspect kept. native / N train on random --size crops, and "
+              "detect.py / evaluate.py cover the whole image with overlapping tiles (stored in the checkpoint)")
+
+
+def scale_arg(s):
+    """argparse type of --scale: "square", "native" or an integer N >= 32 (the longer side in pixels)."""
+    if s in ("square", "native"):
+        return s
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be square, native or a longer side in pixels, got {s}") from None
+    if v < 32:
+        raise argparse.ArgumentTypeError(f"a longer side of at least 32 pixels, got {s}")
+    return v
+
+
 def size_arg(s):
     """argparse type: an image side, a positive multiple of 32."""
     v = positive_int(s)
@@ -67,14 +106,6 @@ def fraction(s):
     v = float(s)
     if not 0 <= v < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {s}")
-    return v
-
-
-def non_negative_int(s):
-    """argparse type: an integer >= 0."""
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
     return v
 
 
@@ -167,3 +198,49 @@ def init_distributed(gpu_id):
         torch.cuda.set_device(local_rank)
         return torch.device(f"cuda:{local_rank}")
     return torch.device("cpu")
+
+
+class Interrupted(Exception):
+    """A run stopped by SIGINT / SIGTERM; `exit_code` is what a shell expects (130 / 143)."""
+
+    def __init__(self, signum, saved=""):
+        self.signum, self.saved = signum, saved
+        super().__init__(f"stopped by {signal.Signals(signum).name}" + (f"; {saved}" if saved else ""))
+
+    @property
+    def exit_code(self):
+        return 128 + self.signum
+
+
+class StopOnSignal:
+    """Turns SIGINT / SIGTERM into a stop request while `armed`, into `Interrupted` otherwise."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, armed=True):
+        self.armed, self.signum, self._previous = armed, None, {}
+
+    @property
+    def requested(self):
+        return self.signum is not None
+
+    def interrupted(self, saved=""):
+        # under DDP a rank may stop because another rank was signalled: SIGTERM is what launchers send
+        return Interrupted(self.signum or signal.SIGTERM, saved)
+
+    def _handle(self, signum, frame):
+        if self.armed and self.signum is None:
+            self.signum = signum  # the loop stops after the current step
+            return
+        raise Interrupted(signum)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}

@@ -2,7 +2,7 @@
 
 The exported graph always takes S x S inputs. For a checkpoint trained with `--scale native` / N, that input is one
 tile (or a batch of tiles): `onnx_predict_tiled` cuts a whole image into tiles, runs the ONNX session on them and
-stitches the maps exactly as detect.py does (utils/tiling.py), then scores the stitched map.
+stitches the maps exactly as detect.py does (utils/detector.py), then scores the stitched map.
 
 Optional extras: `pip install onnx` to export, `pip install onnxruntime` to check the file against PyTorch.
 Exporter order: torch's TorchScript exporter first (needs only `onnx`, fast, works on torch 2.4 and later,
@@ -18,17 +18,29 @@ from pathlib import Path
 
 import torch
 
-from model.draem import DRAEMScorer
-from model.scoring import SCORE_KERNEL, image_score
-from utils.atomic import atomic_write_bytes
-from utils.runtime import UsageError
-from utils.tiling import stitch
+import torch.nn as nn
+
+from utils.cli import UsageError
+from utils.detector import SCORE_KERNEL, Scorer, image_score, stitch
+from utils.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 INPUT_NAMES = ["image"]
 OUTPUT_NAMES = ["anomaly_map", "score"]
 TOLERANCE = 1e-4  # max abs difference between ONNX Runtime and PyTorch, map and score
+
+
+class ExportGraph(nn.Module):
+    """The detector's Scorer as the exported graph: image (B, 3, S, S) -> (anomaly map (B, S, S), score (B,))."""
+
+    def __init__(self, scorer):
+        super().__init__()
+        self.scorer = scorer
+
+    def forward(self, image):
+        _, amap = self.scorer(image)
+        return amap, self.scorer.score(amap)
 
 
 def export_onnx(detector, path, check=True):
@@ -40,13 +52,13 @@ def export_onnx(detector, path, check=True):
     _require("onnx")
     path = Path(path)
     # A CPU fp32 copy: the detector itself stays on its device, and autocast plays no part in the graph.
-    scorer = DRAEMScorer(copy.deepcopy(detector.model).cpu().float(), detector.kernel,
-                         detector.top_fraction).eval()
+    s = detector.scorer
+    scorer = ExportGraph(Scorer(copy.deepcopy(s.draem).cpu().float(), s.kernel, s.top_fraction)).eval()
     example = _random_batch(2, detector.size, seed=0)
     atomic_write_bytes(path, _export_bytes(scorer, example))
     log.info("exported %s (input image (B, 3, %d, %d) in [0, 1] -> anomaly_map, score)%s", path, detector.size,
              detector.size, "" if detector.scale == "square" else
-             f"; scale {detector.scale}: the input is one tile, use utils.onnx_export.onnx_predict_tiled")
+             f"; scale {detector.scale}: the input is one tile, use utils.export.onnx_predict_tiled")
     diff = _check(scorer, path, detector.size) if check else None
     return {"path": str(path), "checked": diff is not None, "max_abs_diff": diff}
 
@@ -57,8 +69,8 @@ def onnx_predict_tiled(session, image, tile, kernel=SCORE_KERNEL, tile_batch=16,
     score_kernel and score_top_fraction).
 
         session = onnxruntime.InferenceSession("draem.onnx")
-        amap, score = onnx_predict_tiled(session, detector.read("strip.png"), detector.size, detector.kernel,
-                                         top_fraction=detector.top_fraction)
+        amap, score = onnx_predict_tiled(session, detector.read("strip.png"), detector.size,
+                                         detector.scorer.kernel, top_fraction=detector.scorer.top_fraction)
     """
     def run(tiles):  # (B, 3, tile, tile) -> (B, tile, tile) from the ONNX graph; no reconstruction output
         amap = session.run(OUTPUT_NAMES[:1], {INPUT_NAMES[0]: tiles.numpy()})[0]

@@ -1,9 +1,15 @@
-"""utils/synthesis.py: the anomaly simulation of both recipes."""
+"""utils/synthesis/simulation.py: the anomaly simulation of both recipes, cracks and pits, the whole-image
+jitter of good images and the grid of samples (seeded, CPU)."""
 import pytest
 import torch
+import cv2
+import numpy as np
 
 from tests.conftest import generator, grey_images, random_images
-from utils.synthesis import AnomalySynthesizer, DefectSynthesizer, blend, make_synthesizer
+from utils.synthesis.simulation import AnomalySynthesizer, DefectSynthesizer, blend, make_synthesizer
+from utils.synthesis.simulation import crack_masks, mixed_masks, pit_masks
+from utils.synthesis.simulation import KINDS, PHOTOMETRIC, jitter_images, parse_kinds
+from utils.synthesis.simulation import main
 
 
 def test_blend_hand_example():
@@ -89,9 +95,77 @@ def test_recipes():
     assert torch.allclose(out["augmented_image"][:, 0], out["augmented_image"][:, 1])  # grey in, grey out
 
 
-def test_self_textures_are_seeded_and_leave_no_state():
-    synth = make_synthesizer("ours", _bank(size=32), grayscale=False, self_texture_prob=1.0, anomaly_prob=1.0)
-    images = random_images(8, 32, 32)
-    a, b = synth(images, generator(5)), synth(images, generator(5))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert vars(synth).keys() == vars(make_synthesizer("ours", None, False)).keys()  # nothing kept per call
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_cracks_are_thin_and_elongated_pits_small():
+    c = crack_masks(32, 128, 96, gen())
+    p = pit_masks(32, 128, 96, gen())
+    assert c.shape == p.shape == (32, 1, 128, 96)
+    assert set(c.unique().tolist()) <= {0.0, 1.0}
+    assert (c.flatten(1).sum(1) > 0).all() and (p.flatten(1).sum(1) > 0).all()
+    assert c.mean() < 0.03 and p.mean() < 0.05  # small defects, unlike Perlin blobs
+    # elongated: the bounding box of a crack is much larger than its area would fill
+    ys, xs = c[0, 0].nonzero(as_tuple=True)
+    box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+    assert c[0].sum() < 0.5 * box
+
+
+def test_same_seed_same_masks_and_mix_proportions():
+    assert torch.equal(crack_masks(4, 64, 64, gen(3)), crack_masks(4, 64, 64, gen(3)))
+    perlin = lambda n, h, w: torch.full((n, 1, h, w), 2.0)  # noqa: E731  marks the Perlin samples
+    m = mixed_masks(400, 32, 32, gen(), perlin)
+    share = (m.flatten(1).amax(1) == 2.0).float().mean().item()
+    assert abs(share - 0.5) < 0.08
+
+
+def test_parse_kinds_aliases_lists_and_errors():
+    assert parse_kinds("none") == ()
+    assert parse_kinds("photo") == PHOTOMETRIC
+    assert parse_kinds("photo,flip,noise") == (*PHOTOMETRIC, "flip")
+    assert parse_kinds("all") == KINDS
+    with pytest.raises(ValueError, match="unknown jitter 'hue'"):
+        parse_kinds("hue")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kind_keeps_shape_range_grey_and_input(kind):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 1, 16, 16).repeat(1, 3, 1, 1)  # grey
+    before = x.clone()
+    y = jitter_images(x, g, (kind,), prob=1.0)
+    assert y.shape == x.shape and torch.equal(x, before)
+    assert 0 <= y.min() and y.max() <= 1
+    assert torch.allclose(y[:, 0], y[:, 1]) and torch.allclose(y[:, 0], y[:, 2])  # grey stays grey
+    assert not torch.equal(y, x)
+
+
+def test_no_kinds_or_zero_prob_is_identity_and_seeded():
+    x = torch.rand(4, 3, 8, 8)
+    assert jitter_images(x, torch.Generator().manual_seed(0), ()) is x
+    assert torch.equal(jitter_images(x, torch.Generator().manual_seed(0), PHOTOMETRIC, prob=0.0), x)
+    a = jitter_images(x, torch.Generator().manual_seed(3), KINDS)
+    b = jitter_images(x, torch.Generator().manual_seed(3), KINDS)
+    assert torch.equal(a, b)
+
+
+def test_rot90_on_non_square_images_keeps_the_shape():
+    x = torch.rand(6, 3, 8, 12)
+    assert jitter_images(x, torch.Generator().manual_seed(1), ("rot90",), prob=1.0).shape == x.shape
+
+
+def _write(path, img):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), img)
+
+
+def test_sample_grid_cli(tmp_path):
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        _write(tmp_path / "good" / f"{i}.png", rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    _write(tmp_path / "dtd" / "t.jpg", rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    out = tmp_path / "grid.png"
+    main(["--data_path", str(tmp_path / "good"), "--anomaly_source_path", str(tmp_path / "dtd"),
+          "--size", "32", "--n", "2", "--out", str(out), "--grayscale"])
+    assert out.stat().st_size > 0
