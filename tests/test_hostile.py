@@ -1,13 +1,11 @@
-"""The 23 faults of issue 19 (a hostile-but-realistic user), one test per row of its table.
+"""Faults a hostile-but-realistic user finds, one test per case (numbered rows of one table).
 
 The scripts are driven only through their public interface: `main(argv)` in-process, or a subprocess where a real
 signal, another user or a stopped writer is needed; and the files they leave on disk. What an old version of the
 product wrote that a test must plant (a commit journal, a killed writer's temp file, a hand-edited checkpoint) is
 made by the three helpers below, the only places that know those formats.
 """
-import contextlib
 import csv
-import io
 import json
 import os
 import resource
@@ -221,7 +219,6 @@ def detect_argv(ck_dir, image_path, output, base=BASE, *extra):
 
 
 # ------------------------------------------------------------------------------------- 1-3: one run's pair
-@pytest.mark.xfail(strict=True, reason="issue 19 rows 1-2")
 @pytest.mark.parametrize("rec,seg", [("last.pt", "last_seg.pt"), (".pt", "_seg.pt")], ids=["row1-last", "row2-best"])
 def test_rows_1_2_halves_of_two_runs_of_one_command_are_refused(pair, pair_b, tmp_path, image, capsys, caplog,
                                                                 rec, seg):
@@ -237,7 +234,6 @@ def test_rows_1_2_halves_of_two_runs_of_one_command_are_refused(pair, pair_b, tm
     assert not (tmp_path / "o.png").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 row 3")
 def test_row_3_recalibration_is_refused_while_training_holds_the_pair(space, ck, tmp_path, capsys, caplog):
     """A training run (stopped with SIGSTOP once its run folder exists) holds the name: exit 2 naming its PID."""
     logs, good = tmp_path / "logs", tmp_path / "line_good"
@@ -259,7 +255,6 @@ def test_row_3_recalibration_is_refused_while_training_holds_the_pair(space, ck,
 
 
 # ----------------------------------------------------------------------- 4-7: our own files, written whole
-@pytest.mark.xfail(strict=True, reason="issue 19 row 4")
 def test_row_4_recovery_ignores_journal_entries_outside_the_folder(space, ck, tmp_path, image, capsys, caplog):
     """A journal naming ../victim.txt (or moving our temp file out) is ignored by readers and writers alike."""
     victim = tmp_path / "victim.txt"
@@ -276,7 +271,6 @@ def test_row_4_recovery_ignores_journal_entries_outside_the_folder(space, ck, tm
     assert journal.name in res.said  # the warning names it
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 row 5")
 def test_row_5_evaluate_refuses_outputs_inside_the_test_split(pair, tmp_path, capsys, caplog):
     cls = make_class(tmp_path / "widget")
     before = snapshot(cls)
@@ -286,7 +280,6 @@ def test_row_5_evaluate_refuses_outputs_inside_the_test_split(pair, tmp_path, ca
     assert snapshot(cls) == before
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 row 6")
 def test_row_6_a_full_log_disk_names_the_file_and_leaves_no_partial_config(space, tmp_path, capsys, caplog):
     """Full disk simulated with a file-size limit (EFBIG; a tmpfs needs root: tried by hand)."""
     logs = tmp_path / "logs"
@@ -304,7 +297,6 @@ def test_row_6_a_full_log_disk_names_the_file_and_leaves_no_partial_config(space
     assert not [p for p in logs.rglob(".*")], "temp files left"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 row 7")
 def test_row_7_training_on_a_class_folder_with_a_non_utf8_name(space, tmp_path, capsys, caplog):
     cls = non_utf8_path(tmp_path)
     shutil.copytree(space / "widget" / "train", Path(cls) / "train")
@@ -319,7 +311,6 @@ def test_row_7_training_on_a_class_folder_with_a_non_utf8_name(space, tmp_path, 
 
 
 # -------------------------------------------------------------------------- 8-13: any file name, any size
-@pytest.mark.xfail(strict=True, reason="issue 19 rows 8-9")
 @pytest.mark.parametrize("as_json", [False, True], ids=["row8-text", "row9-json"])
 def test_rows_8_9_detect_one_image_with_a_non_utf8_name(pair, tmp_path, capsys, caplog, as_json):
     name = non_utf8_path(tmp_path, b".png")
@@ -332,7 +323,6 @@ def test_rows_8_9_detect_one_image_with_a_non_utf8_name(pair, tmp_path, capsys, 
         assert 0 <= json.loads(res.out.strip().splitlines()[-1])["score"] <= 1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 rows 10-11")
 @pytest.mark.parametrize("as_json", [False, True], ids=["row10-text", "row11-json"])
 def test_rows_10_11_folder_mode_with_a_non_utf8_name_among_good_ones(pair, tmp_path, capsys, caplog, as_json):
     src = tmp_path / "imgs"
@@ -346,7 +336,6 @@ def test_rows_10_11_folder_mode_with_a_non_utf8_name_among_good_ones(pair, tmp_p
     assert len([p for p in out.iterdir() if p.suffix == ".png"]) == 4
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 rows 12-13")
 @pytest.mark.parametrize("shape", [(1, 1), (1, 300)], ids=["row12-1x1", "row13-1x300"])
 def test_rows_12_13_tiny_images_through_a_native_scale_model(pair, tmp_path, capsys, caplog, shape):
     src = tmp_path / "tiny.png"
@@ -358,7 +347,6 @@ def test_rows_12_13_tiny_images_through_a_native_scale_model(pair, tmp_path, cap
 
 
 # -------------------------------------------------------------- 14-17: bad states, sizes and checkpoints
-@pytest.mark.xfail(strict=True, reason="issue 19 row 14")
 def test_row_14_resume_with_other_widths_is_refused(space, ck, tmp_path, capsys, caplog):
     before = snapshot(ck)
     res = call(train.main, ["--data_path", space / "widget", "--checkpoint_path", ck, "--log_path", tmp_path / "logs",
@@ -368,7 +356,6 @@ def test_row_14_resume_with_other_widths_is_refused(space, ck, tmp_path, capsys,
     assert snapshot(ck) == before
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 row 15")
 def test_row_15_an_impossible_size_is_refused_naming_the_flag(space, tmp_path, capsys, caplog):
     res = call(train.main, ["--data_path", space / "widget", "--checkpoint_path", tmp_path / "ckpt",
                             "--log_path", tmp_path / "logs", *TRAIN, "--size", "2097152"], capsys, caplog)
@@ -383,7 +370,6 @@ def _drop_size(obj):
     del obj["config"]["size"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 rows 16-17")
 @pytest.mark.parametrize("change,halves", [(_drop_state_dict, (".pt",)), (_drop_size, (".pt", "_seg.pt"))],
                          ids=["row16-no-state_dict", "row17-config-without-size"])
 def test_rows_16_17_bad_checkpoint_contents_are_refused_naming_the_file(pair, tmp_path, image, capsys, caplog,
@@ -397,7 +383,6 @@ def test_rows_16_17_bad_checkpoint_contents_are_refused_naming_the_file(pair, tm
 
 
 # ------------------------------------------------------------------------------ 18-19: clean interruptions
-@pytest.mark.xfail(strict=True, reason="issue 19 row 18")
 @pytest.mark.parametrize("name,signum", [("train.py", signal.SIGINT), ("detect.py", signal.SIGTERM),
                                          ("evaluate.py", signal.SIGINT)], ids=["train-INT", "detect-TERM",
                                                                                 "evaluate-INT"])
@@ -424,7 +409,6 @@ def test_row_18_a_signal_during_the_imports_is_one_line_and_128_plus_n(tmp_path,
     assert proc.returncode == 128 + signum and len(said) == 1, (proc.returncode, said[-20:])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 row 19")
 def test_row_19_ctrl_c_in_folder_mode_reports_what_was_finished(pair, tmp_path):
     src, out = tmp_path / "imgs", tmp_path / "out"
     write_images(src, 200, size=40)
@@ -443,7 +427,6 @@ def test_row_19_ctrl_c_in_folder_mode_reports_what_was_finished(pair, tmp_path):
 
 
 # ------------------------------------------------------------------------------- 20-23: say what was not done
-@pytest.mark.xfail(strict=True, reason="issue 19 row 20")
 def test_row_20_folder_mode_with_no_readable_image_exits_2(pair, tmp_path, capsys, caplog):
     src = tmp_path / "imgs"
     src.mkdir()
@@ -463,7 +446,6 @@ def _nobody_can_run():
         return None
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 row 21")
 def test_row_21_an_unreadable_subfolder_is_warned_about(pair, capsys, caplog):
     """Permissions enforced: as root the run is made by user nobody (setpriv); otherwise by this user."""
     nobody = _nobody_can_run()
@@ -501,7 +483,6 @@ def test_row_21_an_unreadable_subfolder_is_warned_about(pair, capsys, caplog):
         shutil.rmtree(base)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 row 22")
 def test_row_22_a_killed_detects_temp_file_is_removed_by_the_next_run(pair, tmp_path, capsys, caplog):
     src, out = tmp_path / "imgs", tmp_path / "out"
     write_images(src, 2, size=40)
@@ -511,16 +492,6 @@ def test_row_22_a_killed_detects_temp_file_is_removed_by_the_next_run(pair, tmp_
     assert not stale.exists()
 
 
-def _train_accepts(flag):
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            train.parse_args([flag, "0.5"])
-    except SystemExit:
-        return False
-    return True
-
-
-@pytest.mark.xfail(_train_accepts("--surface_defect_prob"), strict=True, reason="issue 19 row 23")
 def test_row_23_an_ignored_flag_gets_a_warning_or_a_refusal(space, tmp_path, capsys, caplog):
     """--recipe paper ignores --surface_defect_prob: a warning naming it (or, once the flag is gone, exit 2)."""
     res = call(train.main, ["--data_path", space / "widget", "--checkpoint_path", tmp_path / "ckpt",
@@ -533,7 +504,6 @@ def test_row_23_an_ignored_flag_gets_a_warning_or_a_refusal(space, tmp_path, cap
         assert res.code == 0 and "--surface_defect_prob" in res.said, res.said[-2000:]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 row 23")
 def test_row_23_obj_id_with_a_single_class_folder_is_warned_about(space, tmp_path, capsys, caplog):
     res = call(train.main, ["--data_path", space / "widget", "--checkpoint_path", tmp_path / "ckpt",
                             "--log_path", tmp_path / "logs", *TRAIN, "--obj_id", "3"], capsys, caplog)
@@ -541,7 +511,6 @@ def test_row_23_obj_id_with_a_single_class_folder_is_warned_about(space, tmp_pat
     assert "--obj_id" in res.said, res.said[-2000:]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 row 23")
 def test_row_23_target_false_reject_without_recalibrate_is_warned_about(pair, tmp_path, capsys, caplog):
     cls = make_class(tmp_path / "widget")
     res = call(evaluate.main, ["--data_path", cls, "--checkpoint_path", pair, "--base_model_name", BASE,
