@@ -8,6 +8,10 @@
 Panels: Input (original), Reconstructed, Anomaly Map (raw), Result (overlay) with the score and OK/NG against
 the threshold calibrated at training time (checkpoints without one, like the authors' release, say so).
 """
+from utils.quiet_start import exit_quietly_on_signals
+
+exit_quietly_on_signals("detect.py", __name__)  # a signal during the imports below: one line
+
 import argparse
 import contextlib
 import csv
@@ -19,11 +23,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from utils.checkpoint import newest_complete_pair
-from utils.cli import UsageError, add_inference_flags, add_max_pixels_flag, report_error, resolve_amp, select_device
+from utils.cli import (UsageError, add_inference_flags, add_max_pixels_flag, display_name, resolve_amp, run_script,
+                       select_device)
 from utils.data_loader import list_images
 from utils.demo_data import DEMO_ROOT
 from utils.detector import Detector
-from utils.files import atomic_open, check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside
+from utils.files import (atomic_open, check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside,
+                         tidy_output_folders)
 from utils.visualize import save_panels
 
 log = logging.getLogger("detect")
@@ -75,8 +81,9 @@ def panel_args(image, out, i):
 
 
 def picture_name(rel):
-    """Folder mode: `sub/x.jpg` -> `sub/x.jpg.png`, so x.png and x.jpg give two pictures."""
-    return rel.with_name(rel.name + ".png")
+    """Folder mode: `sub/x.jpg` -> `sub/x.jpg.png`, so x.png and x.jpg give two pictures; an undecodable name
+    gives its escaped form (`caf\\xe9.png.png`), which report.csv can name exactly."""
+    return rel.with_name(display_name(rel.name) + ".png")
 
 
 def check_outputs(files, root, output, folder_mode):
@@ -91,10 +98,11 @@ def check_outputs(files, root, output, folder_mode):
 
 
 def report(path, score, threshold, verdict, as_json):
+    name = display_name(path)
     if as_json:
-        print(json.dumps({"file": str(path), "score": round(score, 6), "threshold": threshold, "verdict": verdict}))
+        print(json.dumps({"file": name, "score": round(score, 6), "threshold": threshold, "verdict": verdict}))
     else:
-        print(f"{path}: score {score:.4f}  {verdict}" + ("" if threshold is None else f" (threshold {threshold:.4f})"))
+        print(f"{name}: score {score:.4f}  {verdict}" + ("" if threshold is None else f" (threshold {threshold:.4f})"))
 
 
 def detect_single(detector, path, output, as_json):
@@ -102,25 +110,37 @@ def detect_single(detector, path, output, as_json):
     out = detector.predict([image])
     score = float(out["score"][0])
     verdict = detector.verdict(score)
-    save_panels(output, *panel_args(image, out, 0), threshold=detector.threshold, title=Path(path).name)
+    save_panels(output, *panel_args(image, out, 0), threshold=detector.threshold, title=display_name(Path(path).name))
     report(path, score, detector.threshold, verdict, as_json)
     return [(str(path), str(output), score, verdict)]
 
 
-def detect_folder(detector, files, root, output, as_json):
+def detect_folder(detector, files, root, output, as_json, stop):
     """Score every file in batches (`Detector.batches`) with the model loaded once; one PNG each, then report.csv.
 
-    When a write fails (disk full ...), report.csv still lists the pictures written before the error.
+    However it ends (a failed write, Ctrl-C / SIGTERM: `stop` ends it after the current batch), report.csv lists
+    the pictures written. No readable image at all: UsageError, nothing written.
     """
-    rows = []
+    tidy_output_folders({(output / picture_name(f.relative_to(root))).parent for f in files})
+    rows, stop.armed = [], True
     try:
         for group in tqdm(detector.batches(files), desc="detect", disable=as_json):
             rows += detect_batch(detector, group, root, output, as_json)
-    except OSError:
+            if stop.requested:
+                raise stop.interrupted(f"report.csv lists the {len(rows)} of {len(files)} images done")
+    except BaseException:
         with contextlib.suppress(OSError):
             write_csv(output / "report.csv", rows)
         raise
+    finally:
+        stop.armed = False
+    if not rows:
+        raise UsageError(f"--image_path {display_name(root)}: none of its {len(files)} images could be read "
+                         f"(warnings above)")
     write_csv(output / "report.csv", rows)
+    if len(rows) < len(files):
+        log.warning("%d of %d images inspected, %d unreadable (warnings above)", len(rows), len(files),
+                    len(files) - len(rows))
     return rows
 
 
@@ -132,45 +152,47 @@ def detect_batch(detector, group, root, output, as_json):
         score = float(out["score"][j])
         rel = f.relative_to(root)
         save_panels(output / picture_name(rel), *panel_args(image, out, j), threshold=detector.threshold,
-                    title=str(rel))
-        rows.append((str(rel), str(picture_name(rel)), score, detector.verdict(score)))
+                    title=display_name(rel))
+        rows.append((display_name(rel), str(picture_name(rel)), score, detector.verdict(score)))
         report(rel, score, detector.threshold, rows[-1][3], as_json)
     return rows
 
 
 def write_csv(path, rows):
-    with atomic_open(path, "w", newline="") as f:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(REPORT_HEADER.split(","))
         w.writerows((r[0], r[1], f"{r[2]:.6f}", r[3]) for r in rows)
 
 
+def run(args, stop):
+    """Check the outputs, load the pair once, score the image or the folder, write the pictures (and report)."""
+    files, base, output, folder_mode = resolve_inputs(args)
+    check_outputs(files, args.image_path, output, folder_mode)
+    if args.export_onnx:
+        refuse_input_overwrite([args.export_onnx], files, "--export_onnx")
+        check_output_file(args.export_onnx, "--export_onnx")
+    device = select_device(args.gpu_id)
+    detector = Detector.from_checkpoint(args.checkpoint_path, base, device, resolve_amp(args.amp, device),
+                                        bs=args.bs, max_pixels=args.max_pixels)
+    log.info("device: %s, model: %s (%d px, scale %s%s)", device, base, detector.size, detector.scale,
+             "" if detector.threshold is not None else ", no calibrated threshold")
+    if args.export_onnx:
+        from utils.export import export_onnx
+        export_onnx(detector, args.export_onnx)
+    if folder_mode:
+        detect_folder(detector, files, Path(args.image_path), output, args.json, stop)
+    else:
+        tidy_output_folders([output.parent])
+        detect_single(detector, files[0], output, args.json)
+    if not args.json:
+        log.info("wrote %s", display_name(output))
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    try:
-        files, base, output, folder_mode = resolve_inputs(args)
-        check_outputs(files, args.image_path, output, folder_mode)
-        if args.export_onnx:
-            refuse_input_overwrite([args.export_onnx], files, "--export_onnx")
-            check_output_file(args.export_onnx, "--export_onnx")
-        device = select_device(args.gpu_id)
-        detector = Detector.from_checkpoint(args.checkpoint_path, base, device, resolve_amp(args.amp, device),
-                                            bs=args.bs, max_pixels=args.max_pixels)
-        log.info("device: %s, model: %s (%d px, scale %s%s)", device, base, detector.size, detector.scale,
-                 "" if detector.threshold is not None else ", no calibrated threshold")
-        if args.export_onnx:
-            from utils.export import export_onnx
-            export_onnx(detector, args.export_onnx)
-        if folder_mode:
-            detect_folder(detector, files, Path(args.image_path), output, args.json)
-        else:
-            detect_single(detector, files[0], output, args.json)
-    except (UsageError, OSError, ValueError) as e:  # bad input: 2; a failed write (disk full ...): 1
-        return report_error("detect.py", e)
-    if not args.json:
-        log.info("wrote %s", output)
-    return 0
+    return run_script("detect.py", lambda stop: run(args, stop))  # bad input: 2; a failed write: 1; a signal
 
 
 if __name__ == "__main__":

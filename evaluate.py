@@ -12,19 +12,23 @@ Recalibrate the threshold on the line's own good images (written into both files
     python evaluate.py --base_model_name ... --recalibrate line3/good/ [--defect_path line3/bad/] \
         [--target_false_reject 0.02 | --threshold_rule f1] [--data_path path/to/class]
 """
+from utils.quiet_start import exit_quietly_on_signals
+
+exit_quietly_on_signals("evaluate.py", __name__)  # a signal during the imports below: one line
+
 import argparse
 import json
 import logging
 import sys
 from pathlib import Path
 
-from utils.cli import (UsageError, add_inference_flags, add_max_pixels_flag, add_target_flag, report_error,
-                       resolve_amp, select_device)
+from utils.cli import (UsageError, add_inference_flags, add_max_pixels_flag, add_target_flag, given, resolve_amp,
+                       run_script, select_device, warn_ignored)
 from utils.data_loader import list_images
 from utils.detector import Detector
 from utils.evaluation import (VERDICTS, check_outputs, describe, evaluate_class, f1_threshold, fit_threshold,
                               json_safe, recalibration_report, results_text, write_calibration, write_results)
-from utils.files import refuse_inside
+from utils.files import refuse_inside, tidy_output_folders
 from utils.metrics import METRIC_NAMES
 
 log = logging.getLogger("evaluate")
@@ -58,6 +62,10 @@ def parse_args(argv=None):
         p.error("argument --defect_path: only with --recalibrate")
     if args.threshold_rule == "f1" and args.defect_path is None:
         p.error("argument --threshold_rule f1: needs --defect_path (known-defective images)")
+    if given(sys.argv[1:] if argv is None else argv, "--target_false_reject") and \
+            (args.recalibrate is None or args.threshold_rule == "f1"):
+        warn_ignored("--target_false_reject", "the threshold is set only by --recalibrate with --threshold_rule "
+                                              "false_reject")
     return args
 
 
@@ -86,34 +94,36 @@ def recalibrate(args, detector):
     detector.threshold, detector.meta["calibration"] = calib["threshold"], calib
 
 
+def run(args):
+    """Check the outputs, load the pair, recalibrate (when asked), evaluate (when --data_path is given)."""
+    if args.data_path is not None and not Path(args.data_path).is_dir():
+        raise UsageError(f"--data_path {args.data_path} is not a folder")
+    if args.data_path is not None:
+        check_outputs(args.output_path)
+        refuse_inside(args.output_path, args.data_path, in_flag="--data_path")
+        tidy_output_folders([args.output_path, Path(args.output_path) / "images"])
+    device = select_device(args.gpu_id)
+    log.info("device: %s", device)
+    detector = Detector.from_checkpoint(args.checkpoint_path, args.base_model_name, device,
+                                        resolve_amp(args.amp, device), bs=args.bs, max_pixels=args.max_pixels)
+    if args.recalibrate:
+        recalibrate(args, detector)
+    if args.data_path is None:
+        return
+    images_dir = Path(args.output_path) / "images" if args.save_images else None
+    results = evaluate_class(detector, args.data_path, images_dir)
+    calibration = detector.meta["calibration"]
+    print(results_text(results, title=f"{args.base_model_name} on {args.data_path}\n{describe(calibration)}"))
+    write_results(results, args.output_path, {"base_model_name": args.base_model_name,
+                                              **detector.meta["config"], "calibration": calibration})
+    if args.json:
+        print(json.dumps(json_safe({k: results["overall"][k] for k in (*METRIC_NAMES, *VERDICTS)})))
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    try:
-        if args.data_path is not None and not Path(args.data_path).is_dir():
-            raise UsageError(f"--data_path {args.data_path} is not a folder")
-        if args.data_path is not None:
-            check_outputs(args.output_path)
-            refuse_inside(args.output_path, args.data_path, in_flag="--data_path")
-        device = select_device(args.gpu_id)
-        log.info("device: %s", device)
-        detector = Detector.from_checkpoint(args.checkpoint_path, args.base_model_name, device,
-                                            resolve_amp(args.amp, device), bs=args.bs, max_pixels=args.max_pixels)
-        if args.recalibrate:
-            recalibrate(args, detector)
-        if args.data_path is None:
-            return 0
-        images_dir = Path(args.output_path) / "images" if args.save_images else None
-        results = evaluate_class(detector, args.data_path, images_dir)
-        calibration = detector.meta["calibration"]
-        print(results_text(results, title=f"{args.base_model_name} on {args.data_path}\n{describe(calibration)}"))
-        write_results(results, args.output_path, {"base_model_name": args.base_model_name,
-                                                  **detector.meta["config"], "calibration": calibration})
-    except (UsageError, OSError, ValueError) as e:  # bad input: 2; a failed write (disk full ...): 1
-        return report_error("evaluate.py", e)
-    if args.json:
-        print(json.dumps(json_safe({k: results["overall"][k] for k in (*METRIC_NAMES, *VERDICTS)})))
-    return 0
+    return run_script("evaluate.py", lambda stop: run(args))  # bad input: 2; a failed write: 1; a signal
 
 
 if __name__ == "__main__":

@@ -112,8 +112,13 @@ def load_resume_state(path, state):
     missing = [k for k in RESUME_KEYS if k not in saved] if isinstance(saved, dict) else list(RESUME_KEYS)
     if missing:
         raise UsageError(f"--resume: {path} is not a resumable state (missing {', '.join(missing)})")
-    state.model.load_state_dict(saved["model"])
-    state.optimizer.load_state_dict(saved["optimizer"])
+    try:
+        state.model.load_state_dict(saved["model"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+    except (RuntimeError, ValueError) as e:  # e.g. other --rec_base_width / --seg_base_width than the saved run
+        raise UsageError(f"--resume: {path} was saved by a run with other model settings (--rec_base_width, "
+                         f"--seg_base_width: {str(e).splitlines()[0][:100]}); use the run's flags or start "
+                         f"without --resume") from None
     state.scheduler.load_state_dict(saved["scheduler"])
     state.loader_gen.set_state(saved["loader_gen"])
     state.synth_gen.set_state(saved["synth_gen"].to(state.synth_gen.get_state().device))
@@ -180,6 +185,21 @@ def pair_is_complete(checkpoint_path, base):
     return ids[0] is not None and ids[0] == ids[1]
 
 
+OUR_FIELDS = {"pair_id": str, "state_dict": dict, "config": dict, "calibration": dict}
+
+
+def check_ours(obj, path):
+    """UsageError naming the file and the field unless `obj` has what the loader and the Detector read."""
+    for key, kind in OUR_FIELDS.items():
+        if not isinstance(obj.get(key), kind):
+            raise UsageError(f"{path}: not a complete DRAEM checkpoint (no {key})")
+    size, scale = obj["config"].get("size"), obj["config"].get("scale", "square")
+    if not isinstance(size, int) or size <= 0 or size % 32:
+        raise UsageError(f"{path}: not a complete DRAEM checkpoint (config size {size!r}: not a multiple of 32)")
+    if scale not in ("square", "native") and not (isinstance(scale, int) and scale >= 32):
+        raise UsageError(f"{path}: not a complete DRAEM checkpoint (config scale {scale!r})")
+
+
 def _unwrap(obj, path, kind):
     """(state_dict, meta) from one of our checkpoints or a raw state dict."""
     if not isinstance(obj, dict):
@@ -188,6 +208,7 @@ def _unwrap(obj, path, kind):
         if obj.get("kind") != kind:
             raise UsageError(f"{path} holds a {obj.get('kind')} network, expected the {kind} one "
                              f"(are the two files swapped?)")
+        check_ours(obj, path)
         return obj["state_dict"], obj
     if all(isinstance(v, torch.Tensor) for v in obj.values()) and obj:
         return obj, None

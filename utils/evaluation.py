@@ -16,6 +16,7 @@ import uuid
 from scipy import optimize, stats
 
 from utils.checkpoint import hold_checkpoint_names, load_pair, save_pair
+from utils.cli import display_name
 from utils.config import Config
 from utils.files import atomic_open, atomic_write_bytes
 from utils.data_loader import MVTecTestDataset
@@ -57,7 +58,7 @@ def save_batch_panels(detector, batch, out, folder):
         p = Path(path)
         save_panels(folder / p.parent.name / f"{p.name}.png", batch["image"][i].permute(1, 2, 0).numpy(),
                     out["reconstruction"][i].permute(1, 2, 0).cpu().numpy(), out["anomaly_map"][i].cpu().numpy(),
-                    float(out["score"][i]), threshold=detector.threshold, title=p.name)
+                    float(out["score"][i]), threshold=detector.threshold, title=display_name(p.name))
 
 
 def results_text(results, title=""):
