@@ -28,7 +28,7 @@ from utils.data_loader import list_images
 from utils.detector import Detector
 from utils.evaluation import (VERDICTS, check_outputs, describe, evaluate_class, f1_threshold, fit_threshold,
                               json_safe, recalibration_report, results_text, write_calibration, write_results)
-from utils.files import refuse_inside, tidy_output_folders
+from utils.files import check_output_dir, refuse_inside, tidy_output_folders
 from utils.metrics import METRIC_NAMES
 
 log = logging.getLogger("evaluate")
@@ -102,6 +102,8 @@ def run(args):
         check_outputs(args.output_path)
         refuse_inside(args.output_path, args.data_path, in_flag="--data_path")
         tidy_output_folders([args.output_path, Path(args.output_path) / "images"])
+    if args.recalibrate:  # the pair is rewritten: refused before any scoring when it cannot be
+        check_output_dir(args.checkpoint_path, "--checkpoint_path")
     device = select_device(args.gpu_id)
     log.info("device: %s", device)
     detector = Detector.from_checkpoint(args.checkpoint_path, args.base_model_name, device,

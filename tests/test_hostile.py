@@ -234,8 +234,10 @@ def test_rows_1_2_halves_of_two_runs_of_one_command_are_refused(pair, pair_b, tm
     assert not (tmp_path / "o.png").exists()
 
 
-def test_row_3_recalibration_is_refused_while_training_holds_the_pair(space, ck, tmp_path, capsys, caplog):
-    """A training run (stopped with SIGSTOP once its run folder exists) holds the name: exit 2 naming its PID."""
+@pytest.mark.parametrize("base", [BASE, BASE + "last"], ids=["best", "last"])
+def test_row_3_recalibration_is_refused_while_training_holds_the_pair(space, ck, tmp_path, capsys, caplog, base):
+    """A training run (stopped with SIGSTOP once its run folder exists) holds the name of both of its pairs:
+    exit 2 naming its PID."""
     logs, good = tmp_path / "logs", tmp_path / "line_good"
     write_images(good, 4)
     proc = subprocess.Popen(script("train.py", "--data_path", space / "widget", "--checkpoint_path", ck,
@@ -245,7 +247,7 @@ def test_row_3_recalibration_is_refused_while_training_holds_the_pair(space, ck,
         wait_for(lambda: any(logs.glob("*/config.json")), proc, "its run folder")
         os.kill(proc.pid, signal.SIGSTOP)
         before = snapshot(ck)
-        res = call(evaluate.main, ["--checkpoint_path", ck, "--base_model_name", BASE,
+        res = call(evaluate.main, ["--checkpoint_path", ck, "--base_model_name", base,
                                    "--recalibrate", good], capsys, caplog)
     finally:
         proc.kill()

@@ -115,10 +115,9 @@ def load_resume_state(path, state):
     try:
         state.model.load_state_dict(saved["model"])
         state.optimizer.load_state_dict(saved["optimizer"])
-    except (RuntimeError, ValueError) as e:  # e.g. other --rec_base_width / --seg_base_width than the saved run
-        raise UsageError(f"--resume: {path} was saved by a run with other model settings (--rec_base_width, "
-                         f"--seg_base_width: {str(e).splitlines()[0][:100]}); use the run's flags or start "
-                         f"without --resume") from None
+    except (RuntimeError, ValueError):  # other --rec_base_width / --seg_base_width than the saved run
+        raise UsageError(f"--resume: {path} does not fit this run's networks (saved with other --rec_base_width "
+                         f"/ --seg_base_width); use the run's flags or start without --resume") from None
     state.scheduler.load_state_dict(saved["scheduler"])
     state.loader_gen.set_state(saved["loader_gen"])
     state.synth_gen.set_state(saved["synth_gen"].to(state.synth_gen.get_state().device))
@@ -247,6 +246,11 @@ def load_pair(checkpoint_path, base):
     return model.eval(), meta
 
 
+def run_name(base):
+    """The name a training run holds for the pair `base`: a run named N writes the pairs N and N + "last"."""
+    return base[: -len("last")] if base.endswith("last") else base
+
+
 def lock_path(folder, name):
     digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
     return Path(folder) / f".draem-lock-{digest}"
@@ -269,7 +273,10 @@ class NameLock:
         if fcntl is None:
             return self
         while True:  # the file may be unlinked by its releasing holder between our open and our flock
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise UsageError(f"--checkpoint_path {self.path.parent}: cannot write in it ({e.strerror})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -15,7 +15,7 @@ import math
 import uuid
 from scipy import optimize, stats
 
-from utils.checkpoint import hold_checkpoint_names, load_pair, save_pair
+from utils.checkpoint import hold_checkpoint_names, load_pair, run_name, save_pair
 from utils.cli import display_name
 from utils.config import Config
 from utils.files import atomic_open, atomic_write_bytes
@@ -288,7 +288,7 @@ def write_calibration(checkpoint_path, base, calibration):
     are unchanged; the pair gets a new pair id, so two files from before and after are never taken for one pair.
     Returns the paths written.
     """
-    with hold_checkpoint_names(checkpoint_path, [base]):
+    with hold_checkpoint_names(checkpoint_path, [run_name(base)]):  # the training run that writes it
         model, meta = load_pair(checkpoint_path, base)
         pair_id = f"{(meta.get('pair_id') or 'original').split('+')[0]}+recalibrated-{uuid.uuid4().hex[:8]}"
         paths = save_pair(model, Path(checkpoint_path), base, meta["config"], calibration, pair_id)
