@@ -4,9 +4,13 @@
     python detect.py --image_path part.png --base_model_name DRAEM_test_0.0001_700_bs8_bottle_ \
         --checkpoint_path ./checkpoints/ --output_path single_test_result.png
     python detect.py --image_path folder/ --base_model_name ... --output_path results/   # folder: PNGs + report.csv
+    python detect.py --image_path folder/ ... --save_maps   # + per image: x.jpg.map.png, .mask.png, .overlay.png
 
 Panels: Input (original), Reconstructed, Anomaly Map (raw), Result (overlay) with the score and OK/NG against
 the threshold calibrated at training time (checkpoints without one, like the authors' release, say so).
+Folder mode also writes index.html, the results page (utils/outputs/page.py), with an overlay thumbnail per
+image under thumbs/. --save_maps adds, beside each picture, the raw anomaly map (16-bit PNG at the input's size),
+the defect mask at the stored threshold (0/255) and the overlay alone (utils/outputs/maps.py).
 """
 from utils.quiet_start import exit_quietly_on_signals
 
@@ -20,16 +24,17 @@ import logging
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from utils.checkpoint import newest_complete_pair
 from utils.cli import (UsageError, add_inference_flags, add_max_pixels_flag, display_name, resolve_amp, run_script,
                        select_device)
-from utils.data_loader import list_images
+from utils.data_loader import NATIVE, list_images, read_image
 from utils.demo_data import DEMO_ROOT
 from utils.detector import Detector
 from utils.files import (atomic_open, check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside,
                          tidy_output_folders)
+from utils.outputs.maps import MAP_FILES, map_output_paths, overlay, save_map_outputs
+from utils.progress import progress
+from utils.outputs.page import PAGE_NAME, PageRow, write_results_page, write_thumbnail
 from utils.visualize import save_panels
 
 log = logging.getLogger("detect")
@@ -47,6 +52,10 @@ def parse_args(argv=None):
     add_inference_flags(p, bs_help="tiles per forward pass (a square image is one tile)",
                         pair_help="; omit to use the newest complete pair in --checkpoint_path")
     p.add_argument("--json", action="store_true", help="print one JSON line per image instead of text")
+    p.add_argument("--save_maps", action="store_true",
+                   help="also write per image, beside its picture, the anomaly map (16-bit PNG, 0..65535 for 0..1, "
+                        "at the input's size), the defect mask at the stored threshold (0/255 PNG) and the overlay "
+                        "alone: x.jpg.map.png, x.jpg.mask.png, x.jpg.overlay.png; report.csv and --json name them")
     p.add_argument("--export_onnx", default=None, metavar="PATH",
                    help="also export the detector (image -> anomaly map, score) to this ONNX file")
     add_max_pixels_flag(p)
@@ -86,89 +95,115 @@ def picture_name(rel):
     return rel.with_name(display_name(rel.name) + ".png")
 
 
-def check_outputs(files, root, output, folder_mode):
+def check_outputs(files, root, output, folder_mode, save_maps):
     """Before any work: the outputs can be written and replace no input."""
     if not folder_mode:
-        refuse_input_overwrite([output], files)
-        check_output_file(output, "--output_path")
+        extra = list(map_output_paths(output).values()) if save_maps else []
+        refuse_input_overwrite([output, *extra], files)
+        for path in (output, *extra):
+            check_output_file(path, "--output_path")
         return
     check_output_dir(output, "--output_path")
     refuse_inside(output, root)
-    check_output_file(output / "report.csv", "--output_path")
+    for name in ("report.csv", PAGE_NAME):
+        check_output_file(output / name, "--output_path")
 
 
-def report(path, score, threshold, verdict, as_json):
-    name = display_name(path)
+def report(row, threshold, as_json):
+    """One line per image: text, or a JSON object naming the files written for it."""
     if as_json:
-        print(json.dumps({"file": name, "score": round(score, 6), "threshold": threshold, "verdict": verdict}))
+        files = {k: row[k] for k in ("picture", *MAP_FILES) if k in row}
+        print(json.dumps({"file": row["file"], "score": round(row["score"], 6), "threshold": threshold,
+                          "verdict": row["verdict"], **files}))
     else:
-        print(f"{name}: score {score:.4f}  {verdict}" + ("" if threshold is None else f" (threshold {threshold:.4f})"))
+        print(f"{row['file']}: score {row['score']:.4f}  {row['verdict']}"
+              + ("" if threshold is None else f" (threshold {threshold:.4f})"))
 
 
-def detect_single(detector, path, output, as_json):
+def image_outputs(detector, path, picture, folder, title, pred, save_maps):
+    """Write the 4-panel picture `folder / picture` of pred = (image, predict's output, index) (and with
+    save_maps the map, mask and overlay); returns its row: file, picture, score, verdict (and map, mask,
+    overlay), the names relative to `folder`."""
+    image, out, j = pred
+    score = float(out["score"][j])
+    save_panels(folder / picture, *panel_args(image, out, j), threshold=detector.threshold, title=title)
+    row = {"file": display_name(path), "picture": str(picture), "score": score, "verdict": detector.verdict(score)}
+    if save_maps:
+        original = read_image(path, None, NATIVE, detector.max_pixels).permute(1, 2, 0).numpy()  # (H, W, 3)
+        written = save_map_outputs(folder / picture, original, out["anomaly_map"][j].cpu().numpy(),
+                                   detector.threshold)
+        named = {k: "" if p is None else str(p.relative_to(folder) if folder.parts else p) for k, p in written.items()}
+        row.update(named)
+    return row
+
+
+def detect_single(detector, path, output, as_json, save_maps):
     image = detector.read(path)  # (3, H, W) at the checkpoint's working scale
     out = detector.predict([image])
-    score = float(out["score"][0])
-    verdict = detector.verdict(score)
-    save_panels(output, *panel_args(image, out, 0), threshold=detector.threshold, title=display_name(Path(path).name))
-    report(path, score, detector.threshold, verdict, as_json)
-    return [(str(path), str(output), score, verdict)]
+    row = image_outputs(detector, path, output, Path(), display_name(Path(path).name), (image, out, 0), save_maps)
+    report(row, detector.threshold, as_json)
+    return [row]
 
 
-def detect_folder(detector, files, root, output, as_json, stop):
-    """Score every file in batches (`Detector.batches`) with the model loaded once; one PNG each, then report.csv.
+def detect_folder(detector, files, root, output, flags, stop):
+    """Score every file in batches (`Detector.batches`) with the model loaded once; one PNG each (and its
+    thumbnail), then report.csv and index.html. flags: (as_json, save_maps).
 
     However it ends (a failed write, Ctrl-C / SIGTERM: `stop` ends it after the current batch), report.csv lists
     the pictures written. No readable image at all: UsageError, nothing written.
     """
-    tidy_output_folders({(output / picture_name(f.relative_to(root))).parent for f in files})
-    rows, stop.armed = [], True
+    tidy_output_folders({output, *((output / picture_name(f.relative_to(root))).parent for f in files)})
+    rows, page, stop.armed = [], [], True
     try:
-        for group in tqdm(detector.batches(files), desc="detect", disable=as_json):
-            rows += detect_batch(detector, group, root, output, as_json)
+        for group in progress(detector.batches(files), desc="detect", disable=flags[0]):
+            detect_batch(detector, group, root, output, flags, rows, page)
             if stop.requested:
                 raise stop.interrupted(f"report.csv lists the {len(rows)} of {len(files)} images done")
     except BaseException:
         with contextlib.suppress(OSError):
-            write_csv(output / "report.csv", rows)
+            write_csv(output / "report.csv", rows, flags[1])
         raise
     finally:
         stop.armed = False
     if not rows:
         raise UsageError(f"--image_path {display_name(root)}: none of its {len(files)} images could be read "
                          f"(warnings above)")
-    write_csv(output / "report.csv", rows)
+    write_csv(output / "report.csv", rows, flags[1])
+    write_results_page(output, page, detector.threshold, title=f"DRAEM results: {display_name(root)}")
     if len(rows) < len(files):
         log.warning("%d of %d images inspected, %d unreadable (warnings above)", len(rows), len(files),
                     len(files) - len(rows))
     return rows
 
 
-def detect_batch(detector, group, root, output, as_json):
-    """(file, image) pairs -> one picture and report row each."""
-    rows = []
+def detect_batch(detector, group, root, output, flags, rows, page):
+    """(file, image) pairs -> one picture, thumbnail, report row and page row each (appended to rows, page)."""
+    as_json, save_maps = flags
     out = detector.predict([image for _, image in group])
     for j, (f, image) in enumerate(group):
-        score = float(out["score"][j])
         rel = f.relative_to(root)
-        save_panels(output / picture_name(rel), *panel_args(image, out, j), threshold=detector.threshold,
-                    title=display_name(rel))
-        rows.append((display_name(rel), str(picture_name(rel)), score, detector.verdict(score)))
-        report(rel, score, detector.threshold, rows[-1][3], as_json)
-    return rows
+        name = display_name(rel)
+        row = image_outputs(detector, f, picture_name(rel), output, name, (image, out, j), save_maps)
+        row["file"] = name
+        rows.append(row)
+        over = overlay(image.permute(1, 2, 0).numpy(), out["anomaly_map"][j].cpu().numpy(), detector.threshold)
+        page.append(PageRow(name, row["score"], row["verdict"], write_thumbnail(output, name, over),
+                            output / row["picture"]))
+        report(row, detector.threshold, as_json)
 
 
-def write_csv(path, rows):
+def write_csv(path, rows, save_maps=False):
+    columns = REPORT_HEADER.split(",") + (list(MAP_FILES) if save_maps else [])
     with atomic_open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(REPORT_HEADER.split(","))
-        w.writerows((r[0], r[1], f"{r[2]:.6f}", r[3]) for r in rows)
+        w.writerow(columns)
+        w.writerows([f"{r[c]:.6f}" if c == "score" else r[c] for c in columns] for r in rows)
 
 
 def run(args, stop):
     """Check the outputs, load the pair once, score the image or the folder, write the pictures (and report)."""
     files, base, output, folder_mode = resolve_inputs(args)
-    check_outputs(files, args.image_path, output, folder_mode)
+    check_outputs(files, args.image_path, output, folder_mode, args.save_maps)
     if args.export_onnx:
         refuse_input_overwrite([args.export_onnx], files, "--export_onnx")
         check_output_file(args.export_onnx, "--export_onnx")
@@ -181,10 +216,10 @@ def run(args, stop):
         from utils.export import export_onnx
         export_onnx(detector, args.export_onnx)
     if folder_mode:
-        detect_folder(detector, files, Path(args.image_path), output, args.json, stop)
+        detect_folder(detector, files, Path(args.image_path), output, (args.json, args.save_maps), stop)
     else:
         tidy_output_folders([output.parent])
-        detect_single(detector, files[0], output, args.json)
+        detect_single(detector, files[0], output, args.json, args.save_maps)
     if not args.json:
         log.info("wrote %s", display_name(output))
 

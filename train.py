@@ -84,7 +84,7 @@ def add_model_flags(p, d):
                    help=f"sizes: paper = {PRESETS['paper']}; cpu = the measured CPU preset {PRESETS['cpu']}; "
                         "auto = paper on CUDA, cpu otherwise (and for the demo)")
     g.add_argument("--recipe", choices=("ours", "paper"), default=d.recipe,
-                   help="'paper' is DRAEM as published; 'ours' adds what the README's ablation kept "
+                   help="'paper' is DRAEM as published; 'ours' adds what docs/training.md lists "
                         "(utils/config.py RECIPES)")
     g.add_argument("--rec_base_width", type=positive_int, default=d.rec_base_width,
                    help="reconstructive network width (paper 128)")

@@ -9,35 +9,11 @@ import torch
 
 import detect
 import evaluate
-import train
 from model import DRAEM
-from tests.conftest import write_images
-from utils.checkpoint import base_model_name, pair_paths, save_pair
+from tests.conftest import WIDGET_PAIR, write_images
+from utils.checkpoint import pair_paths, save_pair
 
-BASE = base_model_name(0.001, 1, 4, "widget")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A widget class in MVTec layout (train, test/good, test/spot with masks) and a 1-epoch model."""
-    root = tmp_path_factory.mktemp("detect")
-    cls = root / "widget"
-    write_images(cls / "train" / "good", 10, size=64)
-    write_images(cls / "test" / "good", 3, size=64, seed=5)
-    spots = write_images(cls / "test" / "spot", 3, size=64, seed=6)
-    (cls / "ground_truth" / "spot").mkdir(parents=True)
-    for p in spots:
-        img = cv2.imread(str(p))
-        cv2.circle(img, (30, 30), 8, (0, 0, 0), -1)
-        cv2.imwrite(str(p), img)
-        mask = np.zeros((64, 64), np.uint8)
-        cv2.circle(mask, (30, 30), 8, 255, -1)
-        cv2.imwrite(str(cls / "ground_truth" / "spot" / f"{p.stem}_mask.png"), mask)
-    ckpt = root / "ckpt"
-    assert train.main(["--data_path", str(cls), "--checkpoint_path", str(ckpt), "--log_path", str(root / "logs"),
-                       "--size", "64", "--rec_base_width", "4", "--seg_base_width", "2", "--bs", "4",
-                       "--epochs", "1", "--lr", "0.001", "--amp", "off"]) == 0
-    return root, cls, ckpt
+BASE = WIDGET_PAIR
 
 
 def test_single_image_panel_and_score(trained, tmp_path, capsys):

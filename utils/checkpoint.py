@@ -145,7 +145,8 @@ def current_paths(checkpoint_path, base, ext=".pt"):
     return tuple(moves.get(p, p) for p in pair_paths(checkpoint_path, base, ext))
 
 
-def _find_pair(checkpoint_path, base):
+def find_pair(checkpoint_path, base):
+    """(rec, seg) paths of the pair `base`; UsageError naming what is missing (nothing is loaded)."""
     d = Path(checkpoint_path)
     if not d.is_dir():
         raise UsageError(f"--checkpoint_path {d} is not a folder")
@@ -219,7 +220,7 @@ def load_pair(checkpoint_path, base):
 
     meta: config (size, widths, grayscale ...), calibration (threshold or None), original (bool), pair_id (ours).
     """
-    rec_path, seg_path = _find_pair(checkpoint_path, base)
+    rec_path, seg_path = find_pair(checkpoint_path, base)
     rec_sd, rec_meta = _unwrap(safe_load(rec_path), rec_path, "reconstructive")
     seg_sd, seg_meta = _unwrap(safe_load(seg_path), seg_path, "discriminative")
     check_same_pair(rec_path, seg_path, rec_meta, seg_meta)

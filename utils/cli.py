@@ -66,7 +66,7 @@ def add_max_pixels_flag(parser):
 def add_target_flag(parser, help_suffix=""):
     """--target_false_reject, shared by train.py and evaluate.py."""
     parser.add_argument("--target_false_reject", type=false_reject_rate, default=Config.target_false_reject,
-                        help="share of good parts the OK/NG threshold may call NG (README 'Choosing the threshold')"
+                        help="share of good parts the OK/NG threshold may call NG (docs/thresholds.md)"
                              + help_suffix)
 
 

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 
 PHOTOMETRIC = ("brightness", "contrast", "gamma", "blur", "noise")  # utils/synthesis/simulation.py jitter kinds
 
-# Sizes. "cpu" is the measured CPU preset (README "CPU preset"); "paper" is DRAEM's.
+# Sizes. "cpu" is the measured CPU preset (docs/results.md "The CPU preset"); "paper" is DRAEM's.
 PRESETS = {
     "paper": dict(size=256, rec_base_width=128, seg_base_width=64, bs=8, epochs=700),
     "cpu": dict(size=128, rec_base_width=16, seg_base_width=8, bs=8, epochs=20),
 }
-# Anomaly simulation, image score and init. "paper" is the method as published; "ours" adds what the README's
-# ablation kept: cracks and pits (DefectSynthesizer), photometric jitter, the mean of the hottest 0.3% of the
-# map as the image score, the mean-filter kernel scaled with the image size, and the focal prior of the head.
+# Anomaly simulation, image score and init. "paper" is the method as published; "ours" adds what measurement
+# kept (docs/training.md): cracks and pits (DefectSynthesizer), photometric jitter, the mean of the hottest 0.3%
+# of the map as the image score, the mean-filter kernel scaled with the image size, and the focal prior of the head.
 RECIPES = {
     "paper": dict(jitter=(), score_top_fraction=0.0, scaled_kernel=False, anomaly_prior=None),
     "ours": dict(jitter=PHOTOMETRIC, score_top_fraction=0.003, scaled_kernel=True, anomaly_prior=0.01),
@@ -34,7 +34,7 @@ class Config:
     scale: str | int = "square"  # "square", "native" or a longer side N
     grayscale: str = "auto"  # grey anomalies: "auto" (when the images are grey), "on", "off"
     val_fraction: float = 0.1
-    target_false_reject: float = 0.02  # README "Choosing the threshold": why 2%
+    target_false_reject: float = 0.02  # docs/thresholds.md: why 2%
     workers: int = 0  # DataLoader workers for the one-time decoding
     max_pixels: int = 89_478_485  # larger training images are skipped, from the header
     # model

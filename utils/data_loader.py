@@ -24,7 +24,7 @@ from utils.config import Config
 
 log = logging.getLogger(__name__)
 
-MIN_HELD_OUT = 30  # good images held out for the threshold when the data allow (README "Choosing the threshold")
+MIN_HELD_OUT = 30  # good images held out for the threshold when the data allow (docs/thresholds.md)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = Config.max_pixels  # larger image files are refused from their header
 SQUARE, NATIVE = "square", "native"  # working scales; or an int N, the longer side in pixels

@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-from tqdm import tqdm
 
 from model import DRAEM
 from utils.checkpoint import base_model_name, load_resume_state, resume_path, save_pair, save_resume_state
@@ -30,6 +29,7 @@ from utils.detector import Scorer, autocast, image_scores, predict, score_kernel
 from utils.evaluation import fit_threshold
 from utils.loss import DraemLoss
 from utils.metrics import image_auroc, pixel_ap
+from utils.progress import progress
 from utils.synthesis.simulation import jitter_images, make_synthesizer
 from utils.synthesis.textures import load_texture_bank
 from utils.training_logger import TrainingLogger
@@ -326,8 +326,8 @@ class OutOfTime(Exception):
 def train_epoch(run, state, t0):
     """One pass over the training images from state.epoch: its metrics.csv row. Raises OutOfTime."""
     settings, sums, n = run.settings, {}, 0
-    bar = tqdm(run.loader, desc=f"{display_name(run.obj_name)} epoch {state.epoch + 1}/{settings.epochs}",
-               disable=not run.is_main, leave=False)
+    bar = progress(run.loader, desc=f"{display_name(run.obj_name)} epoch {state.epoch + 1}/{settings.epochs}",
+                   disable=not run.is_main, leave=False)
     for (batch,) in bar:
         batch = prepare_batch(batch, run.device, settings.channels_last)
         if settings.jitter:  # the jittered good image is the input and the reconstruction target alike
@@ -339,7 +339,7 @@ def train_epoch(run, state, t0):
         for k, v in loss_values(losses, state.step, settings.checkpoint_path).items():
             sums[k] = sums.get(k, 0.0) + v
         n += 1
-        bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
+        bar.set_postfix(loss=f"{sums['loss'] / n:.4f}", refresh=False)  # drawn at the bar's own pace
         late, signalled = should_stop(run, t0)
         if signalled:
             stop_on_signal(run, state)

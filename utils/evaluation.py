@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 import numpy as np
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 import logging
 import math
 import uuid
@@ -21,23 +20,28 @@ from utils.config import Config
 from utils.files import atomic_open, atomic_write_bytes
 from utils.data_loader import MVTecTestDataset
 from utils.metrics import METRIC_NAMES, drop_pixel_metrics, format_table, per_type_metrics
+from utils.progress import progress
 from utils.files import check_output_dir, check_output_file
+from utils.outputs.maps import overlay
+from utils.outputs.page import PageRow, write_thumbnail
 from utils.visualize import save_panels
 
 VERDICTS = ("threshold", "false_reject_rate", "defect_recall", "best_recall_at_same_frr")  # overall, in --json
 
 
-def evaluate_class(detector, class_dir, save_images_dir=None, workers=0):
+def evaluate_class(detector, class_dir, save_images_dir=None, workers=0, page=None):
     """Score every test image; returns {type: {metric: value}, ..., "overall": {...}}, with the verdicts at the
     detector's threshold among the metrics (`add_verdicts`).
 
     Maps and masks are compared at the checkpoint's working scale (masks resized by nearest neighbour).
+    save_images_dir: also write the 4-panel picture of each image there (<type>/<name>.png) and its overlay
+    thumbnail beside that folder (thumbs/<type>/<name>.jpg); `page` (a list) then gets one PageRow per image.
     """
     ds = MVTecTestDataset(class_dir, detector.size, detector.scale, detector.max_pixels)
     loader = DataLoader(ds, batch_size=None, num_workers=workers)  # one sample at a time, decoded by workers
     labels, scores, masks, maps, types = [], [], [], [], []
-    for group in tqdm(detector.batches(loader, read=lambda r: r, image_of=lambda r: r["image"]), desc="evaluate",
-                      leave=False):
+    for group in progress(detector.batches(loader, read=lambda r: r, image_of=lambda r: r["image"]),
+                          desc="evaluate", leave=False):
         batch = {k: [r[k] for _, r in group] for k in ("image", "mask", "label", "type", "path")}
         out = detector.predict(batch["image"], with_reconstruction=save_images_dir is not None)
         scores += [float(s) for s in out["score"]]
@@ -46,7 +50,9 @@ def evaluate_class(detector, class_dir, save_images_dir=None, workers=0):
         labels += batch["label"]
         types += batch["type"]
         if save_images_dir is not None:
-            save_batch_panels(detector, batch, out, Path(save_images_dir))
+            rows = save_batch_panels(detector, batch, out, Path(save_images_dir))
+            if page is not None:
+                page.extend(rows)
     scores = np.array(scores)  # (N,)
     results = per_type_metrics(np.array(types), np.array(labels), scores, masks, maps)
     results = drop_pixel_metrics(results, ds.types_without_masks)
@@ -54,11 +60,19 @@ def evaluate_class(detector, class_dir, save_images_dir=None, workers=0):
 
 
 def save_batch_panels(detector, batch, out, folder):
+    """The 4-panel picture and overlay thumbnail of each image of a batch; returns their PageRows."""
+    rows = []
     for i, path in enumerate(batch["path"]):
         p = Path(path)
-        save_panels(folder / p.parent.name / f"{p.name}.png", batch["image"][i].permute(1, 2, 0).numpy(),
-                    out["reconstruction"][i].permute(1, 2, 0).cpu().numpy(), out["anomaly_map"][i].cpu().numpy(),
-                    float(out["score"][i]), threshold=detector.threshold, title=display_name(p.name))
+        name, picture = f"{p.parent.name}/{p.name}", folder / p.parent.name / f"{p.name}.png"
+        image, amap = batch["image"][i].permute(1, 2, 0).numpy(), out["anomaly_map"][i].cpu().numpy()
+        score = float(out["score"][i])
+        save_panels(picture, image, out["reconstruction"][i].permute(1, 2, 0).cpu().numpy(), amap, score,
+                    threshold=detector.threshold, title=display_name(p.name))
+        thumb = write_thumbnail(folder.parent, name, overlay(image, amap, detector.threshold))
+        rows.append(PageRow(name, score, detector.verdict(score), thumb, picture, p.parent.name,
+                            "defect" if batch["label"][i] else "good"))
+    return rows
 
 
 def results_text(results, title=""):

@@ -327,16 +327,16 @@ def drop_pixel_metrics(results, types_without_masks):
     return results
 
 
-def format_table(results: dict[str, dict[str, float]]) -> str:
+def format_table(results: dict[str, dict[str, float]], row_label: str = "type") -> str:
     """Aligned text table: one row per type ("overall" last), one column per metric, 3 decimals, nan as "-"."""
     rows = [name for name in results if name != "overall"] + (["overall"] if "overall" in results else [])
-    first = max([len("type")] + [len(name) for name in rows])
+    first = max([len(row_label)] + [len(name) for name in rows])
     widths = [max(len(col), 5) for col in METRIC_NAMES]
 
     def cell(value) -> str:
         return "-" if value is None or math.isnan(value) else f"{value:.3f}"
 
-    lines = ["  ".join(["type".ljust(first)] + [c.rjust(w) for c, w in zip(METRIC_NAMES, widths)])]
+    lines = ["  ".join([row_label.ljust(first)] + [c.rjust(w) for c, w in zip(METRIC_NAMES, widths)])]
     for name in rows:
         values = [cell(results[name].get(col)) for col in METRIC_NAMES]
         lines.append("  ".join([name.ljust(first)] + [v.rjust(w) for v, w in zip(values, widths)]))

@@ -35,7 +35,7 @@ OVERLAY_ALPHA = 0.5
 COLOR_OK, COLOR_NG, COLOR_UNCALIBRATED = "#2ecc40", "#ff4136", "#bbbbbb"
 
 
-def _as_rgb01(image) -> np.ndarray:
+def as_rgb01(image) -> np.ndarray:
     """(H, W), (H, W, 1) or (H, W, 3), float in [0, 1] or uint8 -> (H, W, 3) float in [0, 1]."""
     image = np.asarray(image)
     if image.dtype == np.uint8:
@@ -129,7 +129,7 @@ def _build_figure(image, reconstruction, anomaly_map, score, threshold=None, tit
     figsize, panel_px = _figsize(*anomaly_map.shape)
     # reduced first, so a large image is never copied at full size for drawing
     image, reconstruction, anomaly_map = _reduce_for_display(image, reconstruction, anomaly_map, panel_px)
-    image, reconstruction = _as_rgb01(image), _as_rgb01(reconstruction)
+    image, reconstruction = as_rgb01(image), as_rgb01(reconstruction)
     anomaly_map = np.clip(anomaly_map, 0.0, 1.0)
     score = float(score)
     threshold = None if threshold is None else float(threshold)
