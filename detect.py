@@ -12,6 +12,10 @@ Folder mode also writes index.html, the results page (utils/outputs/page.py), wi
 image under thumbs/. --save_maps adds, beside each picture, the raw anomaly map (16-bit PNG at the input's size),
 the defect mask at the stored threshold (0/255) and the overlay alone (utils/outputs/maps.py).
 """
+from utils.quiet_start import exit_quietly_on_signals
+
+exit_quietly_on_signals("detect.py", __name__)  # a signal during the imports below: one line
+
 import argparse
 import contextlib
 import csv
@@ -21,11 +25,13 @@ import sys
 from pathlib import Path
 
 from utils.checkpoint import newest_complete_pair
-from utils.cli import UsageError, add_inference_flags, add_max_pixels_flag, report_error, resolve_amp, select_device
+from utils.cli import (UsageError, add_inference_flags, add_max_pixels_flag, display_name, resolve_amp, run_script,
+                       select_device)
 from utils.data_loader import NATIVE, list_images, read_image
 from utils.demo_data import DEMO_ROOT
 from utils.detector import Detector
-from utils.files import atomic_open, check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside
+from utils.files import (atomic_open, check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside,
+                         tidy_output_folders)
 from utils.outputs.maps import MAP_FILES, map_output_paths, overlay, save_map_outputs
 from utils.progress import progress
 from utils.outputs.page import PAGE_NAME, PageRow, write_results_page, write_thumbnail
@@ -84,8 +90,9 @@ def panel_args(image, out, i):
 
 
 def picture_name(rel):
-    """Folder mode: `sub/x.jpg` -> `sub/x.jpg.png`, so x.png and x.jpg give two pictures."""
-    return rel.with_name(rel.name + ".png")
+    """Folder mode: `sub/x.jpg` -> `sub/x.jpg.png`, so x.png and x.jpg give two pictures; an undecodable name
+    gives its escaped form (`caf\\xe9.png.png`), which report.csv can name exactly."""
+    return rel.with_name(display_name(rel.name) + ".png")
 
 
 def check_outputs(files, root, output, folder_mode, save_maps):
@@ -120,7 +127,7 @@ def image_outputs(detector, path, picture, folder, title, pred, save_maps):
     image, out, j = pred
     score = float(out["score"][j])
     save_panels(folder / picture, *panel_args(image, out, j), threshold=detector.threshold, title=title)
-    row = {"file": str(path), "picture": str(picture), "score": score, "verdict": detector.verdict(score)}
+    row = {"file": display_name(path), "picture": str(picture), "score": score, "verdict": detector.verdict(score)}
     if save_maps:
         original = read_image(path, None, NATIVE, detector.max_pixels).permute(1, 2, 0).numpy()  # (H, W, 3)
         written = save_map_outputs(folder / picture, original, out["anomaly_map"][j].cpu().numpy(),
@@ -133,27 +140,39 @@ def image_outputs(detector, path, picture, folder, title, pred, save_maps):
 def detect_single(detector, path, output, as_json, save_maps):
     image = detector.read(path)  # (3, H, W) at the checkpoint's working scale
     out = detector.predict([image])
-    row = image_outputs(detector, path, output, Path(), Path(path).name, (image, out, 0), save_maps)
+    row = image_outputs(detector, path, output, Path(), display_name(Path(path).name), (image, out, 0), save_maps)
     report(row, detector.threshold, as_json)
     return [row]
 
 
-def detect_folder(detector, files, root, output, as_json, save_maps):
+def detect_folder(detector, files, root, output, flags, stop):
     """Score every file in batches (`Detector.batches`) with the model loaded once; one PNG each (and its
-    thumbnail), then report.csv and index.html.
+    thumbnail), then report.csv and index.html. flags: (as_json, save_maps).
 
-    When a write fails (disk full ...), report.csv still lists the pictures written before the error.
+    However it ends (a failed write, Ctrl-C / SIGTERM: `stop` ends it after the current batch), report.csv lists
+    the pictures written. No readable image at all: UsageError, nothing written.
     """
-    rows, page = [], []
+    tidy_output_folders({output, *((output / picture_name(f.relative_to(root))).parent for f in files)})
+    rows, page, stop.armed = [], [], True
     try:
-        for group in progress(detector.batches(files), desc="detect", disable=as_json):
-            detect_batch(detector, group, root, output, (as_json, save_maps), rows, page)
-    except OSError:
+        for group in progress(detector.batches(files), desc="detect", disable=flags[0]):
+            detect_batch(detector, group, root, output, flags, rows, page)
+            if stop.requested:
+                raise stop.interrupted(f"report.csv lists the {len(rows)} of {len(files)} images done")
+    except BaseException:
         with contextlib.suppress(OSError):
-            write_csv(output / "report.csv", rows, save_maps)
+            write_csv(output / "report.csv", rows, flags[1])
         raise
-    write_csv(output / "report.csv", rows, save_maps)
-    write_results_page(output, page, detector.threshold, title=f"DRAEM results: {root}")
+    finally:
+        stop.armed = False
+    if not rows:
+        raise UsageError(f"--image_path {display_name(root)}: none of its {len(files)} images could be read "
+                         f"(warnings above)")
+    write_csv(output / "report.csv", rows, flags[1])
+    write_results_page(output, page, detector.threshold, title=f"DRAEM results: {display_name(root)}")
+    if len(rows) < len(files):
+        log.warning("%d of %d images inspected, %d unreadable (warnings above)", len(rows), len(files),
+                    len(files) - len(rows))
     return rows
 
 
@@ -163,49 +182,52 @@ def detect_batch(detector, group, root, output, flags, rows, page):
     out = detector.predict([image for _, image in group])
     for j, (f, image) in enumerate(group):
         rel = f.relative_to(root)
-        row = image_outputs(detector, f, picture_name(rel), output, str(rel), (image, out, j), save_maps)
-        row["file"] = str(rel)
+        name = display_name(rel)
+        row = image_outputs(detector, f, picture_name(rel), output, name, (image, out, j), save_maps)
+        row["file"] = name
         rows.append(row)
         over = overlay(image.permute(1, 2, 0).numpy(), out["anomaly_map"][j].cpu().numpy(), detector.threshold)
-        page.append(PageRow(str(rel), row["score"], row["verdict"], write_thumbnail(output, str(rel), over),
+        page.append(PageRow(name, row["score"], row["verdict"], write_thumbnail(output, name, over),
                             output / row["picture"]))
         report(row, detector.threshold, as_json)
 
 
 def write_csv(path, rows, save_maps=False):
     columns = REPORT_HEADER.split(",") + (list(MAP_FILES) if save_maps else [])
-    with atomic_open(path, "w", newline="") as f:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(columns)
         w.writerows([f"{r[c]:.6f}" if c == "score" else r[c] for c in columns] for r in rows)
 
 
+def run(args, stop):
+    """Check the outputs, load the pair once, score the image or the folder, write the pictures (and report)."""
+    files, base, output, folder_mode = resolve_inputs(args)
+    check_outputs(files, args.image_path, output, folder_mode, args.save_maps)
+    if args.export_onnx:
+        refuse_input_overwrite([args.export_onnx], files, "--export_onnx")
+        check_output_file(args.export_onnx, "--export_onnx")
+    device = select_device(args.gpu_id)
+    detector = Detector.from_checkpoint(args.checkpoint_path, base, device, resolve_amp(args.amp, device),
+                                        bs=args.bs, max_pixels=args.max_pixels)
+    log.info("device: %s, model: %s (%d px, scale %s%s)", device, base, detector.size, detector.scale,
+             "" if detector.threshold is not None else ", no calibrated threshold")
+    if args.export_onnx:
+        from utils.export import export_onnx
+        export_onnx(detector, args.export_onnx)
+    if folder_mode:
+        detect_folder(detector, files, Path(args.image_path), output, (args.json, args.save_maps), stop)
+    else:
+        tidy_output_folders([output.parent])
+        detect_single(detector, files[0], output, args.json, args.save_maps)
+    if not args.json:
+        log.info("wrote %s", display_name(output))
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    try:
-        files, base, output, folder_mode = resolve_inputs(args)
-        check_outputs(files, args.image_path, output, folder_mode, args.save_maps)
-        if args.export_onnx:
-            refuse_input_overwrite([args.export_onnx], files, "--export_onnx")
-            check_output_file(args.export_onnx, "--export_onnx")
-        device = select_device(args.gpu_id)
-        detector = Detector.from_checkpoint(args.checkpoint_path, base, device, resolve_amp(args.amp, device),
-                                            bs=args.bs, max_pixels=args.max_pixels)
-        log.info("device: %s, model: %s (%d px, scale %s%s)", device, base, detector.size, detector.scale,
-                 "" if detector.threshold is not None else ", no calibrated threshold")
-        if args.export_onnx:
-            from utils.export import export_onnx
-            export_onnx(detector, args.export_onnx)
-        if folder_mode:
-            detect_folder(detector, files, Path(args.image_path), output, args.json, args.save_maps)
-        else:
-            detect_single(detector, files[0], output, args.json, args.save_maps)
-    except (UsageError, OSError, ValueError) as e:  # bad input: 2; a failed write (disk full ...): 1
-        return report_error("detect.py", e)
-    if not args.json:
-        log.info("wrote %s", output)
-    return 0
+    return run_script("detect.py", lambda stop: run(args, stop))  # bad input: 2; a failed write: 1; a signal
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ Recalibrate the threshold on the line's own good images (written into both files
     python evaluate.py --base_model_name ... --recalibrate line3/good/ [--defect_path line3/bad/] \
         [--target_false_reject 0.02 | --threshold_rule f1] [--data_path path/to/class]
 """
+from utils.quiet_start import exit_quietly_on_signals
+
+exit_quietly_on_signals("evaluate.py", __name__)  # a signal during the imports below: one line
+
 import argparse
 import json
 import logging
@@ -31,13 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from utils.checkpoint import find_pair
-from utils.cli import (UsageError, add_inference_flags, add_max_pixels_flag, add_target_flag, report_error,
-                       resolve_amp, select_device)
+from utils.cli import (UsageError, add_inference_flags, add_max_pixels_flag, add_target_flag, given, resolve_amp,
+                       run_script, select_device, warn_ignored)
 from utils.data_loader import list_images
 from utils.detector import Detector
 from utils.evaluation import (VERDICTS, check_outputs, describe, evaluate_class, f1_threshold, fit_threshold,
                               json_safe, recalibration_report, results_text, write_calibration, write_results)
-from utils.files import check_output_dir, refuse_inside
+from utils.files import check_output_dir, refuse_inside, tidy_output_folders
 from utils.metrics import METRIC_NAMES, format_table
 from utils.outputs.page import write_results_page
 
@@ -81,6 +85,10 @@ def parse_args(argv=None):
         p.error("argument --recalibrate: one pair at a time, not with --obj_id")
     if args.threshold_rule == "f1" and args.defect_path is None:
         p.error("argument --threshold_rule f1: needs --defect_path (known-defective images)")
+    if given(sys.argv[1:] if argv is None else argv, "--target_false_reject") and \
+            (args.recalibrate is None or args.threshold_rule == "f1"):
+        warn_ignored("--target_false_reject", "the threshold is set only by --recalibrate with --threshold_rule "
+                                              "false_reject")
     return args
 
 
@@ -142,6 +150,7 @@ def evaluate_one(args, detector, base, class_dir, output):
     """One class: print its table, write metrics.csv / metrics.json (with --save_images also the pictures and
     index.html) to `output`; returns the overall metrics and verdicts."""
     page = [] if args.save_images else None
+    tidy_output_folders([output, Path(output) / "images"])
     results = evaluate_class(detector, class_dir, Path(output) / "images" if args.save_images else None, page=page)
     calibration = detector.meta["calibration"]
     print(results_text(results, title=f"{base} on {class_dir}\n{describe(calibration)}"))
@@ -185,27 +194,27 @@ def evaluate_all(args, device, classes):
     return {"classes": overall, "mean": mean}
 
 
+def run(args):
+    """Check the outputs, then evaluate every class of a root, or recalibrate and/or evaluate one pair."""
+    if args.data_path is not None and not Path(args.data_path).is_dir():
+        raise UsageError(f"--data_path {args.data_path} is not a folder")
+    if args.data_path is not None:
+        check_output_dir(args.output_path, "--output_path")
+        refuse_inside(args.output_path, args.data_path, in_flag="--data_path")
+    if args.recalibrate:  # the pair is rewritten: refused before any scoring when it cannot be
+        check_output_dir(args.checkpoint_path, "--checkpoint_path")
+    classes = None if args.data_path is None else class_names(args.data_path, args.obj_id)
+    device = select_device(args.gpu_id)
+    log.info("device: %s", device)
+    summary = evaluate_all(args, device, classes) if classes is not None else evaluate_single(args, device)
+    if args.json and summary is not None:
+        print(json.dumps(json_safe(summary)))
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    try:
-        if args.data_path is not None and not Path(args.data_path).is_dir():
-            raise UsageError(f"--data_path {args.data_path} is not a folder")
-        if args.data_path is not None:
-            check_output_dir(args.output_path, "--output_path")
-            refuse_inside(args.output_path, args.data_path, in_flag="--data_path")
-        classes = None if args.data_path is None else class_names(args.data_path, args.obj_id)
-        device = select_device(args.gpu_id)
-        log.info("device: %s", device)
-        if classes is not None:
-            summary = evaluate_all(args, device, classes)
-        else:
-            summary = evaluate_single(args, device)
-    except (UsageError, OSError, ValueError) as e:  # bad input: 2; a failed write (disk full ...): 1
-        return report_error("evaluate.py", e)
-    if args.json and summary is not None:
-        print(json.dumps(json_safe(summary)))
-    return 0
+    return run_script("evaluate.py", lambda stop: run(args))  # bad input: 2; a failed write: 1; a signal
 
 
 def evaluate_single(args, device):

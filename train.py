@@ -10,6 +10,10 @@ Writes the checkpoint pair DRAEM_test_{lr}_{epochs}_bs{bs}_{obj}_.pt / ..._seg.p
 validation), the pair ..._last.pt / ..._last_seg.pt, a resumable state ..._resume.pt, and a run folder of logs.
 This file holds the flags and main; the defaults are utils/config.py, the run itself is utils/engine.py.
 """
+from utils.quiet_start import exit_quietly_on_signals
+
+exit_quietly_on_signals("train.py", __name__)  # a signal during the imports below: one line
+
 import argparse
 import contextlib
 import logging
@@ -20,9 +24,9 @@ import torch
 import torch.distributed as dist
 
 from utils.checkpoint import base_model_name, hold_checkpoint_names
-from utils.cli import (AMP_CHOICES, SCALE_HELP, Interrupted, StopOnSignal, UsageError, add_target_flag,
-                       distributed_env, fraction, init_distributed, positive_float, positive_int, report_error,
-                       scale_arg, select_device, size_arg)
+from utils.cli import (AMP_CHOICES, SCALE_HELP, UsageError, add_target_flag, distributed_env, fraction,
+                       init_distributed, positive_float, positive_int, resolve_amp, run_script, scale_arg,
+                       select_device, size_arg)
 from utils.config import FIELDS, PHOTOMETRIC, PRESETS, Config
 from utils.data_loader import resolve_classes
 from utils.demo_data import DEMO_ROOT, make_demo_dataset
@@ -149,18 +153,12 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = parse_args(argv)
     command = ["train.py", *(sys.argv[1:] if argv is None else argv)]
-    try:
-        with StopOnSignal(armed=False) as stop:  # armed by the epoch loop: Ctrl-C / SIGTERM stop after a step
-            run(cfg, command, stop)
-    except (UsageError, OSError, Diverged) as e:  # 2: bad input; 1: a failed write (checkpoints stay whole), nan
-        return report_error("train.py", e)
-    except Interrupted as e:
-        print(f"train.py: {e}", file=sys.stderr)
-        return e.exit_code
+    try:  # 2: bad input; 1: a failed write (checkpoints stay whole), nan; 130/143: a signal (the epoch loop arms
+        # the stop: Ctrl-C / SIGTERM stop after a step)
+        return run_script("train.py", lambda stop: run(cfg, command, stop), (UsageError, OSError, Diverged))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    return 0
 
 
 def run(cfg, command, stop):

@@ -23,7 +23,6 @@ SCRIPTS = {"train.py": train, "detect.py": detect, "evaluate.py": evaluate, "ben
 OTHER_FLAGS = {"--nproc_per_node"}  # torchrun's
 PLACEHOLDERS = {"...", "\u2026"}  # "the rest of the command", not an argument
 # Pages another branch adds: a link to one is skipped (reported, not passed) while the page is absent here.
-PENDING_PAGES = {ROOT / "docs" / "reliability.md"}
 
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```", re.S | re.M)
 SHELL = {"", "bash", "sh", "shell", "console"}
@@ -139,17 +138,11 @@ def anchors(page):
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_resolves(page):
     text = INLINE.sub("", prose(page.read_text()))
-    pending = set()
     for target in LINK.findall(text):
         if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
             continue
         path, _, anchor = target.partition("#")
         dest = (page.parent / path).resolve() if path else page
-        if dest in PENDING_PAGES and not dest.exists():
-            pending.add(path)
-            continue
         assert dest.exists(), f"{page.name}: link to {target}: no such file"
         if anchor and dest.suffix == ".md":
             assert anchor in anchors(dest), f"{page.name}: link to {target}: no such heading in {dest.name}"
-    if pending:
-        pytest.skip(f"{page.relative_to(ROOT)} links {', '.join(sorted(pending))}, which another branch adds")

@@ -117,8 +117,12 @@ def load_resume_state(path, state):
     missing = [k for k in RESUME_KEYS if k not in saved] if isinstance(saved, dict) else list(RESUME_KEYS)
     if missing:
         raise UsageError(f"--resume: {path} is not a resumable state (missing {', '.join(missing)})")
-    state.model.load_state_dict(saved["model"])
-    state.optimizer.load_state_dict(saved["optimizer"])
+    try:
+        state.model.load_state_dict(saved["model"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+    except (RuntimeError, ValueError):  # other --rec_base_width / --seg_base_width than the saved run
+        raise UsageError(f"--resume: {path} does not fit this run's networks (saved with other --rec_base_width "
+                         f"/ --seg_base_width); use the run's flags or start without --resume") from None
     state.scheduler.load_state_dict(saved["scheduler"])
     state.loader_gen.set_state(saved["loader_gen"])
     state.synth_gen.set_state(saved["synth_gen"].to(state.synth_gen.get_state().device))
@@ -186,6 +190,21 @@ def pair_is_complete(checkpoint_path, base):
     return ids[0] is not None and ids[0] == ids[1]
 
 
+OUR_FIELDS = {"pair_id": str, "state_dict": dict, "config": dict, "calibration": dict}
+
+
+def check_ours(obj, path):
+    """UsageError naming the file and the field unless `obj` has what the loader and the Detector read."""
+    for key, kind in OUR_FIELDS.items():
+        if not isinstance(obj.get(key), kind):
+            raise UsageError(f"{path}: not a complete DRAEM checkpoint (no {key})")
+    size, scale = obj["config"].get("size"), obj["config"].get("scale", "square")
+    if not isinstance(size, int) or size <= 0 or size % 32:
+        raise UsageError(f"{path}: not a complete DRAEM checkpoint (config size {size!r}: not a multiple of 32)")
+    if scale not in ("square", "native") and not (isinstance(scale, int) and scale >= 32):
+        raise UsageError(f"{path}: not a complete DRAEM checkpoint (config scale {scale!r})")
+
+
 def _unwrap(obj, path, kind):
     """(state_dict, meta) from one of our checkpoints or a raw state dict."""
     if not isinstance(obj, dict):
@@ -194,6 +213,7 @@ def _unwrap(obj, path, kind):
         if obj.get("kind") != kind:
             raise UsageError(f"{path} holds a {obj.get('kind')} network, expected the {kind} one "
                              f"(are the two files swapped?)")
+        check_ours(obj, path)
         return obj["state_dict"], obj
     if all(isinstance(v, torch.Tensor) for v in obj.values()) and obj:
         return obj, None
@@ -232,6 +252,11 @@ def load_pair(checkpoint_path, base):
     return model.eval(), meta
 
 
+def run_name(base):
+    """The name a training run holds for the pair `base`: a run named N writes the pairs N and N + "last"."""
+    return base[: -len("last")] if base.endswith("last") else base
+
+
 def lock_path(folder, name):
     digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
     return Path(folder) / f".draem-lock-{digest}"
@@ -254,7 +279,10 @@ class NameLock:
         if fcntl is None:
             return self
         while True:  # the file may be unlinked by its releasing holder between our open and our flock
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise UsageError(f"--checkpoint_path {self.path.parent}: cannot write in it ({e.strerror})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

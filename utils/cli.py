@@ -32,8 +32,11 @@ class UsageError(ValueError):
 def report_error(script, e):
     """Print an error that ends a script as one line; returns the exit code: 2 for bad input (UsageError, a
     missing file, a bad value), 1 for an OS error while writing (disk full, file-size limit, permissions ...)."""
+    code = 2 if isinstance(e, (UsageError, FileNotFoundError, ValueError)) else 1
+    if isinstance(e, OSError) and e.filename is None and e.strerror:
+        e = f"{e.strerror} while writing the outputs"
     print(f"{script}: error: {e}", file=sys.stderr)
-    return 2 if isinstance(e, (UsageError, FileNotFoundError, ValueError)) else 1
+    return code
 
 
 def positive_int(s):
@@ -85,12 +88,33 @@ def scale_arg(s):
     return v
 
 
+MAX_SIZE = 8192  # a larger --size cannot be held in memory as training images (and is always a typo)
+
+
 def size_arg(s):
-    """argparse type: an image side, a positive multiple of 32."""
+    """argparse type: an image side, a positive multiple of 32, at most MAX_SIZE."""
     v = positive_int(s)
     if v % 32:
         raise argparse.ArgumentTypeError(f"must be a multiple of 32 (the U-Net pools 5 times), got {s}")
+    if v > MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"at most {MAX_SIZE} pixels, got {s}")
     return v
+
+
+def given(argv, flag):
+    """True when `flag` was typed in `argv` (`--flag v` or `--flag=v`), not just left at its default."""
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def warn_ignored(flag, why):
+    """The one-line warning for a flag given by the user that has no effect in this run."""
+    log.warning("warning: %s has no effect: %s", flag, why)
+
+
+def display_name(path):
+    """A path as people read it: undecodable bytes of a file name shown escaped (`caf\\xe9.png`), so it can be
+    printed, drawn and written into UTF-8 files."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
 def positive_float(s):
@@ -244,3 +268,17 @@ class StopOnSignal:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
+
+
+def run_script(script, work, errors=(UsageError, OSError, ValueError)):
+    """The exit code of `work(stop)` run under StopOnSignal (unarmed; `work` may arm it): 0 when it returns; one
+    line for an error of `errors` (report_error) or a signal (128 + n), never a traceback."""
+    try:
+        with StopOnSignal(armed=False) as stop:
+            work(stop)
+    except errors as e:
+        return report_error(script, e)
+    except Interrupted as e:
+        print(f"{script}: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0

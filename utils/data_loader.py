@@ -10,6 +10,7 @@ synthesised per *batch* on the training device by `utils.synthesis.simulation` (
 stay simple and fast.
 """
 import logging
+import os
 import struct
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from utils.cli import UsageError, seed_worker
+from utils.cli import UsageError, display_name, seed_worker, warn_ignored
 from utils.config import Config
 
 log = logging.getLogger(__name__)
@@ -30,9 +31,13 @@ SQUARE, NATIVE = "square", "native"  # working scales; or an int N, the longer s
 
 
 def list_images(folder):
-    """All image files below `folder` (any depth), sorted for reproducibility."""
-    folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    """All image files below `folder` (any depth, symlinked folders not followed), sorted for reproducibility.
+    A folder that cannot be read is named in a warning: nothing is skipped silently."""
+    def unreadable(err):
+        log.warning("cannot read folder %s (%s): its images are not inspected", display_name(err.filename),
+                    err.strerror)
+    files = (Path(root) / name for root, _, names in os.walk(folder, onerror=unreadable) for name in names)
+    return sorted(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
 def scale_of(config):
@@ -139,11 +144,13 @@ def resolve_classes(data_path, obj_id):
     path = Path(data_path)
     if not path.is_dir():
         raise UsageError(f"--data_path {path} is not a folder")
+    classes = sorted(p.name for p in path.iterdir() if (p / "train" / "good").is_dir())
+    if obj_id != -1 and not classes:  # -1 is the default
+        warn_ignored(f"--obj_id {obj_id}", f"--data_path {display_name(path)} is one class folder")
     if path.name == "good" and path.parent.name == "train":
         return [(path.parent.parent.name or "custom", path)]
     if (path / "train" / "good").is_dir():
         return [(path.name, path / "train" / "good")]
-    classes = sorted(p.name for p in path.iterdir() if (p / "train" / "good").is_dir())
     if classes:
         if obj_id == -1:
             return [(c, path / c / "train" / "good") for c in classes]

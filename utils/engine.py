@@ -9,9 +9,10 @@ utils/checkpoint.py. `settings` is a utils.config.Config.
 """
 import logging
 import math
+import secrets
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from model import DRAEM
 from model.feature_prior import REDUCED_CHANNELS, PriorFusion, TailEvidence, fit_prior
 from utils.checkpoint import base_model_name, load_resume_state, resume_path, save_pair, save_resume_state
-from utils.cli import UsageError, distributed_env, resolve_amp, seed_everything
+from utils.cli import UsageError, display_name, distributed_env, resolve_amp, seed_everything
 from utils.config import Config
 from utils.data_loader import (SQUARE, RandomCrops, is_grayscale, list_images, load_images, load_images_at_scale,
                                split_files, validation_crops)
@@ -220,7 +221,8 @@ class Run:
     whole_val: list | None  # --scale native / N: held-out uint8 images (3, H, W), the threshold's calibration set
     train_model: torch.nn.Module  # the model, DDP-wrapped when distributed
     logger: TrainingLogger
-    stop: object = None  # utils.signals.StopOnSignal: Ctrl-C / SIGTERM end the run after a step
+    stop: object = None  # utils.cli.StopOnSignal: Ctrl-C / SIGTERM end the run after a step
+    run_id: str = field(default_factory=lambda: secrets.token_hex(8))  # in every pair_id this run writes
     prior: PriorFusion | None = None  # --prior features: bank and novelty tail fixed, DRAEM's tail refitted
     budget: Budget = None
     max_steps: int = 0  # --epochs of steps
@@ -384,8 +386,8 @@ def validate_run(run, state):
 
 def save_checkpoints(run, state, calib, row):
     """Rank 0: the last pair, the best pair when validation improved, the resume state and the CSV row."""
-    settings, run_id = run.settings, run.logger.run_dir.name
-    pair_id = f"{run_id}-s{state.step}"
+    settings, run_id = run.settings, run.run_id
+    pair_id = f"{run_id}-s{state.step}"  # unique per write: two runs of one command never share one
     prior = run.prior.state() if run.prior is not None else None
     save_pair(state.model, settings.checkpoint_path, run.base + "last", run.config, calib, pair_id, run_id,
               state.step, prior)
@@ -447,7 +449,7 @@ class OutOfTime(Exception):
 def train_epoch(run, state, t0):
     """One pass over the training images from state.epoch: its metrics.csv row. Raises OutOfTime."""
     settings, sums, n = run.settings, {}, 0
-    bar = progress(run.loader, desc=f"{run.obj_name} epoch {state.epoch + 1}/{settings.epochs}",
+    bar = progress(run.loader, desc=f"{display_name(run.obj_name)} epoch {state.epoch + 1}/{settings.epochs}",
                    disable=not run.is_main, leave=False)
     for (batch,) in bar:
         if run.budget.train_start is None:

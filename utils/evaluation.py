@@ -14,7 +14,8 @@ import math
 import uuid
 from scipy import optimize, stats
 
-from utils.checkpoint import hold_checkpoint_names, load_pair, save_pair
+from utils.checkpoint import hold_checkpoint_names, load_pair, run_name, save_pair
+from utils.cli import display_name
 from utils.config import Config
 from utils.files import atomic_open, atomic_write_bytes
 from utils.data_loader import MVTecTestDataset
@@ -67,7 +68,7 @@ def save_batch_panels(detector, batch, out, folder):
         image, amap = batch["image"][i].permute(1, 2, 0).numpy(), out["anomaly_map"][i].cpu().numpy()
         score = float(out["score"][i])
         save_panels(picture, image, out["reconstruction"][i].permute(1, 2, 0).cpu().numpy(), amap, score,
-                    threshold=detector.threshold, title=p.name)
+                    threshold=detector.threshold, title=display_name(p.name))
         thumb = write_thumbnail(folder.parent, name, overlay(image, amap, detector.threshold))
         rows.append(PageRow(name, score, detector.verdict(score), thumb, picture, p.parent.name,
                             "defect" if batch["label"][i] else "good"))
@@ -301,7 +302,7 @@ def write_calibration(checkpoint_path, base, calibration):
     are unchanged; the pair gets a new pair id, so two files from before and after are never taken for one pair.
     Returns the paths written.
     """
-    with hold_checkpoint_names(checkpoint_path, [base]):
+    with hold_checkpoint_names(checkpoint_path, [run_name(base)]):  # the training run that writes it
         model, meta = load_pair(checkpoint_path, base)
         pair_id = f"{(meta.get('pair_id') or 'original').split('+')[0]}+recalibrated-{uuid.uuid4().hex[:8]}"
         paths = save_pair(model, Path(checkpoint_path), base, meta["config"], calibration, pair_id)

@@ -179,9 +179,27 @@ def atomic_group(targets, write_one):
     return targets
 
 
+def _is_bare_target(name):
+    """A plain file name in the folder itself: no separator, not `.`/`..`, not one of our hidden names."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and not name.startswith(".draem-"))
+
+
+def journal_moves(journal):
+    """[[temp name, target name], ...] of one of our journals; ValueError when it is not one (a move that names
+    anything but our temp file and a plain name in the same folder: never followed)."""
+    moves = json.loads(journal.read_text()).get("moves")
+    ok = isinstance(moves, list) and all(
+        isinstance(m, list) and len(m) == 2 and isinstance(m[0], str) and TEMP_RE.match(m[0])
+        and _is_bare_target(m[1]) for m in moves)
+    if not ok or len({m[1] for m in moves}) != len(moves):
+        raise ValueError(f"{journal}: not one of our commit journals")
+    return moves
+
+
 def _roll_forward(journal):
     """Apply a committed journal's moves (those not done yet), then remove it. Idempotent."""
-    return _apply(journal, json.loads(journal.read_text())["moves"])
+    return _apply(journal, journal_moves(journal))
 
 
 def _apply(journal, moves):
@@ -235,8 +253,8 @@ def pending_moves(folder):
     folder = Path(folder)
     with contextlib.suppress(OSError):
         for journal in sorted((p for p in folder.iterdir() if JOURNAL_RE.match(p.name)), key=_mtime):
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                for tmp_name, target_name in json.loads(journal.read_text())["moves"]:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                for tmp_name, target_name in journal_moves(journal):
                     if (folder / tmp_name).is_file():
                         moves[folder / target_name] = folder / tmp_name
     return moves
@@ -258,16 +276,30 @@ def recover(folder):
             completed += _roll_forward(journal)
         except FileNotFoundError:
             pass  # its writer finished it meanwhile
-        except (ValueError, KeyError, TypeError):  # not one of ours: journals are written atomically
-            log.warning("ignoring %s: not a readable commit journal", journal)
-    removed = []
-    for p in sorted(folder.iterdir()):
-        if TEMP_RE.match(p.name) and p.is_file() and _remove_if_abandoned(p):
-            removed.append(p)
+        except (ValueError, AttributeError):  # not one of ours: journals are written atomically
+            log.warning("ignoring %s: not one of our commit journals (left as it is)", journal)
+    removed = _remove_abandoned(folder)
     if completed or removed:
         log.info("%s: completed %d interrupted write(s), removed %d leftover temp file(s)", folder,
                  len(completed), len(removed))
     return completed, removed
+
+
+def _remove_abandoned(folder, keep=()):
+    """Remove the temp files of ours in `folder` that no live writer holds, except those in `keep`."""
+    return [p for p in sorted(folder.iterdir())
+            if TEMP_RE.match(p.name) and p not in keep and p.is_file() and _remove_if_abandoned(p)]
+
+
+def tidy_output_folders(folders):
+    """Before writing outputs into `folders`: remove the temp files killed writers of ours left there (folders
+    that do not exist yet are skipped). Committed group writes are left alone (a checkpoint folder's are only
+    finished by its writers), and so are their temp files."""
+    for folder in map(Path, folders):
+        if folder.is_dir():
+            removed = _remove_abandoned(folder, keep=set(pending_moves(folder).values()))
+            if removed:
+                log.info("%s: removed %d leftover temp file(s)", folder, len(removed))
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from utils.cli import display_name
 from utils.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -83,20 +85,25 @@ class TrainingLogger:
             self.run_dir = log_root / self.run_name
             return
         argv = sys.argv if argv is None else argv
-        command = shlex.join(["python"] + [str(a) for a in argv])
+        # the exact bytes of the command (file names need not be UTF-8), so the line runs again in a shell
+        command = (shlex.join(["python"] + [str(a) for a in argv]) + "\n").encode("utf-8", "surrogateescape")
         if run_dir is not None and Path(run_dir).is_dir():
             self.run_dir = Path(run_dir)
             self._reload_csv()
-            with (self.run_dir / "command.txt").open("a", encoding="utf-8") as f:
-                f.write(command + "\n")
+            commands = self.run_dir / "command.txt"
+            atomic_write_bytes(commands, (commands.read_bytes() if commands.is_file() else b"") + command)
             logger.info("run folder (resumed): %s", self.run_dir)
             return
         log_root.mkdir(parents=True, exist_ok=True)
         self.run_dir = _unique_run_dir(log_root, self.run_name)
         self.run_dir.mkdir()
-        config_text = json.dumps(config, sort_keys=True, indent=2, default=_to_json)
-        (self.run_dir / "config.json").write_text(config_text + "\n", encoding="utf-8")
-        (self.run_dir / "command.txt").write_text(command + "\n", encoding="utf-8")
+        config_text = json.dumps(config, sort_keys=True, indent=2, default=_to_json) + "\n"
+        try:
+            atomic_write_bytes(self.run_dir / "config.json", config_text.encode("utf-8"))
+            atomic_write_bytes(self.run_dir / "command.txt", command)
+        except BaseException:
+            shutil.rmtree(self.run_dir, ignore_errors=True)  # made by this run a moment ago: nothing half-made
+            raise
         logger.info("run folder: %s", self.run_dir)
 
     def _reload_csv(self) -> None:
@@ -119,14 +126,9 @@ class TrainingLogger:
         if not self.enabled:
             return
         row = {str(k): _plain(v) for k, v in row.items()}
-        new_keys = [k for k in row if k not in self._columns]
-        self._columns.extend(new_keys)
+        self._columns.extend([k for k in row if k not in self._columns])
         self._rows.append(row)
-        if new_keys:
-            self._rewrite_csv()  # the header changed: earlier rows get empty cells for the new columns
-        else:
-            with self.metrics_path.open("a", newline="", encoding="utf-8") as f:
-                csv.DictWriter(f, fieldnames=self._columns, restval="").writerow(row)
+        self._rewrite_csv()  # whole, atomically (a full disk never leaves half a row); new columns widen the header
         self._write_plot()
 
     def _rewrite_csv(self) -> None:
@@ -163,7 +165,7 @@ class TrainingLogger:
         self._draw_losses(axes[0], epochs)
         if val_keys:
             self._draw_val(axes[1], epochs, val_keys)
-        fig.suptitle(f"{self.run_dir.name}: training curves", fontsize=13)
+        fig.suptitle(f"{display_name(self.run_dir.name)}: training curves", fontsize=13)
         return fig
 
     def _draw_losses(self, ax, epochs) -> None:

@@ -104,7 +104,7 @@ def _draw_result(ax, image, anomaly_map, score, threshold, contour_level) -> Non
     if threshold is not None:
         level = threshold if contour_level is None else contour_level
         # contour() warns when the level lies outside the data range: nothing to outline then.
-        if anomaly_map.min() < level < anomaly_map.max():
+        if min(anomaly_map.shape) > 1 and anomaly_map.min() < level < anomaly_map.max():  # a contour needs 2x2
             # A wide white line under a narrow red one stays visible on both dark and bright (jet) areas.
             ax.contour(anomaly_map, levels=[level], colors="white", linewidths=3.0)
             ax.contour(anomaly_map, levels=[level], colors="red", linewidths=1.5)
@@ -120,7 +120,9 @@ def _build_figure(image, reconstruction, anomaly_map, score, threshold=None, tit
                   contour_level=None) -> Figure:
     """Build (but do not draw) the 4-panel figure; see ``render_panels`` for the arguments."""
     image, reconstruction = np.asarray(image), np.asarray(reconstruction)
-    anomaly_map = np.asarray(anomaly_map, dtype=np.float32).squeeze()  # (H, W)
+    anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
+    if anomaly_map.ndim == 3:  # (1, H, W): only the channel axis goes (a 1 x N image keeps both of its sides)
+        anomaly_map = anomaly_map[0]
     if not anomaly_map.shape == image.shape[:2] == reconstruction.shape[:2]:
         raise ValueError(f"anomaly_map {anomaly_map.shape}, image {image.shape[:2]} and reconstruction "
                          f"{reconstruction.shape[:2]} differ in size")
