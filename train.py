@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from utils.checkpoint import base_model_name, hold_checkpoint_names
 from utils.cli import (AMP_CHOICES, SCALE_HELP, UsageError, add_target_flag, distributed_env, fraction,
-                       init_distributed, positive_float, positive_int, resolve_amp, run_script, scale_arg,
+                       init_distributed, positive_float, positive_int, run_script, scale_arg,
                        select_device, size_arg)
 from utils.config import FIELDS, PHOTOMETRIC, PRESETS, Config
 from utils.data_loader import resolve_classes
