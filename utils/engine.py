@@ -181,9 +181,10 @@ def replan(run, state):
         t = torch.tensor([float(total)], device=run.device)
         dist.broadcast(t, 0)
         total = int(t.item())
-    run.total_steps = set_milestones(state.scheduler, total, state.step)
-    log.info("--max_minutes %s: %d steps in all (%.2fs a step, %.1fs a checkpoint)", run.settings.max_minutes,
-             run.total_steps, step_s, b.checkpoint_s)
+    before, run.total_steps = run.total_steps, set_milestones(state.scheduler, total, state.step)
+    if run.total_steps != before:
+        log.info("--max_minutes %s: %d steps in all (%.2fs a step, %.1fs a checkpoint)",
+                 run.settings.max_minutes, run.total_steps, step_s, b.checkpoint_s)
 
 
 # ------------------------------------------------------------------------------------------- the run
