@@ -19,7 +19,7 @@ Measures, per configuration (size, widths, batch) and precision:
 Timings: warm-up steps excluded, median over --iters steps, e2e and bare steps interleaved so that a change of
 machine load hits both. With --json the last stdout line is one JSON object.
 """
-from utils.quiet_start import exit_quietly_on_signals
+from utils.cli import exit_quietly_on_signals
 
 exit_quietly_on_signals("bench.py", __name__)  # a signal during the imports below: one line
 

@@ -8,11 +8,11 @@
 
 Panels: Input (original), Reconstructed, Anomaly Map (raw), Result (overlay) with the score and OK/NG against
 the threshold calibrated at training time (checkpoints without one, like the authors' release, say so).
-Folder mode also writes index.html, the results page (utils/outputs/page.py), with an overlay thumbnail per
+Folder mode also writes index.html, the results page (utils/visualize.py), with an overlay thumbnail per
 image under thumbs/. --save_maps adds, beside each picture, the raw anomaly map (16-bit PNG at the input's size),
-the defect mask at the stored threshold (0/255) and the overlay alone (utils/outputs/maps.py).
+the defect mask at the stored threshold (0/255) and the overlay alone (utils/visualize.py).
 """
-from utils.quiet_start import exit_quietly_on_signals
+from utils.cli import exit_quietly_on_signals
 
 exit_quietly_on_signals("detect.py", __name__)  # a signal during the imports below: one line
 
@@ -25,17 +25,15 @@ import sys
 from pathlib import Path
 
 from utils.checkpoint import newest_complete_pair
-from utils.cli import (UsageError, add_inference_flags, add_max_pixels_flag, display_name, resolve_amp, run_script,
-                       select_device)
+from utils.cli import (UsageError, add_inference_flags, add_max_pixels_flag, display_name, progress, resolve_amp,
+                       run_script, select_device)
 from utils.data_loader import NATIVE, list_images, read_image
 from utils.demo_data import DEMO_ROOT
 from utils.detector import Detector
 from utils.files import (atomic_open, check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside,
                          tidy_output_folders)
-from utils.outputs.maps import MAP_FILES, map_output_paths, overlay, save_map_outputs
-from utils.progress import progress
-from utils.outputs.page import PAGE_NAME, PageRow, write_results_page, write_thumbnail
-from utils.visualize import save_panels
+from utils.visualize import (MAP_FILES, PAGE_NAME, PageRow, map_output_paths, overlay, save_map_outputs, save_panels,
+                             write_results_page, write_thumbnail)
 
 log = logging.getLogger("detect")
 DEFAULT_OUTPUT = "single_test_result.png"

@@ -22,7 +22,7 @@ Recalibrate the threshold on the line's own good images (written into both files
     python evaluate.py --base_model_name ... --recalibrate line3/good/ [--defect_path line3/bad/] \
         [--target_false_reject 0.02 | --threshold_rule f1] [--data_path path/to/class]
 """
-from utils.quiet_start import exit_quietly_on_signals
+from utils.cli import exit_quietly_on_signals
 
 exit_quietly_on_signals("evaluate.py", __name__)  # a signal during the imports below: one line
 
@@ -43,7 +43,7 @@ from utils.evaluation import (VERDICTS, check_outputs, describe, evaluate_class,
                               json_safe, recalibration_report, results_text, write_calibration, write_results)
 from utils.files import check_output_dir, refuse_inside, tidy_output_folders
 from utils.metrics import METRIC_NAMES, format_table
-from utils.outputs.page import write_results_page
+from utils.visualize import write_results_page
 
 log = logging.getLogger("evaluate")
 

@@ -10,7 +10,7 @@ Writes the checkpoint pair DRAEM_test_{lr}_{epochs}_bs{bs}_{obj}_.pt / ..._seg.p
 validation), the pair ..._last.pt / ..._last_seg.pt, a resumable state ..._resume.pt, and a run folder of logs.
 This file holds the flags and main; the defaults are utils/config.py, the run itself is utils/engine.py.
 """
-from utils.quiet_start import exit_quietly_on_signals
+from utils.cli import exit_quietly_on_signals
 
 exit_quietly_on_signals("train.py", __name__)  # a signal during the imports below: one line
 

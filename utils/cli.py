@@ -1,8 +1,11 @@
-"""What the scripts share: errors and exit codes, flag types, signals, device choice, seeding, distributed setup,
-precision.
+"""What the scripts share: the quiet start, errors and exit codes, flag types, signals, device choice, seeding,
+distributed setup, precision, and progress bars that read well in a log.
 
 Exit codes: 0 done, 2 bad input (`UsageError`, a missing file, a bad value; one line, no traceback), 1 an OS
 error while writing (the outputs stay whole), 130 / 143 stopped by SIGINT / SIGTERM (`Interrupted`).
+
+Importing this module is cheap (standard library only; torch, NumPy and tqdm are imported where they are used), so
+a script calls `exit_quietly_on_signals` before its heavy imports.
 """
 import argparse
 import logging
@@ -13,16 +16,30 @@ import signal
 import sys
 import threading
 
-import numpy as np
-import torch
-import torch.distributed as dist
-
 from utils.config import Config
 
 log = logging.getLogger(__name__)
 
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")  # the scripts' --amp
+
+
+def exit_quietly_on_signals(script, module_name):
+    """Ctrl-C or SIGTERM while a script still imports (torch takes seconds): one line and 128 + n, no traceback.
+
+    Nothing has been written at that point, so the process just ends; `main()` then installs its own handling
+    (StopOnSignal), which replaces these handlers. Only when run as a script: importing one in a test changes
+    no signal handling.
+    """
+    if module_name != "__main__":
+        return
+
+    def stop(signum, frame):
+        os.write(2, f"{script}: stopped by {signal.Signals(signum).name} while starting\n".encode())
+        os._exit(128 + signum)
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, stop)
 
 
 class UsageError(ValueError):
@@ -154,6 +171,7 @@ def select_device(gpu_id=0):
 
     gpu_id < 0 forces the CPU.
     """
+    import torch
     if gpu_id is not None and gpu_id >= 0 and torch.cuda.is_available():
         n = torch.cuda.device_count()
         if gpu_id >= n:
@@ -167,6 +185,8 @@ def select_device(gpu_id=0):
 
 def seed_everything(seed):
     """The one seed helper: Python, NumPy and torch (all devices)."""
+    import numpy as np
+    import torch
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -174,6 +194,8 @@ def seed_everything(seed):
 
 def seed_worker(worker_id):
     """DataLoader worker_init_fn: derive NumPy/random seeds from the worker's torch seed."""
+    import numpy as np
+    import torch
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
     random.seed(s)
@@ -185,6 +207,7 @@ def resolve_amp(amp, device):
     auto: bf16 on a CPU with native bf16 (AVX512-BF16 / AMX) and on CUDA GPUs that support it, fp16 on older
     GPUs, fp32 elsewhere (emulated bf16 on a CPU without it is slower than fp32).
     """
+    import torch
     if amp == "off" or device.type == "mps":
         return None
     if amp == "fp16":
@@ -216,6 +239,8 @@ def init_distributed(gpu_id):
     _, local_rank, world = distributed_env()
     if world == 1:
         return select_device(gpu_id)
+    import torch
+    import torch.distributed as dist
     use_cuda = torch.cuda.is_available() and gpu_id >= 0
     dist.init_process_group("nccl" if use_cuda else "gloo")
     if use_cuda:
@@ -282,3 +307,60 @@ def run_script(script, work, errors=(UsageError, OSError, ValueError)):
         print(f"{script}: {e}", file=sys.stderr)
         return e.exit_code
     return 0
+
+
+LOG_INTERVAL_S = 10.0  # seconds between two lines of a bar in a log
+
+
+class _Lines:
+    """A text stream wrapper: each tqdm frame becomes one line; blank frames (clearing) and a repeat of the
+    last line (tqdm redraws the final frame when it closes) are dropped."""
+
+    def __init__(self, stream):
+        self.stream, self.last = stream, None
+
+    def write(self, text):
+        line = text.replace("\r", "").rstrip()
+        if line and line != self.last:
+            self.stream.write(line + "\n")
+            self.last = line
+
+    def flush(self):
+        self.stream.flush()
+
+
+def _is_terminal(stream) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+def progress(iterable=None, **kwargs):
+    """`tqdm(iterable, **kwargs)`, throttled to a line every LOG_INTERVAL_S seconds when `file` (default
+    stderr) is not a terminal. Explicit `mininterval` / `maxinterval` win.
+
+    In a log file tqdm would write a carriage-return frame at every refresh (hundreds of kilobytes in a long run);
+    here each frame is one plain line, and a bar that is not kept (leave=False, one per training epoch) first
+    shows after LOG_INTERVAL_S, so short epochs add no line: a 10-minute CPU training writes about 6 kB of log.
+
+    >>> import io
+    >>> log = io.StringIO()
+    >>> sum(progress(range(3), desc="demo", file=log))
+    3
+    >>> "\\r" in log.getvalue(), log.getvalue().splitlines()[-1].startswith("demo: 100%")
+    (False, True)
+    """
+    from tqdm import tqdm
+
+    stream = kwargs.pop("file", None) or sys.stderr
+    if _is_terminal(stream):
+        return tqdm(iterable, file=stream, **kwargs)
+    kwargs.setdefault("mininterval", LOG_INTERVAL_S)
+    kwargs.setdefault("maxinterval", max(LOG_INTERVAL_S, kwargs["mininterval"]))
+    kwargs.setdefault("ascii", True)  # no block characters in a log
+    kwargs.setdefault("dynamic_ncols", False)
+    if not kwargs.get("leave", True):
+        kwargs.setdefault("delay", LOG_INTERVAL_S)  # a transient bar (one per epoch): nothing if it ends sooner
+    return tqdm(iterable, file=_Lines(stream), **kwargs)

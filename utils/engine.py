@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from model import DRAEM
 from model.feature_prior import REDUCED_CHANNELS, PriorFusion, TailEvidence, fit_prior
 from utils.checkpoint import base_model_name, load_resume_state, resume_path, save_pair, save_resume_state
-from utils.cli import UsageError, display_name, distributed_env, resolve_amp, seed_everything
+from utils.cli import UsageError, display_name, distributed_env, progress, resolve_amp, seed_everything
 from utils.config import Config
 from utils.data_loader import (SQUARE, RandomCrops, is_grayscale, list_images, load_images, load_images_at_scale,
                                split_files, validation_crops)
@@ -31,7 +31,6 @@ from utils.detector import Scorer, autocast, image_scores, predict, raw_maps, sc
 from utils.evaluation import fit_threshold
 from utils.loss import DraemLoss
 from utils.metrics import image_auroc, pixel_ap
-from utils.progress import progress
 from utils.synthesis.simulation import jitter_images, make_synthesizer
 from utils.synthesis.textures import load_texture_bank
 from utils.training_logger import TrainingLogger

@@ -15,16 +15,13 @@ import uuid
 from scipy import optimize, stats
 
 from utils.checkpoint import hold_checkpoint_names, load_pair, run_name, save_pair
-from utils.cli import display_name
+from utils.cli import display_name, progress
 from utils.config import Config
 from utils.files import atomic_open, atomic_write_bytes
 from utils.data_loader import MVTecTestDataset
 from utils.metrics import METRIC_NAMES, drop_pixel_metrics, format_table, per_type_metrics
-from utils.progress import progress
 from utils.files import check_output_dir, check_output_file
-from utils.outputs.maps import overlay
-from utils.outputs.page import PageRow, write_thumbnail
-from utils.visualize import save_panels
+from utils.visualize import PageRow, overlay, save_panels, write_thumbnail
 
 VERDICTS = ("threshold", "false_reject_rate", "defect_recall", "best_recall_at_same_frr")  # overall, in --json
 

@@ -1,7 +1,7 @@
-"""Tests for utils/progress.py: in a log (not a terminal), a bar writes plain lines, throttled."""
+"""Tests for utils/cli.py: progress bars in a log (not a terminal) write plain lines, throttled; the quiet start."""
 import io
 
-from utils.progress import LOG_INTERVAL_S, progress
+from utils.cli import LOG_INTERVAL_S, progress
 
 
 class Terminal(io.StringIO):
