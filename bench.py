@@ -47,8 +47,9 @@ from utils.cli import cpu_has_native_bf16, positive_int, resolve_amp, seed_every
 from utils.config import PRESETS, Config
 from utils.data_loader import read_image
 from utils.detector import Detector, autocast, count_tiles
-from utils.engine import make_optimizer, prepare_batch, train_step
+from utils.engine import prepare_batch, train_step
 from utils.loss import DraemLoss
+from utils.schedule import make_optimizer
 from utils.synthesis.simulation import make_synthesizer
 from utils.synthesis.textures import load_texture_bank
 

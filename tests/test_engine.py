@@ -6,8 +6,8 @@ from model import DRAEM
 from utils.checkpoint import load_resume_state, save_resume_state
 from tests.conftest import write_images
 from utils.config import Config
-from utils.engine import (Diverged, TrainState, calibrate_threshold, loss_values, make_optimizer, run_epochs,
-                          set_milestones, setup_run, steps_that_fit)
+from utils.engine import Diverged, TrainState, loss_values, run_epochs, setup_run
+from utils.schedule import make_optimizer
 
 
 def _state(seed):
@@ -16,24 +16,6 @@ def _state(seed):
     optimizer, scheduler = make_optimizer(model, 0.001, total_steps=10)
     return TrainState(model, optimizer, scheduler, torch.Generator().manual_seed(seed),
                       torch.Generator().manual_seed(seed + 1))
-
-
-def test_schedule_decays_at_80_and_90_percent_of_the_steps():
-    optimizer, scheduler = make_optimizer(torch.nn.Linear(1, 1), 1.0, total_steps=10)
-    lrs = []
-    for _ in range(10):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    assert lrs[:8] == [1.0] * 8 and lrs[8] == pytest.approx(0.2) and lrs[9] == pytest.approx(0.04)
-
-
-def test_calibration_uses_normal_scores_only():
-    """utils/calibration.py does the statistics (tests/test_calibration.py); here: the engine's call of it."""
-    calib = calibrate_threshold(torch.linspace(0.1, 0.2, 101), 0.05)
-    assert calib["n_normal"] == 101 and calib["target_false_reject"] == 0.05
-    assert calib["normal_median"] == pytest.approx(0.15) and 0.19 < calib["threshold"] <= 0.2
-    assert 0 < calibrate_threshold([0.9, 0.95, 1.0], 0.02)["threshold"] <= 1.0  # scores are probabilities
 
 
 def test_diverging_loss_raises_naming_the_step():
@@ -56,18 +38,6 @@ def test_resume_state_round_trip(tmp_path):
     torch.save({"model": {}}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="missing optimizer"):
         load_resume_state(tmp_path / "bad.pt", _state(1))
-
-
-def test_steps_that_fit_pay_each_step_its_share_of_checkpoints_and_the_last_in_full():
-    assert steps_that_fit(100, 1.0, 0.0, 10) == 100
-    assert steps_that_fit(100, 1.0, 10.0, 10) == 45  # (100 - 10) / (1 + 1)
-    assert steps_that_fit(5, 1.0, 10.0, 10) == 0
-
-
-def test_set_milestones_moves_the_decays_after_the_current_step():
-    optimizer, scheduler = make_optimizer(torch.nn.Linear(1, 1), 1.0, total_steps=1000)
-    assert set_milestones(scheduler, 100, 0) == 100 and sorted(scheduler.milestones) == [80, 90]
-    assert set_milestones(scheduler, 10, 20) > 22 and min(scheduler.milestones) == 21
 
 
 class FakeClock:

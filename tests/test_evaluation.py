@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.evaluation import VERDICTS, json_safe, results_text, write_results
+from utils.evaluation import VERDICTS, calibrate_threshold, json_safe, results_text, write_results
 from utils.metrics import METRIC_NAMES
 from model import DRAEM
 from utils.evaluation import (RULE_ORDER, RULE_TAIL, add_verdicts, best_recall_at, describe, f1_threshold,
@@ -178,3 +178,11 @@ def test_write_calibration_on_the_authors_raw_pair(tmp_path):
     write_calibration(tmp_path, "orig_", fit_threshold(good_scores(30)))
     _, meta = load_pair(tmp_path, "orig_")
     assert not meta["original"] and meta["config"]["size"] == 256 and meta["calibration"]["threshold"] is not None
+
+
+def test_calibration_uses_normal_scores_only():
+    """fit_threshold does the statistics (tested above); here: training's call of it on its held-out scores."""
+    calib = calibrate_threshold(torch.linspace(0.1, 0.2, 101), 0.05)
+    assert calib["n_normal"] == 101 and calib["target_false_reject"] == 0.05
+    assert calib["normal_median"] == pytest.approx(0.15) and 0.19 < calib["threshold"] <= 0.2
+    assert 0 < calibrate_threshold([0.9, 0.95, 1.0], 0.02)["threshold"] <= 1.0  # scores are probabilities

@@ -74,7 +74,7 @@ def test_scale_is_stored_and_threshold_calibrated_on_whole_images(wide):
 def test_prior_bank_from_tiles_and_the_whole_image_map_is_stitched_from_per_tile_novelty(wide):
     from utils.data_loader import list_images, split_files
     from utils.detector import Detector
-    from utils.engine import calibrate_threshold
+    from utils.evaluation import calibrate_threshold
     root, cls, ckpt = wide
     _, meta = load_pair(ckpt, BASE)
     assert meta["prior"]["bank"].shape[1] == 152  # fitted on 64 px crops, the tiles detect.py scores

@@ -15,7 +15,8 @@ from utils.cli import init_distributed
 from utils.config import PRESETS, RECIPES, Config
 from utils.data_loader import list_images, split_files
 from utils.detector import Detector, anomaly_map
-from utils.engine import calibrate_threshold, train_class
+from utils.engine import train_class
+from utils.evaluation import calibrate_threshold
 from model.feature_prior import REDUCED_CHANNELS
 from utils.synthesis.simulation import PHOTOMETRIC
 

@@ -11,7 +11,6 @@ import logging
 import math
 import secrets
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,10 +26,10 @@ from utils.cli import UsageError, display_name, distributed_env, progress, resol
 from utils.config import Config
 from utils.data_loader import (SQUARE, RandomCrops, is_grayscale, list_images, load_images, load_images_at_scale,
                                split_files, validation_crops)
-from utils.detector import Scorer, autocast, image_scores, predict, raw_maps, score_kernel
-from utils.evaluation import fit_threshold
+from utils.detector import Scorer, autocast, image_scores, raw_maps, score_kernel
+from utils.evaluation import build_validation, calibrate_threshold, validate
 from utils.loss import DraemLoss
-from utils.metrics import image_auroc, pixel_ap
+from utils.schedule import PLAN_AFTER_STEPS, Budget, make_optimizer, replan, should_stop
 from utils.synthesis.simulation import jitter_images, make_synthesizer
 from utils.synthesis.textures import load_texture_bank
 from utils.training_logger import TrainingLogger
@@ -68,13 +67,6 @@ def train_step(model, batch, synthesizer, gen, criterion, optimizer, amp_dtype, 
     return losses
 
 
-def make_optimizer(model, lr, total_steps):
-    """Adam at lr, x0.2 at 80% and 90% of training (the paper's epochs, counted in steps so short runs decay)."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    milestones = [int(total_steps * 0.8), int(total_steps * 0.9)]
-    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.2)
-
-
 def loss_values(losses, step, checkpoint_path):
     """The loss terms as floats; raises Diverged when the total is not finite."""
     values = {k: v.item() for k, v in losses.items()}
@@ -82,108 +74,6 @@ def loss_values(losses, step, checkpoint_path):
         raise Diverged(f"loss became {values['loss']} at step {step}; the last good checkpoint is kept in "
                        f"{checkpoint_path} (try a lower --lr or --amp off)")
     return values
-
-
-# ------------------------------------------------------------------------------------------ validation
-def build_validation(images, synthesizer, device):
-    """A fixed synthetic validation set: each held-out good image once clean, once with a simulated defect."""
-    if len(images) == 0:
-        return None
-    g = torch.Generator(device=device).manual_seed(VAL_SEED)
-    clean = images.to(device).float() / 255
-    out = synthesizer(clean, g)
-    x = torch.cat([clean, out["augmented_image"]])
-    masks = torch.cat([torch.zeros_like(out["anomaly_mask"]), out["anomaly_mask"]])
-    labels = torch.cat([torch.zeros(len(clean), device=device), out["has_anomaly"]])
-    return {"images": x, "masks": masks, "labels": labels, "n_normal": len(clean)}
-
-
-def calibrate_threshold(normal_scores, target_false_reject):
-    """Image-score threshold from held-out *normal* scores only, aimed at a false-reject rate (utils/calibration.py).
-
-    No defect images are needed (or used); the calibration dict records the rule, n and the expected rate.
-    """
-    return fit_threshold(torch.as_tensor(normal_scores, dtype=torch.float64).numpy(), target_false_reject)
-
-
-def validate(scorer, val, bs, target_false_reject, prior=None, novelty=None):
-    """Image AUROC and pixel AP on the synthetic validation set, plus the calibration from its normal half.
-
-    Scored in fp32 whatever the training precision: the threshold must fit the scores detect.py computes.
-    scorer: DRAEM alone; prior (PriorFusion) and novelty (its maps of val["images"], which are fixed, so computed
-    once per run): the DRAEM maps are fused as the Scorer with this prior fuses them (one tile per image).
-    """
-    scorer.eval()
-    images, tile = val["images"], val["images"].shape[-1]
-    scores, maps = [], []
-    for i in range(0, len(images), bs):
-        out = predict(scorer, list(images[i:i + bs]), tile, images.device, bs, with_reconstruction=False)
-        batch = torch.stack(out["anomaly_map"])  # (B, S, S)
-        if prior is not None:
-            with torch.inference_mode():
-                batch = prior.fuse(novelty[i:i + bs].to(batch.device), batch)
-        scores += list(scorer.score(batch).cpu())
-        maps += list(batch.cpu())
-    scorer.train()
-    scores, maps = torch.stack(scores), torch.stack(maps)
-    labels, masks = val["labels"].cpu().numpy(), val["masks"][:, 0].cpu().numpy()
-    return ({"val_image_auroc": image_auroc(labels, scores.numpy()), "val_pixel_ap": pixel_ap(masks, maps.numpy())},
-            calibrate_threshold(scores[:val["n_normal"]], target_false_reject))
-
-
-# ------------------------------------------------------------------------------------------ the budget
-PLAN_AFTER_STEPS = 20  # the first plan of a --max_minutes run, from the time of its first steps
-
-
-@dataclass
-class Budget:
-    """--max_minutes as a number of steps. `clock` (seconds) is time.monotonic, or a fake one in tests; `start`
-    is the run's start (the bank fit and every validation count); the plan is revised after PLAN_AFTER_STEPS
-    steps and after each checkpoint until the first decay, from the measured time per step and per checkpoint."""
-    seconds: float | None  # None: no budget
-    clock: object = time.monotonic
-    start: float = 0.0
-    train_start: float | None = None  # clock when the first step of this process began
-    first_step: int = 0
-    checkpoint_s: float = 0.0  # the last checkpoint's duration
-    checkpoints_s: float = 0.0  # all checkpoints' durations since train_start
-
-
-def steps_that_fit(seconds_left, step_s, checkpoint_s, steps_per_checkpoint):
-    """How many more steps end within `seconds_left`: each step costs step_s plus its share of a checkpoint,
-    and the last checkpoint is paid in full."""
-    per_step = step_s + checkpoint_s / max(1, steps_per_checkpoint)
-    return max(0, int((seconds_left - checkpoint_s) / max(per_step, 1e-9)))
-
-
-def set_milestones(scheduler, total, step):
-    """The x0.2 decays at 80% and 90% of `total` steps, each after `step` (MultiStepLR counts its steps)."""
-    m1 = max(int(total * 0.8), step + 1)
-    m2 = max(int(total * 0.9), m1 + 1)
-    scheduler.milestones = Counter([m1, m2])
-    return max(total, m2 + 1)
-
-
-def replan(run, state):
-    """Fix run.total_steps so the run ends within --max_minutes with its decays done; rank 0 decides under DDP."""
-    b = run.budget
-    if not b.seconds or b.train_start is None or state.step <= b.first_step:
-        return
-    if state.step >= min(state.scheduler.milestones):  # the first decay is done: the plan is final
-        return
-    now = b.clock()
-    step_s = (now - b.train_start - b.checkpoints_s) / (state.step - b.first_step)
-    every = run.settings.val_every or len(run.loader)
-    left = steps_that_fit(b.seconds - (now - b.start), step_s, b.checkpoint_s, every)
-    total = min(run.max_steps, state.step + left)
-    if run.world > 1:
-        t = torch.tensor([float(total)], device=run.device)
-        dist.broadcast(t, 0)
-        total = int(t.item())
-    before, run.total_steps = run.total_steps, set_milestones(state.scheduler, total, state.step)
-    if run.total_steps != before:
-        log.info("--max_minutes %s: %d steps in all (%.2fs a step, %.1fs a checkpoint)",
-                 run.settings.max_minutes, run.total_steps, step_s, b.checkpoint_s)
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -309,7 +199,7 @@ def setup_run(settings, obj_name, good_dir, device, command, stop=None, clock=ti
     # validation: every held-out image gets a defect, none is rotated
     val_synth = make_synthesizer(settings.recipe, synthesizer.texture_bank, grayscale, rotate_prob=0.0,
                                  anomaly_prob=1.0)
-    val = build_validation(val_images, val_synth, device)
+    val = build_validation(val_images, val_synth, device, VAL_SEED)
     if settings.resume:
         load_resume_state(resume_path(settings.checkpoint_path, base), state)
         log.info("resumed %s at epoch %d, step %d", resume_path(settings.checkpoint_path, base), state.epoch,
@@ -418,20 +308,6 @@ def progress_row(state, epoch, sums, n, t0):
     """A metrics.csv row: the epoch (fractional mid-epoch), step, lr, mean loss terms over n steps, seconds."""
     return {"epoch": epoch, "step": state.step, "lr": state.optimizer.param_groups[0]["lr"],
             **{k: v / n for k, v in sums.items()}, "seconds": round(time.time() - t0, 1)}
-
-
-def should_stop(run, state):
-    """(the planned steps done or --max_minutes passed, a signal asked to stop); under DDP every rank must agree,
-    or the ranks stop at different steps and hang."""
-    b = run.budget
-    over = bool(b.seconds) and b.clock() - b.start > b.seconds  # only when the plan was badly off
-    planned_end = run.total_steps < run.max_steps and state.step >= run.total_steps  # else the epochs end it
-    flags = [planned_end or over, run.stop is not None and run.stop.requested]
-    if run.world > 1:
-        t = torch.tensor([float(f) for f in flags], device=run.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        flags = [bool(v) for v in t.tolist()]
-    return flags
 
 
 def stop_on_signal(run, state):

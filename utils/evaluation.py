@@ -1,26 +1,29 @@
-"""Scoring a labelled MVTec-style test split: per-type metrics and OK/NG verdicts, their table, the metrics files.
+"""Scoring a labelled split, the MVTec-style test split or training's synthetic validation set: per-type metrics
+and OK/NG verdicts, their table, the metrics files; the threshold calibration and recalibration.
 
-Used by evaluate.py and by train.py's built-in demo:
+Used by evaluate.py, by training (validate) and by train.py's built-in demo:
     results = evaluate_class(Detector.from_checkpoint(...), "path/to/class")   # {type: {metric: value}}
     print(results_text(results, "title"))
 """
 import csv
 import json
-from pathlib import Path
-import numpy as np
-from torch.utils.data import DataLoader
 import logging
 import math
 import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
 from scipy import optimize, stats
+from torch.utils.data import DataLoader
 
 from utils.checkpoint import hold_checkpoint_names, load_pair, run_name, save_pair
 from utils.cli import display_name, progress
 from utils.config import Config
-from utils.files import atomic_open, atomic_write_bytes
 from utils.data_loader import MVTecTestDataset
-from utils.metrics import METRIC_NAMES, drop_pixel_metrics, format_table, per_type_metrics
-from utils.files import check_output_dir, check_output_file
+from utils.detector import predict
+from utils.files import atomic_open, atomic_write_bytes, check_output_dir, check_output_file
+from utils.metrics import METRIC_NAMES, drop_pixel_metrics, format_table, image_auroc, per_type_metrics, pixel_ap
 from utils.visualize import PageRow, overlay, save_panels, write_thumbnail
 
 VERDICTS = ("threshold", "false_reject_rate", "defect_recall", "best_recall_at_same_frr")  # overall, in --json
@@ -118,6 +121,52 @@ EPS = 1e-6  # scores are clipped to [EPS, 1 - EPS] before the logit
 RULE_ORDER = "order statistic of the good scores with expected false-reject rate <= target (distribution-free)"
 RULE_TAIL = "Gumbel tail fitted to the upper half of logit scores: prediction bound at the target rate"
 RULE_F1 = "max F1 over good and defective images (anomalib's adaptive threshold)"
+
+
+def build_validation(images, synthesizer, device, seed):
+    """A fixed synthetic validation set: each held-out good image once clean, once with a simulated defect."""
+    if len(images) == 0:
+        return None
+    g = torch.Generator(device=device).manual_seed(seed)
+    clean = images.to(device).float() / 255
+    out = synthesizer(clean, g)
+    x = torch.cat([clean, out["augmented_image"]])
+    masks = torch.cat([torch.zeros_like(out["anomaly_mask"]), out["anomaly_mask"]])
+    labels = torch.cat([torch.zeros(len(clean), device=device), out["has_anomaly"]])
+    return {"images": x, "masks": masks, "labels": labels, "n_normal": len(clean)}
+
+
+def calibrate_threshold(normal_scores, target_false_reject):
+    """Image-score threshold from held-out *normal* scores only, aimed at a false-reject rate (fit_threshold).
+
+    No defect images are needed (or used); the calibration dict records the rule, n and the expected rate.
+    """
+    return fit_threshold(torch.as_tensor(normal_scores, dtype=torch.float64).numpy(), target_false_reject)
+
+
+def validate(scorer, val, bs, target_false_reject, prior=None, novelty=None):
+    """Image AUROC and pixel AP on the synthetic validation set, plus the calibration from its normal half.
+
+    Scored in fp32 whatever the training precision: the threshold must fit the scores detect.py computes.
+    scorer: DRAEM alone; prior (PriorFusion) and novelty (its maps of val["images"], which are fixed, so computed
+    once per run): the DRAEM maps are fused as the Scorer with this prior fuses them (one tile per image).
+    """
+    scorer.eval()
+    images, tile = val["images"], val["images"].shape[-1]
+    scores, maps = [], []
+    for i in range(0, len(images), bs):
+        out = predict(scorer, list(images[i:i + bs]), tile, images.device, bs, with_reconstruction=False)
+        batch = torch.stack(out["anomaly_map"])  # (B, S, S)
+        if prior is not None:
+            with torch.inference_mode():
+                batch = prior.fuse(novelty[i:i + bs].to(batch.device), batch)
+        scores += list(scorer.score(batch).cpu())
+        maps += list(batch.cpu())
+    scorer.train()
+    scores, maps = torch.stack(scores), torch.stack(maps)
+    labels, masks = val["labels"].cpu().numpy(), val["masks"][:, 0].cpu().numpy()
+    return ({"val_image_auroc": image_auroc(labels, scores.numpy()), "val_pixel_ap": pixel_ap(masks, maps.numpy())},
+            calibrate_threshold(scores[:val["n_normal"]], target_false_reject))
 
 
 def _scores(x):

@@ -1,0 +1,90 @@
+"""How long a run is: Adam with the paper's two decays, and --max_minutes turned into a number of steps.
+
+    optimizer, scheduler = make_optimizer(model, 1e-4, total_steps)   # x0.2 at 80% and 90% of total_steps
+    replan(run, state)   # a --max_minutes run: total_steps from the measured time per step and per checkpoint
+"""
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+def make_optimizer(model, lr, total_steps):
+    """Adam at lr, x0.2 at 80% and 90% of training (the paper's epochs, counted in steps so short runs decay)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    milestones = [int(total_steps * 0.8), int(total_steps * 0.9)]
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.2)
+
+
+
+PLAN_AFTER_STEPS = 20  # the first plan of a --max_minutes run, from the time of its first steps
+
+
+@dataclass
+class Budget:
+    """--max_minutes as a number of steps. `clock` (seconds) is time.monotonic, or a fake one in tests; `start`
+    is the run's start (the bank fit and every validation count); the plan is revised after PLAN_AFTER_STEPS
+    steps and after each checkpoint until the first decay, from the measured time per step and per checkpoint."""
+    seconds: float | None  # None: no budget
+    clock: object = time.monotonic
+    start: float = 0.0
+    train_start: float | None = None  # clock when the first step of this process began
+    first_step: int = 0
+    checkpoint_s: float = 0.0  # the last checkpoint's duration
+    checkpoints_s: float = 0.0  # all checkpoints' durations since train_start
+
+
+def steps_that_fit(seconds_left, step_s, checkpoint_s, steps_per_checkpoint):
+    """How many more steps end within `seconds_left`: each step costs step_s plus its share of a checkpoint,
+    and the last checkpoint is paid in full."""
+    per_step = step_s + checkpoint_s / max(1, steps_per_checkpoint)
+    return max(0, int((seconds_left - checkpoint_s) / max(per_step, 1e-9)))
+
+
+def set_milestones(scheduler, total, step):
+    """The x0.2 decays at 80% and 90% of `total` steps, each after `step` (MultiStepLR counts its steps)."""
+    m1 = max(int(total * 0.8), step + 1)
+    m2 = max(int(total * 0.9), m1 + 1)
+    scheduler.milestones = Counter([m1, m2])
+    return max(total, m2 + 1)
+
+
+def replan(run, state):
+    """Fix run.total_steps so the run ends within --max_minutes with its decays done; rank 0 decides under DDP."""
+    b = run.budget
+    if not b.seconds or b.train_start is None or state.step <= b.first_step:
+        return
+    if state.step >= min(state.scheduler.milestones):  # the first decay is done: the plan is final
+        return
+    now = b.clock()
+    step_s = (now - b.train_start - b.checkpoints_s) / (state.step - b.first_step)
+    every = run.settings.val_every or len(run.loader)
+    left = steps_that_fit(b.seconds - (now - b.start), step_s, b.checkpoint_s, every)
+    total = min(run.max_steps, state.step + left)
+    if run.world > 1:
+        t = torch.tensor([float(total)], device=run.device)
+        dist.broadcast(t, 0)
+        total = int(t.item())
+    before, run.total_steps = run.total_steps, set_milestones(state.scheduler, total, state.step)
+    if run.total_steps != before:
+        log.info("--max_minutes %s: %d steps in all (%.2fs a step, %.1fs a checkpoint)",
+                 run.settings.max_minutes, run.total_steps, step_s, b.checkpoint_s)
+
+
+def should_stop(run, state):
+    """(the planned steps done or --max_minutes passed, a signal asked to stop); under DDP every rank must agree,
+    or the ranks stop at different steps and hang."""
+    b = run.budget
+    over = bool(b.seconds) and b.clock() - b.start > b.seconds  # only when the plan was badly off
+    planned_end = run.total_steps < run.max_steps and state.step >= run.total_steps  # else the epochs end it
+    flags = [planned_end or over, run.stop is not None and run.stop.requested]
+    if run.world > 1:
+        t = torch.tensor([float(f) for f in flags], device=run.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        flags = [bool(v) for v in t.tolist()]
+    return flags
