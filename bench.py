@@ -1,24 +1,11 @@
-"""Benchmark DRAEM's training and detection speed through the same functions train.py and detect.py use.
+"""Time DRAEM's training and detection through the same functions train.py and detect.py use (docs/speed.md).
 
-    python bench.py                                   # cpu preset, fp32 and bf16 (a few minutes on 2 cores)
-    python bench.py --anomaly_source_path path/to/dtd/images --configs cpu,paper --json
-    python bench.py --device cuda --configs paper --iters 20
-
-Measures, per configuration (size, widths, batch) and precision:
-  * synthesis samples/s (synthesis_throughput below, 256 px, batch 32, by default);
-  * training images/s end to end (uint8 cache -> DataLoader -> float -> utils.engine.train_step, which
-    synthesises) against the same train_step fed a pre-made synthetic batch (forward + loss + backward + Adam);
-  * detection ms/image through Detector.predict (model + anomaly map + score) against a bare model forward,
-    plus utils.data_loader.read_image (decode + resize) on its own;
-  * tiled detection (--scale native) of a (2 size) x (8 size) image through Detector.predict: tiles/s and
-    ms per megapixel (overlapping tiles, stitching and the score of the stitched map included);
-  * the feature prior (--prior features, fp32): bank fit seconds per 1000 training images (the features' time
-    per image x 1000, plus the coreset's time, which hardly grows with the images), bank MB, detection ms/image
-    with the prior against DRAEM alone and their ratio (the target: <= 2);
-  * the peak memory, and the largest |score| difference between fp32 and bf16 detection.
-Timings: warm-up steps excluded, median over --iters steps, e2e and bare steps interleaved so that a change of
-machine load hits both. With --json the last stdout line is one JSON object.
-"""
+Per configuration and precision: training img/s end to end (uint8 cache -> DataLoader -> utils.engine.train_step,
+which synthesises) against train_step on a pre-made batch; Detector.predict ms/image against a bare forward; tiled
+detection (--scale native) of a (2 size) x (8 size) image; peak memory. Per configuration: read_image ms, the
+largest |score fp32 - bf16|, the feature prior (fp32: bank fit s per 1000 images = features per image x 1000 + the
+coreset once; bank MB; detect ms against DRAEM alone, target <= 2). Once: synthesis samples/s. Medians after
+warm-up, e2e and bare steps interleaved so that a change of machine load hits both."""
 from utils.cli import exit_quietly_on_signals
 
 exit_quietly_on_signals("bench.py", __name__)  # a signal during the imports below: one line
@@ -56,14 +43,12 @@ from utils.synthesis.textures import load_texture_bank
 log = logging.getLogger("bench")
 
 # Sizes benchmarked; "tiny" is for the smoke test. Steps: the defaults for --warmup / --iters per device.
-CONFIGS = {
-    "cpu": {k: PRESETS["cpu"][k] for k in ("size", "rec_base_width", "seg_base_width", "bs")},
-    "paper": {k: PRESETS["paper"][k] for k in ("size", "rec_base_width", "seg_base_width", "bs")},
-    "tiny": dict(size=32, rec_base_width=4, seg_base_width=2, bs=2),
-}
+CONFIGS = {name: {k: PRESETS[name][k] for k in ("size", "rec_base_width", "seg_base_width", "bs")}
+           for name in ("cpu", "paper")}
+CONFIGS["tiny"] = dict(size=32, rec_base_width=4, seg_base_width=2, bs=2)
 STEPS = {"cpu": {"cpu": (1, 3), "paper": (1, 1), "tiny": (1, 1)},  # (warm-up, timed) training steps
          "cuda": {"cpu": (3, 20), "paper": (3, 20), "tiny": (1, 2)}}
-DETECT_STEPS = {"cpu": (2, 10), "cuda": (5, 50)}
+DETECT_STEPS = {"cpu": (2, 10), "cuda": (5, 50), "tiny": (1, 2)}  # (warm-up, timed) detection calls; "tiny": --tiny
 PRECISIONS = {"fp32": "off", "bf16": "bf16"}  # name -> train.py's --amp value
 N_SCORE_IMAGES = 4  # images scored in fp32 and bf16 for the score-difference check
 PRIOR_IMAGES = 64  # generated images the bank-fit timing fits on (tiny: 4)
@@ -98,25 +83,23 @@ def parse_args(argv=None):
                         + ", ".join(f"{d}: {v}" for d, v in STEPS.items()))
     g.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default: see --iters)")
     g.add_argument("--detect_iters", type=positive_int, default=None,
-                   help=f"timed detection calls (default per device: {DETECT_STEPS})")
+                   help=f"timed detection calls (default per device, and for --tiny: {DETECT_STEPS})")
     g.add_argument("--repeats", type=positive_int, default=3, help="synthesis timings (median reported)")
     g.add_argument("--seed", type=int, default=0, help="random seed")
     g.add_argument("--json", action="store_true", help="also print one JSON object as the last stdout line")
     args = p.parse_args(argv)
-    args.configs = ["tiny"] if args.tiny else [c.strip() for c in args.configs.split(",") if c.strip()]
-    args.precisions = [c.strip() for c in args.precisions.split(",") if c.strip()]
-    for c in args.configs:
-        if c not in CONFIGS:
-            p.error(f"argument --configs: unknown config {c!r}; choose from {sorted(CONFIGS)}")
-    for c in args.precisions:
-        if c not in PRECISIONS:
-            p.error(f"argument --precisions: unknown precision {c!r}; choose from {sorted(PRECISIONS)}")
+    if args.tiny:
+        args.configs, args.synth_size, args.synth_bs, args.repeats = "tiny", 32, 4, 1
+    for flag, what, known in (("configs", "config", CONFIGS), ("precisions", "precision", PRECISIONS)):
+        names = [c.strip() for c in getattr(args, flag).split(",") if c.strip()]
+        for c in names:
+            if c not in known:
+                p.error(f"argument --{flag}: unknown {what} {c!r}; choose from {sorted(known)}")
+        setattr(args, flag, names)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("argument --device: CUDA is not available")
     if args.warmup is not None and args.warmup < 0:
         p.error(f"argument --warmup: must be >= 0, got {args.warmup}")
-    if args.tiny:
-        args.synth_size, args.synth_bs, args.repeats = 32, 4, 1
     return args
 
 
@@ -137,13 +120,8 @@ def timed(fn, device):
 
 def interleaved_medians(fns, warmup, iters, device):
     """Median seconds per call of each fn, calling them in turn (warm-up rounds excluded)."""
-    times = [[] for _ in fns]
-    for i in range(warmup + iters):
-        for t, fn in zip(times, fns):
-            dt = timed(fn, device)
-            if i >= warmup:
-                t.append(dt)
-    return [statistics.median(t) for t in times]
+    rounds = [[timed(fn, device) for fn in fns] for _ in range(warmup + iters)]
+    return [statistics.median(column) for column in zip(*rounds[warmup:])]
 
 
 def peak_memory_mb(device):
@@ -162,8 +140,8 @@ def reset_peak_memory(device):
 def smooth_images(n, size, generator):
     """n smooth random uint8 images (n, 3, size, size): stand-ins for utils.data_loader.load_images' cache."""
     low = torch.rand(n, 3, 8, 8, generator=generator)
-    return (F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1) * 255).round() \
-        .to(torch.uint8)
+    high = F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
+    return (high.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def write_test_image(folder, size, seed):
@@ -182,10 +160,7 @@ def texture_bank(args, size):
 
 # -------------------------------------------------------------------------------------------- benches
 def synthesis_throughput(synth, batch, size, iters, device):
-    """Samples per second of `synth` on random (batch, 3, size, size) images, warm-up call excluded.
-
-    Moves `synth` (its texture bank) to `device`.
-    """
+    """Samples/s of `synth` on random (batch, 3, size, size) images, warm-up call excluded; moves `synth` to device."""
     synth.to(device)
     generator = torch.Generator(device=device).manual_seed(0)
     images = torch.rand(batch, 3, size, size, generator=generator, device=device)
@@ -211,64 +186,54 @@ def bench_train(model, cfg, synthesizer, amp_dtype, device, warmup, iters, seed)
     optimizer, scheduler = make_optimizer(model, Config.lr, 1000)
     criterion = DraemLoss().to(device)
     synth_gen = torch.Generator(device=device).manual_seed(seed)
-    scaler = None  # fp32 / bf16 need no loss scaling (the engine makes one for fp16 only)
-    batches = iter(())
+
+    def epochs():  # endless, reshuffled each pass as train.py's epochs are
+        while True:
+            for (batch,) in loader:
+                yield prepare_batch(batch, device)  # as utils.engine.train_epoch
+
+    batches = epochs()
+
+    def step(batch, synthesize):  # no loss scaler: fp32 / bf16 need none; the engine reads the loss each step
+        train_step(model, batch, synthesize, synth_gen, criterion, optimizer, amp_dtype, None)["loss"].item()
 
     def e2e():
-        nonlocal batches
-        try:
-            (batch,) = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            (batch,) = next(batches)
-        batch = prepare_batch(batch, device)  # as utils.engine.train_epoch
-        losses = train_step(model, batch, synthesizer, synth_gen, criterion, optimizer, amp_dtype, scaler)
+        step(next(batches), synthesizer)
         scheduler.step()
-        losses["loss"].item()  # the engine reads every loss term each step
 
-    premade = synthesizer(cache[:bs].to(device).float() / 255, synth_gen)  # synthesised once, outside timing
+    premade = synthesizer(prepare_batch(cache[:bs], device), synth_gen)  # synthesised once, outside timing
 
     def bare():
-        losses = train_step(model, premade["image"], lambda *_: premade, synth_gen, criterion, optimizer,
-                                  amp_dtype, scaler)
-        losses["loss"].item()
+        step(premade["image"], lambda *_: premade)
 
     model.train()
     t_e2e, t_bare = interleaved_medians([e2e, bare], warmup, iters, device)
     return {"train_e2e_img_s": bs / t_e2e, "train_bare_img_s": bs / t_bare, "train_e2e_over_bare": t_bare / t_e2e}
 
 
-def bench_detect(model, cfg, amp_dtype, device, warmup, iters, seed):
-    """ms/image of Detector.predict on a preprocessed (1, 3, S, S) CPU tensor vs a bare forward on the device."""
-    detector = Detector(model, {"config": {"size": cfg["size"]}, "calibration": {}}, device, amp_dtype)
-    image = smooth_images(1, cfg["size"], torch.Generator().manual_seed(seed)).float() / 255  # (1, 3, S, S)
-    on_device = image.to(device)
+def scoring(detector, image):
+    """A call that scores one (3, H, W) image through Detector.predict and reads the score as detect.py does."""
+    return lambda: float(detector.predict([image])["score"][0])
 
-    def e2e():
-        float(detector.predict([image[0]])["score"][0])  # detect.py reads the score as a Python float
+
+def bench_detect(model, size, amp_dtype, device, warmup, iters, seed):
+    """ms/image of Detector.predict on a preprocessed (1, 3, S, S) CPU tensor vs a bare forward on the device; then
+    tiles/s and ms per megapixel of Detector.predict on a wide (3, 2S, 8S) image at scale native (fewer calls)."""
+    detector = Detector(model, {"config": {"size": size}, "calibration": {}}, device, amp_dtype)
+    image = smooth_images(1, size, torch.Generator().manual_seed(seed)).float() / 255  # (1, 3, S, S)
+    on_device = image.to(device)
 
     @torch.inference_mode()
     def bare():
         with autocast(device, amp_dtype):
             model(on_device)
 
-    t_e2e, t_bare = interleaved_medians([e2e, bare], warmup, iters, device)
-    return {"detect_e2e_ms": 1000 * t_e2e, "detect_bare_ms": 1000 * t_bare, "detect_over_bare": t_e2e / t_bare}
-
-
-def bench_tiled(model, cfg, amp_dtype, device, warmup, iters, seed):
-    """Tiles/s and ms per megapixel of Detector.predict on a wide (2 size, 8 size) image at scale native."""
-    size = cfg["size"]
-    meta = {"config": {"size": size, "scale": "native"}, "calibration": {}}
-    detector = Detector(model, meta, device, amp_dtype)
-    image = smooth_images(1, 8 * size, torch.Generator().manual_seed(seed))[0, :, :2 * size].float() / 255
-
-    def tiled():
-        float(detector.predict([image])["score"][0])  # (3, 2S, 8S): map, reconstruction and score, as detect.py
-
-    (t,) = interleaved_medians([tiled], warmup, iters, device)
-    tiles = count_tiles(2 * size, 8 * size, size)
-    return {"tiled_image": f"{8 * size}x{2 * size}", "tiles_per_s": tiles / t,
+    t_e2e, t_bare = interleaved_medians([scoring(detector, image[0]), bare], warmup, iters, device)
+    tiled = Detector(model, {"config": {"size": size, "scale": "native"}, "calibration": {}}, device, amp_dtype)
+    wide = smooth_images(1, 8 * size, torch.Generator().manual_seed(seed))[0, :, :2 * size].float() / 255
+    (t,) = interleaved_medians([scoring(tiled, wide)], min(warmup, 1), max(1, iters // 4), device)
+    return {"detect_e2e_ms": 1000 * t_e2e, "detect_bare_ms": 1000 * t_bare, "detect_over_bare": t_e2e / t_bare,
+            "tiled_image": f"{8 * size}x{2 * size}", "tiles_per_s": count_tiles(2 * size, 8 * size, size) / t,
             "ms_per_megapixel": 1000 * t / (16 * size * size / 1e6)}
 
 
@@ -278,24 +243,15 @@ def bench_prior(model, cfg, device, warmup, iters, seed, n_images):
     start = time.perf_counter()
     features = fit_prior(images.split(16), seed=seed, device=device)  # a bank of min(CORESET_SIZE, patches)
     fit_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for batch in images.split(16):
-        features.features(batch.to(device))
-    feature_s = time.perf_counter() - start
+    feature_s = timed(lambda: [features.features(batch.to(device)) for batch in images.split(16)], device)
     # features grow with the images; the coreset's global search runs over ~4 x CORESET_SIZE candidates whatever
     # their number (model/feature_prior.py greedy_coreset), so it counts once
     per_1000 = 1000 * feature_s / n_images + max(fit_s - feature_s, 0.0)
     tail = TailEvidence.fit(torch.rand(1000, generator=torch.Generator().manual_seed(seed)))
     meta = {"config": {"size": cfg["size"]}, "calibration": {}}
-    alone = Detector(model, meta, device)
-    fused = Detector(model, meta, device)
+    alone, fused, image = Detector(model, meta, device), Detector(model, meta, device), images[0]
     fused.scorer.prior = PriorFusion(features, tail, tail)
-    image = images[0]
-
-    def run(detector):
-        return lambda: float(detector.predict([image])["score"][0])
-
-    t_alone, t_fused = interleaved_medians([run(alone), run(fused)], warmup, iters, device)
+    t_alone, t_fused = interleaved_medians([scoring(alone, image), scoring(fused, image)], warmup, iters, device)
     return {"prior_fit_s_per_1000": per_1000, "prior_fit_images": n_images,
             "prior_bank_mb": features.bank.numel() * 2 / 1e6, "prior_bank_rows": features.bank.shape[0],
             "prior_bank_mb_full": CORESET_SIZE * features.bank.shape[1] * 2 / 1e6, "prior_size": PRIOR_SIZE,
@@ -303,13 +259,9 @@ def bench_prior(model, cfg, device, warmup, iters, seed, n_images):
 
 
 def bench_read(path, size, iters):
-    """Median ms of read_image(path, size): decode + colour conversion + resize."""
-    times = []
-    for _ in range(iters + 1):
-        start = time.perf_counter()
-        read_image(path, size)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times[1:])
+    """Median ms of read_image(path, size): decode + colour conversion + resize (one warm-up call)."""
+    (t,) = interleaved_medians([lambda: read_image(path, size)], 1, iters, torch.device("cpu"))
+    return 1000 * t
 
 
 def max_score_difference(model, size, device, seed):
@@ -326,15 +278,12 @@ def max_score_difference(model, size, device, seed):
 
 def run_config(name, args, device, read_path):
     """Every measurement for one config, each precision starting from the same initial weights."""
-    cfg = dict(CONFIGS[name])
-    if args.bs:
-        cfg["bs"] = args.bs
+    cfg = {**CONFIGS[name], "bs": args.bs or CONFIGS[name]["bs"]}
     warmup, iters = STEPS[device.type][name]
     warmup = warmup if args.warmup is None else args.warmup
     iters = args.iters or iters
-    d_warmup, d_iters = DETECT_STEPS[device.type]
-    d_iters = args.detect_iters or (2 if args.tiny else d_iters)
-    d_warmup = min(d_warmup, 1) if args.tiny else d_warmup
+    d_warmup, d_iters = DETECT_STEPS["tiny" if args.tiny else device.type]
+    d_iters = args.detect_iters or d_iters
 
     seed_everything(args.seed)
     model = DRAEM(cfg["rec_base_width"], cfg["seg_base_width"]).apply(weights_init).to(device)
@@ -350,8 +299,7 @@ def run_config(name, args, device, read_path):
         res["train_peak_mb"] = peak_memory_mb(device)
         log.info("%s %s: detection ...", name, prec)
         reset_peak_memory(device)
-        res.update(bench_detect(model, cfg, amp_dtype, device, d_warmup, d_iters, args.seed))
-        res.update(bench_tiled(model, cfg, amp_dtype, device, min(d_warmup, 1), max(1, d_iters // 4), args.seed))
+        res.update(bench_detect(model, cfg["size"], amp_dtype, device, d_warmup, d_iters, args.seed))
         res["detect_peak_mb"] = peak_memory_mb(device)
         out[prec] = res
     log.info("%s: feature prior (fit and detection, fp32) ...", name)
@@ -381,19 +329,18 @@ def report_table(result):
                          f"{r['train_e2e_over_bare']:>9.3f}{r['detect_e2e_ms']:>10.1f}{r['detect_bare_ms']:>9.1f}"
                          f"{r['detect_over_bare']:>9.3f}{c['read_ms']:>8.1f}"
                          f"{max(r['train_peak_mb'], r['detect_peak_mb']):>9.0f}")
-        lines += [f"{name:<7}{prec:<6}tiled detection of a {c[prec]['tiled_image']} image (scale native): "
-                  f"{c[prec]['tiles_per_s']:.1f} tiles/s, {c[prec]['ms_per_megapixel']:.0f} ms per megapixel"
+        lines += ["{name:<7}{prec:<6}tiled detection of a {tiled_image} image (scale native): {tiles_per_s:.1f} "
+                  "tiles/s, {ms_per_megapixel:.0f} ms per megapixel".format(name=name, prec=prec, **c[prec])
                   for prec in result["precisions"]]
+        bf16 = (f"; bf16 speed-up train x{c['bf16_train_speedup']:.2f}, detect x{c['bf16_detect_speedup']:.2f}, "
+                f"max |score fp32 - bf16| {c['max_score_diff_bf16']:.5f}" if "bf16_train_speedup" in c else "")
         lines.append(f"{name:<7}size {c['size']}, widths {c['rec_base_width']}/{c['seg_base_width']}, bs {c['bs']}, "
-                     f"{c['warmup']} warm-up + {c['iters']} timed steps"
-                     + (f"; bf16 speed-up train x{c['bf16_train_speedup']:.2f}, detect x{c['bf16_detect_speedup']:.2f}"
-                        f", max |score fp32 - bf16| {c['max_score_diff_bf16']:.5f}" if "bf16_train_speedup" in c else ""))
-        p = c["prior"]
-        lines.append(f"{name:<7}feature prior ({p['prior_size']} px, fp32): detect {p['detect_prior_ms']:.1f} ms "
-                     f"vs {p['detect_alone_ms']:.1f} ms DRAEM alone = x{p['prior_over_alone']:.2f}; bank fit "
-                     f"{p['prior_fit_s_per_1000']:.1f} s per 1000 images (from {p['prior_fit_images']}), bank "
-                     f"{p['prior_bank_mb']:.2f} MB ({p['prior_bank_rows']} rows; "
-                     f"{p['prior_bank_mb_full']:.2f} MB full)")
+                     f"{c['warmup']} warm-up + {c['iters']} timed steps{bf16}")
+        lines.append("{name:<7}feature prior ({prior_size} px, fp32): detect {detect_prior_ms:.1f} ms vs "
+                     "{detect_alone_ms:.1f} ms DRAEM alone = x{prior_over_alone:.2f}; bank fit "
+                     "{prior_fit_s_per_1000:.1f} s per 1000 images (from {prior_fit_images}), bank "
+                     "{prior_bank_mb:.2f} MB ({prior_bank_rows} rows; {prior_bank_mb_full:.2f} MB full)"
+                     .format(name=name, **c["prior"]))
     if result["device"] == "cpu":
         lines.append("peak MB on CPU: the process's max RSS so far (cumulative over the rows above)")
     return "\n".join(lines)
@@ -402,11 +349,10 @@ def report_table(result):
 def summary(configs, precisions):
     """The headline keys, from the cpu config when it ran (else the first one)."""
     main_cfg = configs.get("cpu") or next(iter(configs.values()))
-    first = main_cfg[precisions[0]]
+    first, prior = main_cfg[precisions[0]], main_cfg["prior"]
     return {"train_e2e_over_bare": first["train_e2e_over_bare"], "detect_over_bare": first["detect_over_bare"],
-            "bf16_speedup": main_cfg.get("bf16_train_speedup"),
-            "prior_over_alone": main_cfg["prior"]["prior_over_alone"],
-            "prior_fit_s_per_1000": main_cfg["prior"]["prior_fit_s_per_1000"]}
+            "bf16_speedup": main_cfg.get("bf16_train_speedup"), "prior_over_alone": prior["prior_over_alone"],
+            "prior_fit_s_per_1000": prior["prior_fit_s_per_1000"]}
 
 
 def main(argv=None):
