@@ -26,6 +26,8 @@ from utils.files import atomic_open, atomic_write_bytes, check_output_dir, check
 from utils.metrics import METRIC_NAMES, drop_pixel_metrics, format_table, image_auroc, per_type_metrics, pixel_ap
 from utils.visualize import PageRow, overlay, save_panels, write_thumbnail
 
+log = logging.getLogger(__name__)
+
 VERDICTS = ("threshold", "false_reject_rate", "defect_recall", "best_recall_at_same_frr")  # overall, in --json
 
 
@@ -110,8 +112,6 @@ def check_outputs(output_path):
     check_output_file(Path(output_path) / "metrics.csv", "--output_path")
     check_output_file(Path(output_path) / "metrics.json", "--output_path")
 
-
-log = logging.getLogger(__name__)
 
 MIN_FIT = 3  # fewer good images give no threshold at all
 N_SIM = 4000  # simulated calibration sets behind the prediction factor and the interval
