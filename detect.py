@@ -12,7 +12,8 @@ Folder mode also writes index.html, the results page (utils/visualize.py), with 
 image under thumbs/. --save_maps adds, beside each picture, the raw anomaly map (16-bit PNG at the input's size),
 the defect mask at the stored threshold (0/255) and the overlay alone (utils/visualize.py).
 """
-from utils.cli import exit_quietly_on_signals
+from utils.cli import (UsageError, add_inference_flags, add_max_pixels_flag, display_name, exit_quietly_on_signals,
+                       progress, resolve_amp, run_script, select_device)
 
 exit_quietly_on_signals("detect.py", __name__)  # a signal during the imports below: one line
 
@@ -25,11 +26,9 @@ import sys
 from pathlib import Path
 
 from utils.checkpoint import newest_complete_pair
-from utils.cli import (UsageError, add_inference_flags, add_max_pixels_flag, display_name, progress, resolve_amp,
-                       run_script, select_device)
-from utils.data_loader import NATIVE, list_images, read_image
+from utils.data_loader import list_images
+from utils.detector import NATIVE, Detector, read_image
 from utils.demo_data import DEMO_ROOT
-from utils.detector import Detector
 from utils.files import (atomic_open, check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside,
                          tidy_output_folders)
 from utils.visualize import (MAP_FILES, PAGE_NAME, PageRow, map_output_paths, overlay, save_map_outputs, save_panels,

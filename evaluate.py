@@ -22,7 +22,8 @@ Recalibrate the threshold on the line's own good images (written into both files
     python evaluate.py --base_model_name ... --recalibrate line3/good/ [--defect_path line3/bad/] \
         [--target_false_reject 0.02 | --threshold_rule f1] [--data_path path/to/class]
 """
-from utils.cli import exit_quietly_on_signals
+from utils.cli import (UsageError, add_inference_flags, add_max_pixels_flag, add_target_flag, exit_quietly_on_signals,
+                       given, resolve_amp, run_script, select_device, warn_ignored)
 
 exit_quietly_on_signals("evaluate.py", __name__)  # a signal during the imports below: one line
 
@@ -35,8 +36,6 @@ from pathlib import Path
 import numpy as np
 
 from utils.checkpoint import find_pair
-from utils.cli import (UsageError, add_inference_flags, add_max_pixels_flag, add_target_flag, given, resolve_amp,
-                       run_script, select_device, warn_ignored)
 from utils.data_loader import list_images
 from utils.detector import Detector
 from utils.evaluation import (VERDICTS, check_outputs, describe, evaluate_class, f1_threshold, fit_threshold,

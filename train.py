@@ -10,7 +10,9 @@ Writes the checkpoint pair DRAEM_test_{lr}_{epochs}_bs{bs}_{obj}_.pt / ..._seg.p
 validation), the pair ..._last.pt / ..._last_seg.pt, a resumable state ..._resume.pt, and a run folder of logs.
 This file holds the flags and main; the defaults are utils/config.py, the run itself is utils/engine.py.
 """
-from utils.cli import exit_quietly_on_signals
+from utils.cli import (AMP_CHOICES, SCALE_HELP, UsageError, add_target_flag, distributed_env, exit_quietly_on_signals,
+                       fraction, init_distributed, positive_float, positive_int, run_script, scale_arg, select_device,
+                       size_arg)
 
 exit_quietly_on_signals("train.py", __name__)  # a signal during the imports below: one line
 
@@ -24,9 +26,6 @@ import torch
 import torch.distributed as dist
 
 from utils.checkpoint import base_model_name, hold_checkpoint_names
-from utils.cli import (AMP_CHOICES, SCALE_HELP, UsageError, add_target_flag, distributed_env, fraction,
-                       init_distributed, positive_float, positive_int, run_script, scale_arg,
-                       select_device, size_arg)
 from utils.config import FIELDS, PHOTOMETRIC, PRESETS, Config
 from utils.data_loader import resolve_classes
 from utils.demo_data import DEMO_ROOT, make_demo_dataset

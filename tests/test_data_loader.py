@@ -6,9 +6,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.conftest import shared_path, write_images
-from utils.data_loader import (MVTecTestDataset, is_grayscale, list_images, load_images, load_images_at_scale,
-                               read_image, resolve_classes, split_files)
-from utils.data_loader import RandomCrops, crops_per_image, validation_crops
+from utils.data_loader import (MVTecTestDataset, RandomCrops, crops_per_image, is_grayscale, list_images, load_images,
+                               load_images_at_scale, resolve_classes, split_files, validation_crops)
+from utils.detector import read_image
 
 
 def test_reads_16bit_gray_rgba_bmp_tif_any_size(tmp_path):

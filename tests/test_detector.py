@@ -10,11 +10,10 @@ import cv2
 
 from model import DRAEM
 from utils.cli import scale_arg
-from utils.data_loader import image_to_tensor, pad_to_tile, scale_of, working_shape
-from utils.detector import (Detector, Scorer, blend_window, count_tiles, image_score, predict, stitch, tile_grid,
-                            tile_starts)
+from utils.detector import (Detector, blend_window, count_tiles, image_to_tensor, pad_to_tile, predict, scale_of,
+                            stitch, tile_grid, tile_starts, working_shape)
+from model.model_unet import Scorer, image_score
 from utils.checkpoint import save_pair
-from utils.detector import Detector
 
 
 def test_scale_arg_and_checkpoint_default():

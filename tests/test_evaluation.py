@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from utils.evaluation import VERDICTS, calibrate_threshold, json_safe, results_text, write_results
+from utils.evaluation import (RULE_ORDER, RULE_TAIL, VERDICTS, add_verdicts, best_recall_at, calibrate_threshold,
+                              describe, f1_threshold, fit_threshold, format_verdicts, json_safe, recalibration_report,
+                              results_text, verdict_metrics, write_calibration, write_results)
 from utils.metrics import METRIC_NAMES
 from model import DRAEM
-from utils.evaluation import (RULE_ORDER, RULE_TAIL, add_verdicts, best_recall_at, describe, f1_threshold,
-                               fit_threshold, format_verdicts, recalibration_report, verdict_metrics,
-                               write_calibration)
 from utils.checkpoint import load_pair, pair_paths, save_pair
 
 

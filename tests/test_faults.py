@@ -25,7 +25,7 @@ from tests.conftest import write_images
 from utils import files
 from utils.checkpoint import NameLock, current_paths, load_pair, lock_names, newest_complete_pair, pair_paths, save_pair
 from utils.cli import UsageError
-from utils.data_loader import read_image
+from utils.detector import read_image
 from utils.files import TEMP_RE, atomic_write_bytes, recover
 
 CONFIG = {"size": 32, "rec_base_width": 4, "seg_base_width": 2, "in_channels": 3, "grayscale": False}
@@ -336,7 +336,7 @@ def test_huge_images_are_refused_from_the_header(tmp_path, model_dir, capsys, mo
 
 
 def test_header_sizes_of_every_format():
-    from utils.data_loader import header_size
+    from utils.detector import header_size
     img = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
     for ext in (".png", ".jpg", ".bmp", ".tif"):
         assert header_size(cv2.imencode(ext, img)[1]) == (53, 37), ext

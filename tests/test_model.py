@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from model import DRAEM, DiscriminativeSubNetwork, ReconstructiveSubNetwork
-from utils.detector import anomaly_map, image_score
+from model.model_unet import anomaly_map, image_score
 from tests.conftest import shared_path
 
 
@@ -73,7 +73,7 @@ def test_image_score_top_fraction_is_the_mean_of_the_hottest_pixels():
 
 
 def test_score_kernel_keeps_the_authors_share_of_the_image():
-    from utils.detector import score_kernel
+    from model.model_unet import score_kernel
     assert score_kernel(256) == 21 and score_kernel(128) == 11 and score_kernel(512) == 43
     assert score_kernel(32) == 3 and score_kernel(128, scaled=False) == 21
 

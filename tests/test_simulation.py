@@ -6,10 +6,8 @@ import cv2
 import numpy as np
 
 from tests.conftest import generator, grey_images, random_images
-from utils.synthesis.simulation import AnomalySynthesizer, DefectSynthesizer, blend, make_synthesizer
-from utils.synthesis.simulation import crack_masks, mixed_masks, pit_masks
-from utils.synthesis.simulation import KINDS, PHOTOMETRIC, jitter_images, parse_kinds
-from utils.synthesis.simulation import main
+from utils.synthesis.simulation import (KINDS, PHOTOMETRIC, AnomalySynthesizer, DefectSynthesizer, blend, crack_masks,
+                                        jitter_images, main, make_synthesizer, mixed_masks, parse_kinds, pit_masks)
 
 
 def test_blend_hand_example():

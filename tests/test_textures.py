@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import generator
-from utils.synthesis.textures import load_texture_bank, procedural_textures
 from tests.conftest import generator, grey_images, random_images
-from utils.synthesis.textures import AUGMENTER_NAMES, AUGMENTERS, augment_textures, rotate
+from utils.synthesis.textures import (AUGMENTERS, AUGMENTER_NAMES, augment_textures, load_texture_bank,
+                                      procedural_textures, rotate)
 from utils.synthesis.simulation import rand, randint, uniform
 
 

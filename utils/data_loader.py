@@ -1,17 +1,12 @@
-"""Image reading (with the pixel guard), the working scale, class folders, the split, crops and datasets.
+"""Class folders, the train/held-out split, crops and datasets: what training and evaluation read.
 
-One reader (`read_image`) is used by training, validation, detection and evaluation, so every image goes
-through the same decoding and resizing: 8/16-bit, gray/RGB/RGBA, jpg/png/bmp/tif, any size -> float RGB in [0, 1]
-at a working scale ("square": size x size, the paper; "native": its own pixels; N: the longer side N px).
-Before decoding, the pixel count is read from the file's header and a file above `max_pixels` is refused.
-
-Training data is only normal images, decoded once into a uint8 tensor (`load_images`); the anomalies are
-synthesised per *batch* on the training device by `utils.synthesis.simulation` (see utils/engine.py), so the datasets here
-stay simple and fast.
+Every image is read by the one reader, utils/detector.py `read_image` (pixel guard, 8/16 bit, grey/RGB, working
+scale), so training sees its images exactly as detection does. Training data is only normal images, decoded once
+into a uint8 tensor (`load_images`); the anomalies are synthesised per *batch* on the training device by
+`utils.synthesis.simulation` (see utils/engine.py), so the datasets here stay simple and fast.
 """
 import logging
 import os
-import struct
 from pathlib import Path
 
 import cv2
@@ -20,14 +15,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from utils.cli import UsageError, display_name, seed_worker, warn_ignored
-from utils.config import Config
+from utils.detector import DEFAULT_MAX_PIXELS, SQUARE, decode_image_file, pad_to_tile, read_image
 
 log = logging.getLogger(__name__)
 
 MIN_HELD_OUT = 30  # good images held out for the threshold when the data allow (docs/thresholds.md)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-DEFAULT_MAX_PIXELS = Config.max_pixels  # larger image files are refused from their header
-SQUARE, NATIVE = "square", "native"  # working scales; or an int N, the longer side in pixels
 
 
 def list_images(folder):
@@ -40,92 +33,12 @@ def list_images(folder):
     return sorted(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
-def scale_of(config):
-    """The working scale a checkpoint config records ("square" for the authors' pairs)."""
-    scale = config.get("scale", SQUARE)
-    return scale if scale in (SQUARE, NATIVE) else int(scale)
-
-
-def working_shape(height, width, scale, size):
-    """(H, W) an image of height x width pixels has at the working scale."""
-    if scale == SQUARE:
-        return size, size
-    if scale == NATIVE:
-        return height, width
-    ratio = scale / max(height, width)
-    return max(1, round(height * ratio)), max(1, round(width * ratio))
-
-
-def _decode(path, flags, max_pixels):
-    # cv2.imread cannot open non-ASCII paths on some platforms; decoding the bytes always works.
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
-        return None
-    if not data.size:
-        return None
-    check_pixels(path, data, max_pixels)  # from the header, before cv2 allocates the decoded image
-    return cv2.imdecode(data, flags)
-
-
-def read_image(path, size=None, scale=SQUARE, max_pixels=DEFAULT_MAX_PIXELS):
-    """Read an image as a float tensor (3, H, W) in [0, 1], RGB, at a working scale (`image_to_tensor`).
-
-    Grayscale is replicated to 3 channels (the networks take 3), alpha is dropped, 16-bit is scaled by 65535.
-    Raises ValueError naming the file when it cannot be decoded.
-    """
-    img = _decode(path, cv2.IMREAD_UNCHANGED, max_pixels)
-    if img is None or img.ndim not in (2, 3):
-        raise ValueError(f"cannot read image file {path}")
-    return image_to_tensor(img, size, bgr=True, scale=scale)
-
-
-def image_to_tensor(img, size=None, bgr=False, scale=SQUARE):
-    """An image array (H, W) or (H, W, 1|3|4), uint8 / uint16 / float in [0, 1] -> float tensor (3, H, W) in
-    [0, 1], RGB, at the working scale (`working_shape`: (size, size) for "square"; no size: its own pixels),
-    resized by area in the array's own dtype.
-    bgr: the channels are in OpenCV's order (as cv2.imread gives)."""
-    img = np.asarray(img)
-    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
-        raise ValueError(f"expected an image array (H, W) or (H, W, 1|3|4), got shape {img.shape}")
-    norm = 65535.0 if img.dtype == np.uint16 else 255.0
-    if img.dtype not in (np.uint8, np.uint16):  # float TIFFs etc.: assume [0, 1]
-        img, norm = img.astype(np.float32), 1.0
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    elif img.shape[2] == 1:
-        img = cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
-    elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB)
-    elif bgr:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    h, w = working_shape(*img.shape[:2], NATIVE if size is None else scale, size)
-    if (h, w) != img.shape[:2]:
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-    img = img.astype(np.float32)
-    img /= norm  # in place: a large image is not copied twice more
-    np.clip(img, 0.0, 1.0, out=img)
-    return torch.from_numpy(img).permute(2, 0, 1).contiguous()
-
-
-def pad_to_tile(image, tile):
-    """(C, H, W) -> (C, max(H, tile), max(W, tile)): reflection at the bottom and right, so the original
-    pixels keep their coordinates. Works for any dtype; repeats the reflection when the image is tiny."""
-    h, w = image.shape[-2:]
-    pad_h, pad_w = max(0, tile - h), max(0, tile - w)
-    if not pad_h and not pad_w:
-        return image
-    mode = "reflect" if min(h, w) > 1 else "edge"  # a 1-pixel side has nothing to reflect
-    padded = np.pad(image.numpy(), ((0, 0), (0, pad_h), (0, pad_w)), mode=mode)
-    return torch.from_numpy(padded)
-
-
 def read_mask(path, size):
     """Ground-truth mask as a float tensor (1, H, W) in {0, 1}; size: an int (square) or (H, W).
 
     Resized by nearest neighbour (no blur, no new values), for every working scale.
     """
-    m = _decode(path, cv2.IMREAD_GRAYSCALE, DEFAULT_MAX_PIXELS)
+    m = decode_image_file(path, cv2.IMREAD_GRAYSCALE, DEFAULT_MAX_PIXELS)
     if m is None:
         raise ValueError(f"cannot read mask file {path}")
     h, w = (size, size) if isinstance(size, int) else size
@@ -263,92 +176,6 @@ class MVTecTestDataset(Dataset):
             mask = read_mask(mask_path, shape)
         label = 0 if defect_type == "good" else 1
         return {"image": image, "mask": mask, "label": label, "type": defect_type, "path": str(path)}
-
-
-def _png(b):
-    if len(b) >= 24 and bytes(b[12:16]) == b"IHDR":
-        return struct.unpack(">II", b[16:24])
-    return None
-
-
-def _jpeg(b):
-    i = 2
-    while i + 9 <= len(b):
-        if b[i] != 0xFF:
-            return None
-        marker = b[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD9)):  # markers without a length
-            i += 2
-            continue
-        length = struct.unpack(">H", b[i + 2:i + 4])[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn: frame header
-            h, w = struct.unpack(">HH", b[i + 5:i + 9])
-            return w, h
-        i += 2 + length
-    return None
-
-
-def _bmp(b):
-    if len(b) < 26:
-        return None
-    dib = struct.unpack("<I", b[14:18])[0]
-    if dib == 12:  # BITMAPCOREHEADER: 16-bit sizes
-        return struct.unpack("<HH", b[18:22])
-    w, h = struct.unpack("<ii", b[18:26])
-    return abs(w), abs(h)  # a negative height means top-down rows
-
-
-def _tiff(b):
-    endian = "<" if bytes(b[:2]) == b"II" else ">"
-    if struct.unpack(endian + "H", b[2:4])[0] != 42:
-        return None  # BigTIFF (43) and others: unknown
-    offset = struct.unpack(endian + "I", b[4:8])[0]
-    if offset + 2 > len(b):
-        return None
-    n = struct.unpack(endian + "H", b[offset:offset + 2])[0]
-    size = {}
-    for k in range(n):
-        e = offset + 2 + 12 * k
-        if e + 12 > len(b):
-            return None
-        tag, typ = struct.unpack(endian + "HH", b[e:e + 4])
-        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT (3) or LONG (4)
-            size[tag] = struct.unpack(endian + ("H" if typ == 3 else "I"), b[e + 8:e + 10 if typ == 3 else e + 12])[0]
-    return (size[256], size[257]) if len(size) == 2 else None
-
-
-def header_size(data):
-    """(width, height) from a PNG/JPEG/BMP/TIFF file's bytes (any buffer; only the header is parsed, nothing is
-    decoded); None when the format is unknown or the header is unreadable."""
-    b = memoryview(data).cast("B")
-    head = bytes(b[:8])
-    try:
-        if head.startswith(b"\x89PNG\r\n\x1a\n"):
-            return _png(b)
-        if head.startswith(b"\xff\xd8"):
-            return _jpeg(b)
-        if head.startswith(b"BM"):
-            return _bmp(b)
-        if head[:4] in (b"II*\x00", b"MM\x00*"):
-            return _tiff(b)
-    except struct.error:
-        return None
-    return None
-
-
-def check_pixels(path, data, max_pixels=DEFAULT_MAX_PIXELS):
-    """ValueError naming the file when its header is unknown or it holds more than `max_pixels` pixels."""
-    size = header_size(data)
-    if size is None:
-        raise ValueError(f"cannot read image file {path} (not a readable PNG, JPEG, BMP or TIFF header)")
-    w, h = size
-    if w * h > max_pixels:
-        raise ValueError(f"image {path} is {w}x{h} = {w * h / 1e6:.1f} megapixels, above the limit of "
-                         f"{max_pixels / 1e6:.1f} (raise it with --max_pixels)")
-    return size
 
 
 def crops_per_image(image, size):

@@ -1,120 +1,201 @@
-"""Scoring images with a trained pair: one read -> predict path for detect.py, evaluate.py, validation,
-calibration, the ONNX export and the benchmark.
-
-`Scorer` is the one scoring graph: image -> reconstruction and anomaly map (the softmax's anomaly channel); its
-`score` is the image score rule, whose parameters (kernel, top_fraction) are attributes stored in every
-checkpoint's config.
+"""Reading and scoring images with a trained pair: the one read -> predict path of detect.py, evaluate.py,
+training's validation and calibration, the ONNX export and the benchmark.
 
     detector = Detector.from_checkpoint("checkpoints/", "DRAEM_test_0.0001_20_bs8_coil_")   # load once
     result = detector.score(rgb_image)   # numpy (H, W, 3) or a batch -> score, anomaly_map, verdict per image
 
-An image is read at its checkpoint's working scale (utils/data_loader.py `read_image`) and covered with
-size x size tiles; a "square" image is exactly one tile. Where tiles overlap (by a quarter of the tile) their
-outputs are blended by a separable window that is 1 in the middle and falls off along a raised cosine over the
-overlap band (to a small positive value at the edge, so the image's own borders keep their values): a network's
-output is least reliable near a tile edge, where it sees zero padding instead of the neighbouring pixels. The
-weights are normalised, so a constant output stays constant across seams. Images smaller than a tile are padded
-(reflection, bottom and right) and the output is cropped back: never stretched.
+`read_image`, the one reader (training's too): 8/16-bit, grey/RGB/RGBA, jpg/png/bmp/tif -> float RGB in [0, 1] at
+a working scale ("square": size x size; "native": its own pixels; N: the longer side N px), after the pixel count
+in the file's header is checked against `max_pixels`. The image is covered with size x size tiles (a "square"
+image is one) that go through model/model_unet.py's `Scorer`; overlaps (a quarter of a tile) are blended by a
+raised-cosine window, normalised, since a network is least reliable near a tile edge where it sees zero padding.
+Images smaller than a tile are padded (reflection, bottom and right) and cropped back: never stretched.
 
-    >>> import torch
     >>> image = torch.rand(3, 50, 300)
     >>> out = stitch(image, lambda tiles: (tiles[:, 0], None), tile=64)
     >>> out["anomaly_map"].shape, bool(torch.allclose(out["anomaly_map"], image[0], atol=1e-6))
     (torch.Size([50, 300]), True)
 """
-import contextlib
 import logging
 import math
+import struct
 
+import cv2
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from model.feature_prior import PriorFusion
+from model.model_unet import Scorer
 from utils.checkpoint import load_pair
-from utils.data_loader import DEFAULT_MAX_PIXELS, image_to_tensor, pad_to_tile, read_image, scale_of
+from utils.config import Config
 
 log = logging.getLogger(__name__)
 
-
-SCORE_KERNEL = 21  # the authors' evaluation: mean filter 21x21, stride 1, then max
-
-
-def anomaly_map(seg_logits):
-    """Anomaly probability per pixel: softmax channel 1 of the discriminative output.
-
-    seg_logits: (B, 2, H, W) -> (B, H, W) in [0, 1].
-    """
-    return torch.softmax(seg_logits.float(), dim=1)[:, 1]
+DEFAULT_MAX_PIXELS = Config.max_pixels  # larger image files are refused from their header
+SQUARE, NATIVE = "square", "native"  # working scales; or an int N, the longer side in pixels
 
 
-def score_kernel(size, scaled=True):
-    """Mean-filter size for `size`-pixel images: the authors' 21 px at 256 px, kept at the same share of the image
-    (odd, >= 3) when `scaled`; 21 otherwise. At 128 px: 11, so a small defect is not averaged away."""
-    if not scaled:
-        return SCORE_KERNEL
-    return max(3, int(round(SCORE_KERNEL * size / 256 / 2)) * 2 + 1)
+def scale_of(config):
+    """The working scale a checkpoint config records ("square" for the authors' pairs)."""
+    scale = config.get("scale", SQUARE)
+    return scale if scale in (SQUARE, NATIVE) else int(scale)
 
 
-def image_score(amap, kernel=SCORE_KERNEL, top_fraction=0.0):
-    """Image-level score. amap: (B, H, W) -> (B,).
-
-    top_fraction 0 (the authors' rule): max of the map after a kernel x kernel mean filter (stride 1, zero
-    padding), as `avg_pool2d(..., 21, stride=1, padding=10)` then max, so a single hot pixel does not make an
-    image anomalous, but a defect of ~kernel x kernel px does.
-    top_fraction > 0: the mean of the `top_fraction` hottest pixels of the raw map (at least one pixel); it does
-    not depend on the defect's shape (a thin crack fills little of a square window).
-    """
-    if top_fraction > 0:
-        flat = amap.flatten(1)  # (B, H*W)
-        k = max(1, int(flat.shape[1] * top_fraction + 0.5))  # rounded; int() also when tracing for ONNX
-        return flat.topk(k, dim=1).values.mean(dim=1)
-    # A zero-padded box mean is separable: a k x 1 then a 1 x k mean equals the k x k one (to float rounding)
-    # at 2k instead of k*k operations per pixel.
-    pad = kernel // 2
-    smoothed = F.avg_pool2d(amap[:, None], (kernel, 1), stride=1, padding=(pad, 0))  # (B, 1, H, W)
-    smoothed = F.avg_pool2d(smoothed, (1, kernel), stride=1, padding=(0, pad))
-    return smoothed.flatten(1).max(dim=1).values
+def working_shape(height, width, scale, size):
+    """(H, W) an image of height x width pixels has at the working scale."""
+    if scale == SQUARE:
+        return size, size
+    if scale == NATIVE:
+        return height, width
+    ratio = scale / max(height, width)
+    return max(1, round(height * ratio)), max(1, round(width * ratio))
 
 
-def autocast(device, dtype):
-    """torch.autocast for `dtype` on `device`, or a no-op for fp32 (dtype None)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+def decode_image_file(path, flags, max_pixels):
+    # cv2.imread cannot open non-ASCII paths on some platforms; decoding the bytes always works.
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        return None
+    if not data.size:
+        return None
+    check_pixels(path, data, max_pixels)  # from the header, before cv2 allocates the decoded image
+    return cv2.imdecode(data, flags)
 
 
-class Scorer(nn.Module):
-    """A DRAEM module, its feature prior if any, and its score rule: images (B, 3, H, W) in [0, 1] ->
-    reconstruction (B, 3, H, W) in [0, 1] and anomaly map (B, H, W) in [0, 1], fp32; `score(maps)` -> (B,).
+def read_image(path, size=None, scale=SQUARE, max_pixels=DEFAULT_MAX_PIXELS):
+    """Read an image as a float tensor (3, H, W) in [0, 1], RGB, at a working scale (`image_to_tensor`): grey
+    replicated to 3 channels, alpha dropped, 16-bit scaled by 65535. ValueError naming the file if undecodable."""
+    img = decode_image_file(path, cv2.IMREAD_UNCHANGED, max_pixels)
+    if img is None or img.ndim not in (2, 3):
+        raise ValueError(f"cannot read image file {path}")
+    return image_to_tensor(img, size, bgr=True, scale=scale)
 
-    kernel, top_fraction: `image_score`'s rule; amp_dtype: autocast of the networks (None: fp32). The map and the
-    score are always computed in fp32. prior: a model.feature_prior.PriorFusion, whose fused map (DRAEM's map and
-    the feature novelty, model/feature_prior.py `fuse`) replaces DRAEM's; None: DRAEM's map as it is.
-    """
 
-    def __init__(self, draem, kernel=SCORE_KERNEL, top_fraction=0.0, amp_dtype=None, prior=None):
-        super().__init__()
-        self.draem, self.kernel, self.top_fraction, self.amp_dtype = draem, kernel, top_fraction, amp_dtype
-        self.prior = prior
+def image_to_tensor(img, size=None, bgr=False, scale=SQUARE):
+    """An image array (H, W) or (H, W, 1|3|4), uint8 / uint16 / float in [0, 1] -> float tensor (3, H, W) in
+    [0, 1], RGB, at the working scale (`working_shape`: (size, size) for "square"; no size: its own pixels),
+    resized by area in the array's own dtype.
+    bgr: the channels are in OpenCV's order (as cv2.imread gives)."""
+    img = np.asarray(img)
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"expected an image array (H, W) or (H, W, 1|3|4), got shape {img.shape}")
+    norm = 65535.0 if img.dtype == np.uint16 else 255.0
+    if img.dtype not in (np.uint8, np.uint16):  # float TIFFs etc.: assume [0, 1]
+        img, norm = img.astype(np.float32), 1.0
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    elif img.shape[2] == 1:
+        img = cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB)
+    elif bgr:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    h, w = working_shape(*img.shape[:2], NATIVE if size is None else scale, size)
+    if (h, w) != img.shape[:2]:
+        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+    img = img.astype(np.float32)
+    img /= norm  # in place: a large image is not copied twice more
+    np.clip(img, 0.0, 1.0, out=img)
+    return torch.from_numpy(img).permute(2, 0, 1).contiguous()
 
-    @classmethod
-    def from_config(cls, draem, config, amp_dtype=None, prior=None):
-        """The rule a checkpoint's config records (the authors' pairs: 21 px, max of the filtered map)."""
-        return cls(draem, int(config.get("score_kernel", SCORE_KERNEL)),
-                   float(config.get("score_top_fraction", 0.0)), amp_dtype, prior)
 
-    def forward(self, images):
-        with autocast(images.device, self.amp_dtype):
-            rec, logits = self.draem(images)
-        amap = anomaly_map(logits)  # fp32 softmax
-        if self.prior is not None:
-            amap = self.prior(images.float(), amap)
-        return rec.float().clamp(0, 1), amap
+def pad_to_tile(image, tile):
+    """(C, H, W) -> (C, max(H, tile), max(W, tile)): reflection at the bottom and right, so the original
+    pixels keep their coordinates. Works for any dtype; repeats the reflection when the image is tiny."""
+    h, w = image.shape[-2:]
+    pad_h, pad_w = max(0, tile - h), max(0, tile - w)
+    if not pad_h and not pad_w:
+        return image
+    mode = "reflect" if min(h, w) > 1 else "edge"  # a 1-pixel side has nothing to reflect
+    padded = np.pad(image.numpy(), ((0, 0), (0, pad_h), (0, pad_w)), mode=mode)
+    return torch.from_numpy(padded)
 
-    def score(self, maps):
-        return image_score(maps, self.kernel, self.top_fraction)
+
+def _png(b):
+    if len(b) >= 24 and bytes(b[12:16]) == b"IHDR":
+        return struct.unpack(">II", b[16:24])
+    return None
+
+
+def _jpeg(b):
+    i = 2
+    while i + 9 <= len(b):
+        if b[i] != 0xFF:
+            return None
+        marker = b[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD9)):  # markers without a length
+            i += 2
+            continue
+        length = struct.unpack(">H", b[i + 2:i + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn: frame header
+            h, w = struct.unpack(">HH", b[i + 5:i + 9])
+            return w, h
+        i += 2 + length
+    return None
+
+
+def _bmp(b):
+    if len(b) < 26:
+        return None
+    dib = struct.unpack("<I", b[14:18])[0]
+    if dib == 12:  # BITMAPCOREHEADER: 16-bit sizes
+        return struct.unpack("<HH", b[18:22])
+    w, h = struct.unpack("<ii", b[18:26])
+    return abs(w), abs(h)  # a negative height means top-down rows
+
+
+def _tiff(b):
+    endian = "<" if bytes(b[:2]) == b"II" else ">"
+    if struct.unpack(endian + "H", b[2:4])[0] != 42:
+        return None  # BigTIFF (43) and others: unknown
+    offset = struct.unpack(endian + "I", b[4:8])[0]
+    if offset + 2 > len(b):
+        return None
+    n = struct.unpack(endian + "H", b[offset:offset + 2])[0]
+    size = {}
+    for k in range(n):
+        e = offset + 2 + 12 * k
+        if e + 12 > len(b):
+            return None
+        tag, typ = struct.unpack(endian + "HH", b[e:e + 4])
+        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT (3) or LONG (4)
+            size[tag] = struct.unpack(endian + ("H" if typ == 3 else "I"), b[e + 8:e + 10 if typ == 3 else e + 12])[0]
+    return (size[256], size[257]) if len(size) == 2 else None
+
+
+def header_size(data):
+    """(width, height) from a PNG/JPEG/BMP/TIFF file's bytes (any buffer; only the header is parsed, nothing is
+    decoded); None when the format is unknown or the header is unreadable."""
+    b = memoryview(data).cast("B")
+    head = bytes(b[:8])
+    try:
+        if head.startswith(b"\x89PNG\r\n\x1a\n"):
+            return _png(b)
+        if head.startswith(b"\xff\xd8"):
+            return _jpeg(b)
+        if head.startswith(b"BM"):
+            return _bmp(b)
+        if head[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff(b)
+    except struct.error:
+        return None
+    return None
+
+
+def check_pixels(path, data, max_pixels=DEFAULT_MAX_PIXELS):
+    """ValueError naming the file when its header is unknown or it holds more than `max_pixels` pixels."""
+    size = header_size(data)
+    if size is None:
+        raise ValueError(f"cannot read image file {path} (not a readable PNG, JPEG, BMP or TIFF header)")
+    w, h = size
+    if w * h > max_pixels:
+        raise ValueError(f"image {path} is {w}x{h} = {w * h / 1e6:.1f} megapixels, above the limit of "
+                         f"{max_pixels / 1e6:.1f} (raise it with --max_pixels)")
+    return size
 
 
 def default_overlap(tile):
@@ -194,10 +275,9 @@ class _Canvas:
 def stitch(image, tile_fn, tile, overlap=None, tile_batch=16, with_reconstruction=False, device=None):
     """Run `tile_fn` on the tiles of `image` (3, H, W) and blend the outputs into whole-image maps.
 
-    tile_fn: tiles (B, 3, tile, tile) on `device` -> (anomaly maps (B, tile, tile), reconstructions or None).
-    Only `tile_batch` tiles are on the device at a time. Returns {"anomaly_map": (H, W), "reconstruction":
-    (3, H, W) or None}, fp32 on `device` (default: the CPU).
-    """
+    tile_fn: tiles (B, 3, tile, tile) on `device` -> (anomaly maps (B, tile, tile), reconstructions or None), at
+    most `tile_batch` tiles at a time. Returns {"anomaly_map": (H, W), "reconstruction": (3, H, W) or None}, fp32
+    on `device` (default: the CPU)."""
     return stitch_all([image], tile_fn, tile, overlap, tile_batch, with_reconstruction, device)[0]
 
 
@@ -276,16 +356,12 @@ class Detector:
         return predict(self.scorer, list(images), self.size, self.device, self.bs, with_reconstruction)
 
     def verdict(self, score):
-        if self.threshold is None:
-            return "n/a"
-        return "NG" if score > self.threshold else "OK"
+        return "n/a" if self.threshold is None else "NG" if score > self.threshold else "OK"
 
     def score(self, images):
-        """Numpy images in, numpy results out: one image (H, W) / (H, W, 1|3|4), or a batch (a list of such, or
-        an (N, H, W, C) array), RGB, uint8 / uint16 / float in [0, 1], any size (brought to the working scale as
-        detect.py does). Returns dict(score (N,) float32, anomaly_map: a list of (H, W) float32 maps at the working
-        scale, verdict [N x "OK" / "NG" / "n/a"]), one entry per image, also for a single image.
-        """
+        """Numpy in, numpy out: one RGB image (H, W) / (H, W, 1|3|4), uint8 / uint16 / float in [0, 1], any size,
+        or a batch (a list, or (N, H, W, C)) -> dict(score (N,) float32, anomaly_map: a list of (H, W) float32 at
+        the working scale, verdict [N x "OK" / "NG" / "n/a"]), one entry per image, also for a single image."""
         single = isinstance(images, np.ndarray) and (images.ndim == 2 or (images.ndim == 3 and images.shape[2] <= 4))
         tensors = [image_to_tensor(im, self.size, scale=self.scale) for im in ([images] if single else images)]
         out = self.predict(tensors, with_reconstruction=False)

@@ -24,9 +24,10 @@ from model.feature_prior import REDUCED_CHANNELS, PriorFusion, TailEvidence, fit
 from utils.checkpoint import base_model_name, load_resume_state, resume_path, save_pair, save_resume_state
 from utils.cli import UsageError, display_name, distributed_env, progress, resolve_amp, seed_everything
 from utils.config import Config
-from utils.data_loader import (SQUARE, RandomCrops, is_grayscale, list_images, load_images, load_images_at_scale,
-                               split_files, validation_crops)
-from utils.detector import Scorer, autocast, image_scores, raw_maps, score_kernel
+from utils.data_loader import (RandomCrops, is_grayscale, list_images, load_images, load_images_at_scale, split_files,
+                               validation_crops)
+from utils.detector import SQUARE, image_scores, raw_maps
+from model.model_unet import Scorer, autocast, score_kernel
 from utils.evaluation import build_validation, calibrate_threshold, validate
 from utils.loss import DraemLoss
 from utils.schedule import PLAN_AFTER_STEPS, Budget, make_optimizer, replan, should_stop

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from utils.cli import probability
-from utils.data_loader import list_images, read_image
+from utils.data_loader import list_images
+from utils.detector import read_image
 from utils.perlin import perlin_noise, random_perlin_scales
 from utils.synthesis.textures import (augment_textures_, load_texture_bank, luminance, procedural_textures, rand,
                                       randint, rotate, uniform)
