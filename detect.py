@@ -25,12 +25,11 @@ import logging
 import sys
 from pathlib import Path
 
-from utils.checkpoint import newest_complete_pair
+from utils.checkpoint import atomic_open, newest_complete_pair
 from utils.data_loader import list_images
 from utils.detector import NATIVE, Detector, read_image
 from utils.demo_data import DEMO_ROOT
-from utils.files import (atomic_open, check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside,
-                         tidy_output_folders)
+from utils.files import check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside, tidy_output_folders
 from utils.visualize import (MAP_FILES, PAGE_NAME, PageRow, map_output_paths, overlay, save_map_outputs, save_panels,
                              write_results_page, write_thumbnail)
 

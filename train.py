@@ -25,14 +25,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from utils.checkpoint import base_model_name, hold_checkpoint_names
+from utils.checkpoint import base_model_name
+from utils.files import check_output_dir, hold_checkpoint_names, refuse_inside
 from utils.config import FIELDS, PHOTOMETRIC, PRESETS, Config
 from utils.data_loader import resolve_classes
 from utils.demo_data import DEMO_ROOT, make_demo_dataset
 from utils.detector import Detector
 from utils.engine import Diverged, train_class
 from utils.evaluation import evaluate_class, results_text
-from utils.files import check_output_dir, refuse_inside
 from utils.synthesis.simulation import parse_kinds
 
 log = logging.getLogger("train")

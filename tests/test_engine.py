@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from model import DRAEM
-from utils.checkpoint import load_resume_state, save_resume_state
+from utils.files import load_resume_state, save_resume_state
 from tests.conftest import write_images
 from utils.config import Config
 from utils.engine import Diverged, TrainState, loss_values, run_epochs, setup_run

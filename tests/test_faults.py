@@ -23,10 +23,11 @@ import evaluate
 from model import DRAEM
 from tests.conftest import write_images
 from utils import files
-from utils.checkpoint import NameLock, current_paths, load_pair, lock_names, newest_complete_pair, pair_paths, save_pair
+from utils.checkpoint import (TEMP_RE, atomic_write_bytes, current_paths, load_pair, newest_complete_pair, pair_paths,
+                              save_pair)
+from utils.files import NameLock, lock_names, recover
 from utils.cli import UsageError
 from utils.detector import read_image
-from utils.files import TEMP_RE, atomic_write_bytes, recover
 
 CONFIG = {"size": 32, "rec_base_width": 4, "seg_base_width": 2, "in_channels": 3, "grayscale": False}
 CALIB = {"threshold": 0.5, "rule": "test"}

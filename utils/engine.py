@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from model import DRAEM
 from model.feature_prior import REDUCED_CHANNELS, PriorFusion, TailEvidence, fit_prior
-from utils.checkpoint import base_model_name, load_resume_state, resume_path, save_pair, save_resume_state
+from utils.checkpoint import base_model_name, save_pair
+from utils.files import load_resume_state, resume_path, save_resume_state
 from utils.cli import UsageError, display_name, distributed_env, progress, resolve_amp, seed_everything
 from utils.config import Config
 from utils.data_loader import (RandomCrops, is_grayscale, list_images, load_images, load_images_at_scale, split_files,

@@ -17,12 +17,12 @@ import torch
 from scipy import optimize, stats
 from torch.utils.data import DataLoader
 
-from utils.checkpoint import hold_checkpoint_names, load_pair, run_name, save_pair
+from utils.checkpoint import atomic_open, atomic_write_bytes, load_pair, save_pair
+from utils.files import check_output_dir, check_output_file, hold_checkpoint_names, run_name
 from utils.cli import display_name, progress
 from utils.config import Config
 from utils.data_loader import MVTecTestDataset
 from utils.detector import predict
-from utils.files import atomic_open, atomic_write_bytes, check_output_dir, check_output_file
 from utils.metrics import METRIC_NAMES, drop_pixel_metrics, format_table, image_auroc, per_type_metrics, pixel_ap
 from utils.visualize import PageRow, overlay, save_panels, write_thumbnail
 

@@ -23,7 +23,7 @@ import torch.nn as nn
 from utils.cli import UsageError
 from utils.detector import stitch
 from model.model_unet import SCORE_KERNEL, Scorer, image_score
-from utils.files import atomic_write_bytes
+from utils.checkpoint import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -1,221 +1,36 @@
-"""Atomic file writes, singly or as a group (a checkpoint pair), cleanup of what a killed writer left, and the
-output rules: outputs are checked before any work and never replace an input file or land inside an input folder.
+"""The writers' side: recovery after a kill, the one-writer-per-pair-name lock, the resumable state, and the
+output rules. How files are written (atomically, singly or as a group) is utils/checkpoint.py.
 
-One file: written under a short temp name in the same folder (`.draem-<12 hex>.tmp`, so the temp name never
-makes a valid output name too long), fsynced, then `os.replace`d over the target. A crash leaves the old file
-or the new one, never half of one.
-
-A group of files (`atomic_group`): every new file is written under its own temp name and fsynced; then a small
-journal (`.draem-commit-<16 hex>.json`: the list of temp -> target moves) is written
-atomically: that is the commit point. Then each temp file replaces its target and the journal is removed.
-After a crash at any moment:
-- before the journal exists: only temp files were written; the targets hold the complete old group;
-- after it: `recover(folder)` (run by writers only) replays the journal's moves that have not happened yet, so
-  the targets hold the complete new group; readers read the new group through `pending_moves` without moving
-  anything.
-While a temp file is being written or waits in a group, its writer holds an flock on it; `recover` deletes
-only temp files of our own pattern that nobody holds (the writer died) and that are not named by a journal.
+- `recover(folder)` (writers only: train.py, recalibration) finishes committed group writes a crash left
+  unfinished and deletes temp files of ours that no live writer holds; `tidy_output_folders` does the latter in
+  output folders before detect.py or evaluate.py write there.
+- `hold_checkpoint_names` holds a lock file per pair name, so two runs never write one pair.
+- `{base}_resume.pt` (RESUME_KEYS): the state dicts of the model, optimizer and scheduler, both random generators'
+  states, and the progress: epoch to restart at, step, best validation score, run folder.
+- Outputs are checked before any work and never replace an input file or land inside an input folder.
 """
 import contextlib
 import errno
-import json
+import hashlib
 import logging
 import os
-import re
-import secrets
 import time
 from pathlib import Path
 
+import torch
+
+from utils.checkpoint import (JOURNAL_RE, TEMP_RE, atomic_open, lock_fd, mtime, new_temp_file, pending_moves,
+                              roll_forward, safe_load, same_file)
 from utils.cli import UsageError
 
 try:
     import fcntl
-except ImportError:  # Windows: no flock; temp files of live writers are then told apart by age only
+except ImportError:  # Windows: no flock; temp files of live writers are told apart by age, one writer unchecked
     fcntl = None
 
 log = logging.getLogger(__name__)
 
-TEMP_RE = re.compile(r"^\.draem-[0-9a-f]{12}\.tmp$")
-JOURNAL_RE = re.compile(r"^\.draem-commit-[0-9a-f]{16}\.json$")
 UNLOCKED_TEMP_AGE_S = 3600.0  # without flock (Windows), a temp file this old is taken for a dead writer's
-
-
-class WriteError(OSError):
-    """An OS error while writing an output file (disk full, file-size limit, permissions, long name).
-
-    `str()` is one line naming the target file (not the temp file it was written through).
-    """
-
-    def __init__(self, path, err):
-        super().__init__(err.errno, err.strerror or str(err), str(path))
-        self.path = Path(path)
-
-    def __str__(self):
-        return f"cannot write {self.path}: {self.strerror}"
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _lock(fd, blocking=True):
-    if fcntl is not None:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-
-
-def _fsync_dir(folder):
-    with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened and synced
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def new_temp_file(folder):
-    """(fd, path) of a new locked temp file in `folder` with ordinary permissions."""
-    while True:
-        tmp = Path(folder) / f".draem-{secrets.token_hex(6)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_umask())
-        except FileExistsError:
-            continue
-        _lock(fd)
-        if _same_file(tmp, fd):
-            return fd, tmp
-        os.close(fd)  # a cleaner removed it between our create and our lock: take another name
-
-
-def _same_file(path, fd):
-    try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        return False
-
-
-def _os_error_of(exc):
-    """The OSError behind `exc` (torch.save wraps a failed write in a RuntimeError), or None."""
-    while exc is not None and not isinstance(exc, OSError):
-        exc = exc.__cause__ if exc.__cause__ is not None else (None if exc.__suppress_context__ else exc.__context__)
-    return exc
-
-
-class _Temp:
-    """A temp file being written: removed on failure unless a committed journal names it (`keep`)."""
-
-    def __init__(self, path):
-        self.path, self.keep = path, False
-
-
-@contextlib.contextmanager
-def _temp_file(path, mode, **kwargs):
-    """Yields (file object, _Temp) for `path`; the file is flushed and fsynced, still open and locked."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = new_temp_file(path.parent)
-    except OSError as e:
-        raise WriteError(path, e) from None
-    temp = _Temp(tmp)
-    try:
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f, temp
-    except BaseException as e:
-        if not temp.keep:
-            tmp.unlink(missing_ok=True)
-        os_error = _os_error_of(e)
-        if os_error is not None and not isinstance(os_error, WriteError):
-            raise WriteError(path, os_error) from None
-        raise
-
-
-def _sync(f):
-    f.flush()
-    os.fsync(f.fileno())
-
-
-@contextlib.contextmanager
-def atomic_open(path, mode="wb", **kwargs):
-    """`with atomic_open(p, "w") as f: ...` writes p only if the block completes; parents are created.
-
-    OS errors (ENOSPC, EFBIG, EACCES, ENAMETOOLONG ...) are raised as WriteError naming `p`.
-    """
-    with _temp_file(path, mode, **kwargs) as (f, temp):
-        yield f
-        _sync(f)
-        os.replace(temp.path, path)  # while still locked: a cleaner never sees it unlocked before the move
-    _fsync_dir(Path(path).parent)
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    with atomic_open(path, "wb") as f:
-        f.write(data)
-
-
-def atomic_group(targets, write_one):
-    """Write several files in one folder as a unit: all old or all new after a crash at any moment.
-
-    targets: paths in one folder; write_one(binary file, index) writes the content of targets[index].
-    """
-    targets = [Path(t) for t in targets]
-    folder = targets[0].parent
-    if any(t.parent != folder for t in targets):
-        raise ValueError("atomic_group: all targets must be in one folder")
-    with contextlib.ExitStack() as stack:
-        temps = []
-        for i, target in enumerate(targets):
-            f, temp = stack.enter_context(_temp_file(target, "wb"))
-            write_one(f, i)
-            _sync(f)
-            temps.append(temp)
-        journal = folder / f".draem-commit-{secrets.token_hex(8)}.json"  # unique: a reader removes only the one it read
-        moves = [[temp.path.name, t.name] for temp, t in zip(temps, targets)]
-        atomic_write_bytes(journal, json.dumps({"moves": moves}).encode())  # the commit point
-        for temp in temps:
-            temp.keep = True  # committed: from now on the group is completed, never undone
-        _apply(journal, moves)
-    return targets
-
-
-def _is_bare_target(name):
-    """A plain file name in the folder itself: no separator, not `.`/`..`, not one of our hidden names."""
-    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
-            and not name.startswith(".draem-"))
-
-
-def journal_moves(journal):
-    """[[temp name, target name], ...] of one of our journals; ValueError when it is not one (a move that names
-    anything but our temp file and a plain name in the same folder: never followed)."""
-    moves = json.loads(journal.read_text()).get("moves")
-    ok = isinstance(moves, list) and all(
-        isinstance(m, list) and len(m) == 2 and isinstance(m[0], str) and TEMP_RE.match(m[0])
-        and _is_bare_target(m[1]) for m in moves)
-    if not ok or len({m[1] for m in moves}) != len(moves):
-        raise ValueError(f"{journal}: not one of our commit journals")
-    return moves
-
-
-def _roll_forward(journal):
-    """Apply a committed journal's moves (those not done yet), then remove it. Idempotent."""
-    return _apply(journal, journal_moves(journal))
-
-
-def _apply(journal, moves):
-    for tmp_name, target_name in moves:
-        with contextlib.suppress(FileNotFoundError):  # already moved (by us or by a concurrent recover)
-            os.replace(journal.parent / tmp_name, journal.parent / target_name)
-    _fsync_dir(journal.parent)
-    journal.unlink(missing_ok=True)
-    return [journal.parent / t for _, t in moves]
-
-
-def _mtime(path):
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
 
 
 def _remove_if_abandoned(path):
@@ -233,7 +48,7 @@ def _remove_if_abandoned(path):
     except FileNotFoundError:
         return False
     try:
-        _lock(fd, blocking=False)
+        lock_fd(fd, blocking=False)
     except OSError as e:
         os.close(fd)
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
@@ -244,20 +59,6 @@ def _remove_if_abandoned(path):
     finally:
         os.close(fd)
     return True
-
-
-def pending_moves(folder):
-    """{target path: temp path} of committed group writes in `folder` not finished yet (a writer died between the
-    commit and the moves). Changes nothing: readers use it to see the committed files."""
-    moves = {}
-    folder = Path(folder)
-    with contextlib.suppress(OSError):
-        for journal in sorted((p for p in folder.iterdir() if JOURNAL_RE.match(p.name)), key=_mtime):
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                for tmp_name, target_name in journal_moves(journal):
-                    if (folder / tmp_name).is_file():
-                        moves[folder / target_name] = folder / tmp_name
-    return moves
 
 
 def recover(folder):
@@ -271,9 +72,9 @@ def recover(folder):
         return [], []
     completed = []
     journals = [p for p in folder.iterdir() if JOURNAL_RE.match(p.name)]
-    for journal in sorted(journals, key=_mtime):  # oldest commit first
+    for journal in sorted(journals, key=mtime):  # oldest commit first
         try:
-            completed += _roll_forward(journal)
+            completed += roll_forward(journal)
         except FileNotFoundError:
             pass  # its writer finished it meanwhile
         except (ValueError, AttributeError):  # not one of ours: journals are written atomically
@@ -300,10 +101,6 @@ def tidy_output_folders(folders):
             removed = _remove_abandoned(folder, keep=set(pending_moves(folder).values()))
             if removed:
                 log.info("%s: removed %d leftover temp file(s)", folder, len(removed))
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_MARK = b"Software\x00DRAEM"
 
 
 def _nearest_existing(path):
@@ -367,3 +164,134 @@ def refuse_inside(output, folder, out_flag="--output_path", in_flag="--image_pat
     if out == src or src in out.parents:
         raise UsageError(f"{out_flag} {output} is inside the input folder {in_flag} {folder}: its files would "
                          f"replace or join the inputs; choose a folder outside it")
+
+
+RESUME_KEYS = ("model", "optimizer", "scheduler", "loader_gen", "synth_gen", "epoch", "step", "best", "run_dir")
+
+
+def resume_path(checkpoint_path, base):
+    return Path(checkpoint_path) / f"{base}_resume.pt"
+
+
+def atomic_save(obj, path):
+    """torch.save via a temp file + os.replace: never a half-written checkpoint."""
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def save_resume_state(path, state):
+    """Write the resumable state of a run. `state`: a utils.engine.TrainState (model unwrapped from DDP)."""
+    atomic_save({"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+                 "scheduler": state.scheduler.state_dict(), "loader_gen": state.loader_gen.get_state(),
+                 "synth_gen": state.synth_gen.get_state().cpu(), "epoch": state.epoch, "step": state.step,
+                 "best": state.best, "run_dir": state.run_dir}, path)
+
+
+def load_resume_state(path, state):
+    """Restore `state` (freshly built for the same run) in place from save_resume_state's file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--resume: no resumable state {path}")
+    saved = safe_load(path)
+    missing = [k for k in RESUME_KEYS if k not in saved] if isinstance(saved, dict) else list(RESUME_KEYS)
+    if missing:
+        raise UsageError(f"--resume: {path} is not a resumable state (missing {', '.join(missing)})")
+    try:
+        state.model.load_state_dict(saved["model"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+    except (RuntimeError, ValueError):  # other --rec_base_width / --seg_base_width than the saved run
+        raise UsageError(f"--resume: {path} does not fit this run's networks (saved with other --rec_base_width "
+                         f"/ --seg_base_width); use the run's flags or start without --resume") from None
+    state.scheduler.load_state_dict(saved["scheduler"])
+    state.loader_gen.set_state(saved["loader_gen"])
+    state.synth_gen.set_state(saved["synth_gen"].to(state.synth_gen.get_state().device))
+    state.epoch, state.step, state.best, state.run_dir = (saved[k] for k in ("epoch", "step", "best", "run_dir"))
+    return state
+
+
+def run_name(base):
+    """The name a training run holds for the pair `base`: a run named N writes the pairs N and N + "last"."""
+    return base[: -len("last")] if base.endswith("last") else base
+
+
+def lock_path(folder, name):
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return Path(folder) / f".draem-lock-{digest}"
+
+
+def _holder(path):
+    with contextlib.suppress(OSError, ValueError):
+        pid, _, name = path.read_text().partition(" ")
+        return int(pid), name.strip()
+    return None, ""
+
+
+class NameLock:
+    """`with NameLock(folder, name, "train.py"): ...` holds `name` in `folder` or raises UsageError at once."""
+
+    def __init__(self, folder, name):
+        self.path, self.name, self.fd = lock_path(folder, name), name, None
+
+    def acquire(self):
+        if fcntl is None:
+            return self
+        while True:  # the file may be unlinked by its releasing holder between our open and our flock
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise UsageError(f"--checkpoint_path {self.path.parent}: cannot write in it ({e.strerror})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                pid, _ = _holder(self.path)
+                who = f"process {pid}" if pid else "another process"
+                raise UsageError(f"{self.name} in {self.path.parent} is being written by {who} (another "
+                                 f"train.py or evaluate.py --recalibrate); wait for it to end or use another --checkpoint_path") from None
+            if same_file(self.path, fd):
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {self.name}\n".encode("utf-8", "surrogateescape"))
+        self.fd = fd
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # unlinked while locked: a waiting opener retries (same_file)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def lock_names(folder, names):
+    """An ExitStack holding every name in `names` (all or none: a refused name releases those taken)."""
+    stack = contextlib.ExitStack()
+    with contextlib.ExitStack() as taking:
+        for name in names:
+            taking.enter_context(NameLock(folder, name))
+        stack.push(taking.pop_all())
+    return stack
+
+
+def hold_checkpoint_names(checkpoint_path, names, log_path=None):
+    """A run's start: create the checkpoint folder, hold every checkpoint name in it (UsageError naming the
+    running process when another run holds one), then finish or remove what killed runs of these names left
+    (there and in their run folders under `log_path`). Returns the ExitStack holding the locks."""
+    folder = Path(checkpoint_path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--checkpoint_path {folder}: cannot create it ({e.strerror})") from None
+    stack = lock_names(folder, names)
+    recover(folder)
+    if log_path is not None and Path(log_path).is_dir():
+        for run_dir in Path(log_path).iterdir():
+            if run_dir.is_dir() and any(run_dir.name == n or run_dir.name.startswith(n + "_") for n in names):
+                recover(run_dir)
+    return stack

@@ -23,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from utils.cli import display_name
-from utils.files import atomic_write_bytes
+from utils.checkpoint import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from utils.files import atomic_write_bytes
+from utils.checkpoint import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
