@@ -8,11 +8,11 @@ Each block is an `nn.Sequential` whose indices (0 conv, 1 BN, 2 ReLU, 3 conv, 4 
 parameter names, which is why the parts below are Sequentials and not custom modules.
 """
 import contextlib
+import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import math
 
 
 def double_conv(c_in, c_out, c_mid=None):
