@@ -5,7 +5,7 @@
 
 `Run` is what a run builds once (data, synthesiser, loader, validation set, logger); `TrainState` is what changes
 and what `--resume` restores (model, optimizer, schedule, generators, step, best score), saved by
-utils/checkpoint.py. `settings` is a utils.config.Config.
+utils/files.py (`save_resume_state`). `settings` is a utils.config.Config.
 """
 import logging
 import math
