@@ -48,6 +48,7 @@ class Config:
     bs: int = 8
     epochs: int = 20
     max_minutes: float | None = None
+    fill_budget: bool = False  # True: --max_minutes alone ends the run (train.py: no --epochs given); epochs names it
     amp: str = "auto"
     channels_last: bool = False
     seed: int = 0

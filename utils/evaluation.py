@@ -23,7 +23,8 @@ from utils.cli import display_name, progress
 from utils.config import Config
 from utils.data_loader import MVTecTestDataset
 from utils.detector import predict
-from utils.metrics import METRIC_NAMES, drop_pixel_metrics, format_table, image_auroc, per_type_metrics, pixel_ap
+from utils.metrics import (METRIC_NAMES, drop_pixel_metrics, format_table, image_auroc, per_type_metrics, pixel_ap,
+                           reconstruction_r2)
 from utils.visualize import PageRow, overlay, save_panels, write_thumbnail
 
 log = logging.getLogger(__name__)
@@ -145,17 +146,19 @@ def calibrate_threshold(normal_scores, target_false_reject):
 
 
 def validate(scorer, val, bs, target_false_reject, prior=None, novelty=None):
-    """Image AUROC and pixel AP on the synthetic validation set, plus the calibration from its normal half.
+    """Image AUROC and pixel AP on the synthetic validation set, the reconstruction's R² on its good images (mean
+    and min, utils/metrics.py `reconstruction_r2`), plus the calibration from its normal half.
 
     Scored in fp32 whatever the training precision: the threshold must fit the scores detect.py computes.
     scorer: DRAEM alone; prior (PriorFusion) and novelty (its maps of val["images"], which are fixed, so computed
     once per run): the DRAEM maps are fused as the Scorer with this prior fuses them (one tile per image).
     """
     scorer.eval()
-    images, tile = val["images"], val["images"].shape[-1]
-    scores, maps = [], []
+    images, tile, n_normal = val["images"], val["images"].shape[-1], val["n_normal"]
+    scores, maps, recs = [], [], []
     for i in range(0, len(images), bs):
-        out = predict(scorer, list(images[i:i + bs]), tile, images.device, bs, with_reconstruction=False)
+        out = predict(scorer, list(images[i:i + bs]), tile, images.device, bs, with_reconstruction=i < n_normal)
+        recs += [r.cpu() for r in out["reconstruction"][:max(0, n_normal - i)]]  # (3, S, S) of the good images
         batch = torch.stack(out["anomaly_map"])  # (B, S, S)
         if prior is not None:
             with torch.inference_mode():
@@ -165,8 +168,11 @@ def validate(scorer, val, bs, target_false_reject, prior=None, novelty=None):
     scorer.train()
     scores, maps = torch.stack(scores), torch.stack(maps)
     labels, masks = val["labels"].cpu().numpy(), val["masks"][:, 0].cpu().numpy()
-    return ({"val_image_auroc": image_auroc(labels, scores.numpy()), "val_pixel_ap": pixel_ap(masks, maps.numpy())},
-            calibrate_threshold(scores[:val["n_normal"]], target_false_reject))
+    r2 = reconstruction_r2(torch.stack(recs), images[:n_normal].cpu())  # (n_normal,)
+    r2 = r2[np.isfinite(r2)]  # a flat image has no variance to explain
+    rec = {"val_rec_r2": float(r2.mean()), "val_rec_r2_min": float(r2.min())} if r2.size else {}
+    return ({"val_image_auroc": image_auroc(labels, scores.numpy()), "val_pixel_ap": pixel_ap(masks, maps.numpy()),
+             **rec}, calibrate_threshold(scores[:n_normal], target_false_reject))
 
 
 def _scores(x):
