@@ -371,7 +371,8 @@ def train_epoch(run, state, t0):
             if run.is_main:
                 log.info("step %d  %s", state.step, validation_text(row))
         if late:
-            log.info("the run ends after %d steps (--max_minutes %s)", state.step, settings.max_minutes)
+            log.info("the run ends after %d steps, %.0fs of its %.0fs (--max_minutes %s)", state.step,
+                     run.budget.clock() - run.budget.start, run.budget.seconds, settings.max_minutes)
             raise OutOfTime
     return progress_row(state, state.epoch + 1, sums, max(n, 1), t0)
 
