@@ -12,10 +12,11 @@ Folder mode also writes index.html, the results page (utils/visualize.py), with 
 image under thumbs/. --save_maps adds, beside each picture, the raw anomaly map (16-bit PNG at the input's size),
 the defect mask at the stored threshold (0/255) and the overlay alone (utils/visualize.py).
 """
-from utils.cli import (UsageError, add_inference_flags, add_max_pixels_flag, display_name, exit_quietly_on_signals,
-                       progress, resolve_amp, run_script, select_device)
+from utils.cli import (UsageError, add_inference_flags, add_max_pixels_flag, be_a_fair_neighbour, display_name,
+                       exit_quietly_on_signals, progress, resolve_amp, run_script, select_device)
 
 exit_quietly_on_signals("detect.py", __name__)  # a signal during the imports below: one line
+be_a_fair_neighbour(__name__)  # before torch: OpenMP threads that sleep while they wait
 
 import argparse
 import contextlib
@@ -25,13 +26,13 @@ import logging
 import sys
 from pathlib import Path
 
-from utils.checkpoint import atomic_open, newest_complete_pair
+from utils.checkpoint import atomic_open, find_pair, newest_complete_pair
 from utils.data_loader import list_images
-from utils.detector import NATIVE, Detector, read_image
+from utils.detector import NATIVE, Detector, read_image, special_file_kind
 from utils.demo_data import DEMO_ROOT
 from utils.files import check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside, tidy_output_folders
 from utils.visualize import (MAP_FILES, PAGE_NAME, PageRow, map_output_paths, overlay, save_map_outputs, save_panels,
-                             write_results_page, write_thumbnail)
+                             thumb_path, write_results_page, write_thumbnail)
 
 log = logging.getLogger("detect")
 DEFAULT_OUTPUT = "single_test_result.png"
@@ -75,6 +76,8 @@ def resolve_inputs(args):
             raise UsageError(f"--image_path {path}: no images in this folder")
         out = Path("detect_results" if args.output_path == DEFAULT_OUTPUT else args.output_path)
         return files, base, out, True
+    if special_file_kind(path) is not None:  # never opened: a FIFO would block, /dev/zero never end
+        raise UsageError(f"--image_path {path} is {special_file_kind(path)}, not an image file")
     if not path.is_file():
         raise UsageError(f"--image_path {path} does not exist")
     return [path], base, Path(args.output_path), False
@@ -91,18 +94,34 @@ def picture_name(rel):
     return rel.with_name(display_name(rel.name) + ".png")
 
 
-def check_outputs(files, root, output, folder_mode, save_maps):
-    """Before any work: the outputs can be written and replace no input."""
+def planned_outputs(files, root, output, folder_mode, save_maps):
+    """Every file this run may write: the picture(s), their maps with save_maps, and in folder mode the
+    thumbnails, report.csv and the results page."""
     if not folder_mode:
-        extra = list(map_output_paths(output).values()) if save_maps else []
-        refuse_input_overwrite([output, *extra], files)
-        for path in (output, *extra):
-            check_output_file(path, "--output_path")
-        return
-    check_output_dir(output, "--output_path")
-    refuse_inside(output, root)
-    for name in ("report.csv", PAGE_NAME):
-        check_output_file(output / name, "--output_path")
+        return [output, *(map_output_paths(output).values() if save_maps else ())]
+    outs = [output / "report.csv", output / PAGE_NAME]
+    for f in files:
+        picture = output / picture_name(f.relative_to(root))
+        outs += [picture, thumb_path(output, display_name(f.relative_to(root)))]
+        outs += map_output_paths(picture).values() if save_maps else []
+    return outs
+
+
+def check_outputs(args, files, output, folder_mode, pair):
+    """Before any work: the outputs can be written and replace no input (an image, either file of the pair)."""
+    inputs = {"--image_path": files, "--checkpoint_path": pair}
+    root = Path(args.image_path) if folder_mode else None
+    if folder_mode:
+        check_output_dir(output, "--output_path")
+        refuse_inside(output, root)
+    refuse_input_overwrite(planned_outputs(files, root, output, folder_mode, args.save_maps), inputs)
+    named = (output / "report.csv", output / PAGE_NAME) if folder_mode else \
+        planned_outputs(files, root, output, folder_mode, args.save_maps)
+    for path in named:  # the files the user named, or the folder's own: in a folder that can be written
+        check_output_file(path, "--output_path")
+    if args.export_onnx:
+        refuse_input_overwrite([args.export_onnx], inputs, "--export_onnx")
+        check_output_file(args.export_onnx, "--export_onnx")
 
 
 def report(row, threshold, as_json):
@@ -199,10 +218,7 @@ def write_csv(path, rows, save_maps=False):
 def run(args, stop):
     """Check the outputs, load the pair once, score the image or the folder, write the pictures (and report)."""
     files, base, output, folder_mode = resolve_inputs(args)
-    check_outputs(files, args.image_path, output, folder_mode, args.save_maps)
-    if args.export_onnx:
-        refuse_input_overwrite([args.export_onnx], files, "--export_onnx")
-        check_output_file(args.export_onnx, "--export_onnx")
+    check_outputs(args, files, output, folder_mode, find_pair(args.checkpoint_path, base))
     device = select_device(args.gpu_id)
     detector = Detector.from_checkpoint(args.checkpoint_path, base, device, resolve_amp(args.amp, device),
                                         bs=args.bs, max_pixels=args.max_pixels)

@@ -10,11 +10,12 @@ Writes the checkpoint pair DRAEM_test_{lr}_{epochs}_bs{bs}_{obj}_.pt / ..._seg.p
 validation), the pair ..._last.pt / ..._last_seg.pt, a resumable state ..._resume.pt, and a run folder of logs.
 This file holds the flags and main; the defaults are utils/config.py, the run itself is utils/engine.py.
 """
-from utils.cli import (AMP_CHOICES, SCALE_HELP, UsageError, add_target_flag, distributed_env, exit_quietly_on_signals,
-                       fraction, init_distributed, positive_float, positive_int, run_script, scale_arg, select_device,
-                       size_arg)
+from utils.cli import (AMP_CHOICES, SCALE_HELP, UsageError, add_target_flag, be_a_fair_neighbour, distributed_env,
+                       exit_quietly_on_signals, fraction, init_distributed, positive_float, positive_int, run_script,
+                       scale_arg, select_device, size_arg)
 
 exit_quietly_on_signals("train.py", __name__)  # a signal during the imports below: one line
+be_a_fair_neighbour(__name__)  # before torch: OpenMP threads that sleep while they wait
 
 import argparse
 import contextlib

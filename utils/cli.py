@@ -42,6 +42,17 @@ def exit_quietly_on_signals(script, module_name):
         signal.signal(s, stop)
 
 
+def be_a_fair_neighbour(module_name, environ=os.environ):
+    """OMP_WAIT_POLICY=PASSIVE unless the user set a policy; called by a script before torch is imported (OpenMP
+    reads it once, when it loads). Only when run as a script: importing one in a test changes no environment.
+
+    By default OpenMP threads spin while they wait for work, taking the time slices other programs on a busy
+    machine need: beside two busy single-core jobs on 2 cores, training took 3.0x its idle time instead of the
+    fair 2x. Passive threads sleep instead (docs/speed.md, "A busy machine")."""
+    if module_name == "__main__":
+        environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 class UsageError(ValueError):
     """Bad user input (a path, a flag, a file). Scripts print it as one line and exit with code 2."""
 

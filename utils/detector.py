@@ -18,6 +18,8 @@ Images smaller than a tile are padded (reflection, bottom and right) and cropped
 """
 import logging
 import math
+import os
+import stat
 import struct
 
 import cv2
@@ -51,7 +53,24 @@ def working_shape(height, width, scale, size):
     return max(1, round(height * ratio)), max(1, round(width * ratio))
 
 
+SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                 (stat.S_ISSOCK, "a socket"))
+
+
+def special_file_kind(path):
+    """"a FIFO", "a character device" ... when `path` (links followed: x.png -> /dev/zero) is such a file, else
+    None. Opening one could block forever (a FIFO) or never end (/dev/zero), so such files are never opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None  # missing or unreachable: opening it fails at once, and says so
+    return next((kind for is_kind, kind in SPECIAL_FILES if is_kind(mode)), None)
+
+
 def decode_image_file(path, flags, max_pixels):
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise ValueError(f"{path}: {kind}, not an image file (not opened)")
     # cv2.imread cannot open non-ASCII paths on some platforms; decoding the bytes always works.
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
@@ -396,4 +415,7 @@ class Detector:
         scores = []
         for group in self.batches(files):
             scores += [float(x) for x in self.predict([im for _, im in group], with_reconstruction=False)["score"]]
+        if len(scores) < len(files):
+            log.warning("%d of %d images inspected, %d unreadable (warnings above)", len(scores), len(files),
+                        len(files) - len(scores))
         return np.array(scores)

@@ -18,13 +18,13 @@ from scipy import optimize, stats
 from torch.utils.data import DataLoader
 
 from utils.checkpoint import atomic_open, atomic_write_bytes, load_pair, save_pair
-from utils.files import check_output_dir, check_output_file, hold_checkpoint_names, run_name
+from utils.files import check_output_dir, check_output_file, hold_checkpoint_names, refuse_input_overwrite, run_name
 from utils.cli import display_name, progress
 from utils.config import Config
 from utils.data_loader import MVTecTestDataset
 from utils.detector import predict
 from utils.metrics import METRIC_NAMES, drop_pixel_metrics, format_table, image_auroc, per_type_metrics, pixel_ap
-from utils.visualize import PageRow, overlay, save_panels, write_thumbnail
+from utils.visualize import PAGE_NAME, PageRow, overlay, save_panels, write_thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,15 @@ def write_results(results, folder, meta):
     atomic_write_bytes(folder / "metrics.json", text.encode("utf-8"))
 
 
-def check_outputs(output_path):
-    """Before any work: a writable folder (checked, nothing created)."""
+def check_outputs(output_path, pair):
+    """Before any work: a writable folder (checked, nothing created) whose files replace neither file of the
+    checkpoint pair being read."""
+    folder = Path(output_path)
+    refuse_input_overwrite([folder / "metrics.csv", folder / "metrics.json", folder / PAGE_NAME],
+                           {"--checkpoint_path": pair})
     check_output_dir(output_path, "--output_path")
-    check_output_file(Path(output_path) / "metrics.csv", "--output_path")
-    check_output_file(Path(output_path) / "metrics.json", "--output_path")
+    check_output_file(folder / "metrics.csv", "--output_path")
+    check_output_file(folder / "metrics.json", "--output_path")
 
 
 MIN_FIT = 3  # fewer good images give no threshold at all
