@@ -95,8 +95,8 @@ def picture_name(rel):
 
 
 def planned_outputs(files, root, output, folder_mode, save_maps):
-    """Every file this run may write: the picture(s), their maps with save_maps, and in folder mode the
-    thumbnails, report.csv and the results page."""
+    """Every file this run may write: the picture and its maps (save_maps); in folder mode report.csv and the
+    results page first, then each image's picture, thumbnail (and maps)."""
     if not folder_mode:
         return [output, *(map_output_paths(output).values() if save_maps else ())]
     outs = [output / "report.csv", output / PAGE_NAME]
@@ -114,10 +114,9 @@ def check_outputs(args, files, output, folder_mode, pair):
     if folder_mode:
         check_output_dir(output, "--output_path")
         refuse_inside(output, root)
-    refuse_input_overwrite(planned_outputs(files, root, output, folder_mode, args.save_maps), inputs)
-    named = (output / "report.csv", output / PAGE_NAME) if folder_mode else \
-        planned_outputs(files, root, output, folder_mode, args.save_maps)
-    for path in named:  # the files the user named, or the folder's own: in a folder that can be written
+    outputs = planned_outputs(files, root, output, folder_mode, args.save_maps)
+    refuse_input_overwrite(outputs, inputs)
+    for path in outputs[:2] if folder_mode else outputs:  # report.csv and the page, or the picture and its maps
         check_output_file(path, "--output_path")
     if args.export_onnx:
         refuse_input_overwrite([args.export_onnx], inputs, "--export_onnx")

@@ -186,7 +186,7 @@ def evaluate_all(args, device, classes):
     root, out = Path(args.data_path), Path(args.output_path)
     bases = {c: pair_name(args.base_model_name, c) for c in classes}
     for c in classes:  # before any work: every output folder and every pair
-        check_outputs(out / c, find_pair(args.checkpoint_path, bases[c]))
+        check_outputs(out / c, find_pair(args.checkpoint_path, bases[c]), root / c if args.save_images else None)
     overall = {c: evaluate_one(args, load_detector(args, bases[c], device), bases[c], root / c, out / c)
                for c in classes}
     mean = mean_metrics(overall.values())
@@ -225,7 +225,8 @@ def main(argv=None):
 def evaluate_single(args, device):
     """One pair: recalibrate (when asked), then evaluate --data_path (when given); its overall metrics or None."""
     if args.data_path is not None:
-        check_outputs(args.output_path, find_pair(args.checkpoint_path, args.base_model_name))
+        check_outputs(args.output_path, find_pair(args.checkpoint_path, args.base_model_name),
+                      args.data_path if args.save_images else None)
     detector = load_detector(args, args.base_model_name, device)
     if args.recalibrate:
         recalibrate(args, detector)

@@ -36,6 +36,12 @@ def list_images(folder):
     return sorted(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def list_test_images(test_dir):
+    """[(defect type, image file)] of an MVTec-style test/ folder: test/<type>/..., sorted."""
+    types = sorted(p for p in Path(test_dir).iterdir() if p.is_dir())
+    return [(t.name, f) for t in types for f in list_images(t)]
+
+
 def _without_special_files(files, what):
     """`files` less the FIFOs, devices and sockets among them (links followed), each named in a warning and never
     opened: for a labelled split, where an image that cannot be read otherwise ends the run."""
@@ -163,12 +169,15 @@ class MVTecTestDataset(Dataset):
             raise FileNotFoundError(f"no test folder in {class_dir} (expected MVTec layout: test/<type>/*)")
         self.samples = []  # (path, type, mask path or None)
         missing = []
-        for type_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
-            for f in _without_special_files(list_images(type_dir), "test images"):
-                mask = None if type_dir.name == "good" else self._find_mask(type_dir.name, f)
-                if type_dir.name != "good" and mask is None:
-                    missing.append(f)
-                self.samples.append((f, type_dir.name, mask))
+        listed = list_test_images(test_dir)
+        readable = set(_without_special_files([f for _, f in listed], "test images"))
+        for defect_type, f in listed:
+            if f not in readable:
+                continue
+            mask = None if defect_type == "good" else self._find_mask(defect_type, f)
+            if defect_type != "good" and mask is None:
+                missing.append(f)
+            self.samples.append((f, defect_type, mask))
         if not self.samples:
             raise FileNotFoundError(f"no test images in {test_dir}")
         # defect types with an image lacking its mask: their pixel metrics (and the overall ones) do not exist

@@ -21,10 +21,10 @@ from utils.checkpoint import atomic_open, atomic_write_bytes, load_pair, save_pa
 from utils.files import check_output_dir, check_output_file, hold_checkpoint_names, refuse_input_overwrite, run_name
 from utils.cli import display_name, progress
 from utils.config import Config
-from utils.data_loader import MVTecTestDataset
+from utils.data_loader import MVTecTestDataset, list_test_images
 from utils.detector import predict
 from utils.metrics import METRIC_NAMES, drop_pixel_metrics, format_table, image_auroc, per_type_metrics, pixel_ap
-from utils.visualize import PAGE_NAME, PageRow, overlay, save_panels, write_thumbnail
+from utils.visualize import PAGE_NAME, PageRow, overlay, save_panels, thumb_path, write_thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,22 @@ def evaluate_class(detector, class_dir, save_images_dir=None, workers=0, page=No
     return add_verdicts(results, types, labels, scores, detector.threshold)
 
 
+def panel_name(image_path):
+    """How a test image is named on the results page and under thumbs/: <type>/<file name>."""
+    return f"{image_path.parent.name}/{image_path.name}"
+
+
+def panel_path(folder, image_path):
+    """Where the 4-panel picture of a test image goes: <folder>/<type>/<file name>.png."""
+    return folder / image_path.parent.name / f"{image_path.name}.png"
+
+
 def save_batch_panels(detector, batch, out, folder):
     """The 4-panel picture and overlay thumbnail of each image of a batch; returns their PageRows."""
     rows = []
     for i, path in enumerate(batch["path"]):
         p = Path(path)
-        name, picture = f"{p.parent.name}/{p.name}", folder / p.parent.name / f"{p.name}.png"
+        name, picture = panel_name(p), panel_path(folder, p)
         image, amap = batch["image"][i].permute(1, 2, 0).numpy(), out["anomaly_map"][i].cpu().numpy()
         score = float(out["score"][i])
         save_panels(picture, image, out["reconstruction"][i].permute(1, 2, 0).cpu().numpy(), amap, score,
@@ -106,12 +116,15 @@ def write_results(results, folder, meta):
     atomic_write_bytes(folder / "metrics.json", text.encode("utf-8"))
 
 
-def check_outputs(output_path, pair):
+def check_outputs(output_path, pair, pictures_of=None):
     """Before any work: a writable folder (checked, nothing created) whose files replace neither file of the
-    checkpoint pair being read."""
+    checkpoint pair being read. pictures_of: the class folder whose test images get pictures (--save_images)."""
     folder = Path(output_path)
-    refuse_input_overwrite([folder / "metrics.csv", folder / "metrics.json", folder / PAGE_NAME],
-                           {"--checkpoint_path": pair})
+    outputs = [folder / "metrics.csv", folder / "metrics.json", folder / PAGE_NAME]
+    if pictures_of is not None and (Path(pictures_of) / "test").is_dir():
+        for _, f in list_test_images(Path(pictures_of) / "test"):
+            outputs += [panel_path(folder / "images", f), thumb_path(folder, panel_name(f))]
+    refuse_input_overwrite(outputs, {"--checkpoint_path": pair})
     check_output_dir(output_path, "--output_path")
     check_output_file(folder / "metrics.csv", "--output_path")
     check_output_file(folder / "metrics.json", "--output_path")
