@@ -58,8 +58,8 @@ SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device")
 
 
 def special_file_kind(path):
-    """"a FIFO", "a character device" ... when `path` (links followed: x.png -> /dev/zero) is such a file, else
-    None. Opening one could block forever (a FIFO) or never end (/dev/zero), so such files are never opened."""
+    """What special file `path` is (links followed: x.png -> /dev/zero), e.g. "a FIFO"; None for a regular file.
+    Opening one could block forever (a FIFO) or never end (/dev/zero), so such files are never opened."""
     try:
         mode = os.stat(path).st_mode
     except (OSError, ValueError):
