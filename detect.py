@@ -12,8 +12,8 @@ Folder mode also writes index.html, the results page (utils/visualize.py), with 
 image under thumbs/. --save_maps adds, beside each picture, the raw anomaly map (16-bit PNG at the input's size),
 the defect mask at the stored threshold (0/255) and the overlay alone (utils/visualize.py).
 """
-from utils.cli import (UsageError, add_inference_flags, add_max_pixels_flag, display_name, exit_quietly_on_signals,
-                       progress, resolve_amp, run_script, select_device)
+from utils.cli import add_inference_flags, add_max_pixels_flag, exit_quietly_on_signals, run_script
+from utils.runtime import display_name, progress, resolve_amp, select_device, UsageError
 
 exit_quietly_on_signals("detect.py", __name__)  # a signal during the imports below: one line
 
@@ -25,13 +25,17 @@ import logging
 import sys
 from pathlib import Path
 
-from utils.checkpoint import atomic_open, newest_complete_pair
+from utils.storage.atomic import atomic_open
+from utils.storage.pairs import newest_complete_pair
 from utils.data_loader import list_images
-from utils.detector import NATIVE, Detector, read_image
-from utils.demo_data import DEMO_ROOT
-from utils.files import check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside, tidy_output_folders
-from utils.visualize import (MAP_FILES, PAGE_NAME, PageRow, map_output_paths, overlay, save_map_outputs, save_panels,
-                             write_results_page, write_thumbnail)
+from utils.images.reading import NATIVE, read_image
+from utils.inference.detector import Detector
+from utils.synthesis.demo_data import DEMO_ROOT
+from utils.storage.atomic import tidy_output_folders
+from utils.storage.output_rules import check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside
+from utils.outputs.maps import MAP_FILES, map_output_paths, overlay, save_map_outputs
+from utils.outputs.page import PAGE_NAME, PageRow, write_results_page, write_thumbnail
+from utils.outputs.picture import save_panels
 
 log = logging.getLogger("detect")
 DEFAULT_OUTPUT = "single_test_result.png"
@@ -61,7 +65,7 @@ def parse_args(argv=None):
 def resolve_inputs(args):
     """(image files, base model name, output, folder mode) with the demo defaults filled in."""
     if args.image_path is None:
-        from utils.demo_data import DEMO_CLASS, demo_image_path
+        from utils.synthesis.demo_data import DEMO_CLASS, demo_image_path
         image = demo_image_path(DEMO_ROOT)
         if not image.is_file():
             raise UsageError(f"demo image {image} not found; run `python train.py` first")
@@ -209,7 +213,7 @@ def run(args, stop):
     log.info("device: %s, model: %s (%d px, scale %s%s)", device, base, detector.size, detector.scale,
              "" if detector.threshold is not None else ", no calibrated threshold")
     if args.export_onnx:
-        from utils.export import export_onnx
+        from utils.inference.export import export_onnx
         export_onnx(detector, args.export_onnx)
     if folder_mode:
         detect_folder(detector, files, Path(args.image_path), output, (args.json, args.save_maps), stop)

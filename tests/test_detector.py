@@ -10,10 +10,11 @@ import cv2
 
 from model import DRAEM
 from utils.cli import scale_arg
-from utils.detector import (Detector, blend_window, count_tiles, image_to_tensor, pad_to_tile, predict, scale_of,
-                            stitch, tile_grid, tile_starts, working_shape)
+from utils.images.reading import image_to_tensor, scale_of, working_shape
+from utils.images.tiles import blend_window, count_tiles, pad_to_tile, predict, stitch, tile_grid, tile_starts
+from utils.inference.detector import Detector
 from model.model_unet import Scorer, image_score
-from utils.checkpoint import save_pair
+from utils.storage.pairs import save_pair
 
 
 def test_scale_arg_and_checkpoint_default():

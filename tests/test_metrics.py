@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from utils.metrics import (
+from utils.evaluation.metrics import (
     METRIC_NAMES,
     aupro,
     compute_all,

@@ -9,14 +9,14 @@ import torch.multiprocessing as mp
 
 import train
 from tests.conftest import write_images
-from utils.checkpoint import base_model_name, load_pair, pair_paths
+from utils.storage.pairs import base_model_name, load_pair, pair_paths
 from utils.data_loader import list_images, resolve_classes, split_files
-from utils.cli import init_distributed
+from utils.runtime import init_distributed
 from utils.config import PRESETS, RECIPES, Config
-from utils.detector import Detector
+from utils.inference.detector import Detector
 from model.model_unet import anomaly_map
-from utils.engine import train_class
-from utils.evaluation import calibrate_threshold
+from utils.training.engine import train_class
+from utils.evaluation.thresholds import calibrate_threshold
 from model.feature_prior import REDUCED_CHANNELS
 from utils.synthesis.simulation import PHOTOMETRIC
 

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from utils.cli import UsageError, display_name, seed_worker, warn_ignored
-from utils.detector import DEFAULT_MAX_PIXELS, SQUARE, decode_image_file, pad_to_tile, read_image
+from utils.images.reading import DEFAULT_MAX_PIXELS, SQUARE, decode_image_file, read_image
+from utils.images.tiles import pad_to_tile
+from utils.runtime import UsageError, display_name, seed_worker, warn_ignored
 
 log = logging.getLogger(__name__)
 

@@ -7,12 +7,12 @@
 and what `--resume` restores (model, optimizer, schedule, generators, step, best score), saved by
 utils/files.py (`save_resume_state`). `settings` is a utils.config.Config.
 """
+from dataclasses import dataclass, field
 import logging
 import math
+from pathlib import Path
 import secrets
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -21,19 +21,28 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from model import DRAEM
 from model.feature_prior import REDUCED_CHANNELS, PriorFusion, TailEvidence, fit_prior
-from utils.checkpoint import base_model_name, save_pair
-from utils.files import load_resume_state, resume_path, save_resume_state
-from utils.cli import UsageError, display_name, distributed_env, progress, resolve_amp, seed_everything
-from utils.config import Config
-from utils.data_loader import (RandomCrops, is_grayscale, list_images, load_images, load_images_at_scale, split_files,
-                               validation_crops)
-from utils.detector import SQUARE, image_scores, raw_maps
 from model.model_unet import Scorer, autocast, score_kernel
-from utils.evaluation import build_validation, calibrate_threshold, validate
+from utils.config import Config
+from utils.data_loader import (
+    RandomCrops,
+    is_grayscale,
+    list_images,
+    load_images,
+    load_images_at_scale,
+    split_files,
+    validation_crops,
+)
+from utils.evaluation.thresholds import calibrate_threshold
+from utils.images.reading import SQUARE
+from utils.images.tiles import image_scores, raw_maps
 from utils.loss import DraemLoss
-from utils.schedule import PLAN_AFTER_STEPS, Budget, make_optimizer, replan, should_stop
+from utils.runtime import UsageError, display_name, distributed_env, progress, resolve_amp, seed_everything
+from utils.storage.pairs import base_model_name, save_pair
 from utils.synthesis.simulation import jitter_images, make_synthesizer
 from utils.synthesis.textures import load_texture_bank
+from utils.training.resume import load_resume_state, resume_path, save_resume_state
+from utils.training.schedule import PLAN_AFTER_STEPS, Budget, make_optimizer, replan, should_stop
+from utils.training.validation import build_validation, validate
 from utils.training_logger import TrainingLogger
 
 log = logging.getLogger(__name__)
