@@ -31,16 +31,16 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from model import DRAEM, weights_init
 from model.feature_prior import CORESET_SIZE, PRIOR_SIZE, PriorFusion, TailEvidence, fit_prior
+from model.model_unet import autocast
 from utils.config import PRESETS, Config
 from utils.images.reading import read_image
 from utils.images.tiles import count_tiles
 from utils.inference.detector import Detector
-from model.model_unet import autocast
-from utils.training.engine import prepare_batch, train_step
 from utils.loss import DraemLoss
-from utils.training.schedule import make_optimizer
 from utils.synthesis.simulation import make_synthesizer
 from utils.synthesis.textures import load_texture_bank
+from utils.training.engine import prepare_batch, train_step
+from utils.training.schedule import make_optimizer
 
 log = logging.getLogger("bench")
 

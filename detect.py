@@ -13,7 +13,7 @@ image under thumbs/. --save_maps adds, beside each picture, the raw anomaly map 
 the defect mask at the stored threshold (0/255) and the overlay alone (utils/visualize.py).
 """
 from utils.cli import add_inference_flags, add_max_pixels_flag, exit_quietly_on_signals, run_script
-from utils.runtime import display_name, progress, resolve_amp, select_device, UsageError
+from utils.runtime import UsageError, display_name, progress, resolve_amp, select_device
 
 exit_quietly_on_signals("detect.py", __name__)  # a signal during the imports below: one line
 
@@ -25,17 +25,16 @@ import logging
 import sys
 from pathlib import Path
 
-from utils.storage.atomic import atomic_open
-from utils.storage.pairs import newest_complete_pair
 from utils.data_loader import list_images
 from utils.images.reading import NATIVE, read_image
 from utils.inference.detector import Detector
-from utils.synthesis.demo_data import DEMO_ROOT
-from utils.storage.atomic import tidy_output_folders
-from utils.storage.output_rules import check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside
 from utils.outputs.maps import MAP_FILES, map_output_paths, overlay, save_map_outputs
 from utils.outputs.page import PAGE_NAME, PageRow, write_results_page, write_thumbnail
 from utils.outputs.picture import save_panels
+from utils.storage.atomic import atomic_open, tidy_output_folders
+from utils.storage.output_rules import check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside
+from utils.storage.pairs import newest_complete_pair
+from utils.synthesis.demo_data import DEMO_ROOT
 
 log = logging.getLogger("detect")
 DEFAULT_OUTPUT = "single_test_result.png"

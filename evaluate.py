@@ -24,7 +24,7 @@ Recalibrate the threshold on the line's own good images (written into both files
 """
 from utils.cli import (add_inference_flags, add_max_pixels_flag, add_target_flag, exit_quietly_on_signals, given,
                        run_script)
-from utils.runtime import resolve_amp, select_device, UsageError, warn_ignored
+from utils.runtime import UsageError, resolve_amp, select_device, warn_ignored
 
 exit_quietly_on_signals("evaluate.py", __name__)  # a signal during the imports below: one line
 
@@ -36,15 +36,15 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.storage.pairs import find_pair
 from utils.data_loader import list_images
-from utils.inference.detector import Detector
-from utils.evaluation.report import check_outputs, evaluate_class, json_safe, results_text, VERDICTS, write_results
+from utils.evaluation.metrics import METRIC_NAMES, format_table
+from utils.evaluation.report import VERDICTS, check_outputs, evaluate_class, json_safe, results_text, write_results
 from utils.evaluation.thresholds import describe, f1_threshold, fit_threshold, recalibration_report, write_calibration
+from utils.inference.detector import Detector
+from utils.outputs.page import write_results_page
 from utils.storage.atomic import tidy_output_folders
 from utils.storage.output_rules import check_output_dir, refuse_inside
-from utils.evaluation.metrics import METRIC_NAMES, format_table
-from utils.outputs.page import write_results_page
+from utils.storage.pairs import find_pair
 
 log = logging.getLogger("evaluate")
 

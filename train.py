@@ -10,9 +10,9 @@ Writes the checkpoint pair DRAEM_test_{lr}_{epochs}_bs{bs}_{obj}_.pt / ..._seg.p
 validation), the pair ..._last.pt / ..._last_seg.pt, a resumable state ..._resume.pt, and a run folder of logs.
 This file holds the flags and main; the defaults are utils/config.py, the run itself is utils/engine.py.
 """
-from utils.cli import (add_target_flag, AMP_CHOICES, exit_quietly_on_signals, fraction, positive_float, positive_int,
-                       run_script, scale_arg, SCALE_HELP, size_arg)
-from utils.runtime import distributed_env, init_distributed, select_device, UsageError
+from utils.cli import (AMP_CHOICES, SCALE_HELP, add_target_flag, exit_quietly_on_signals, fraction, positive_float,
+                       positive_int, run_script, scale_arg, size_arg)
+from utils.runtime import UsageError, distributed_env, init_distributed, select_device
 
 exit_quietly_on_signals("train.py", __name__)  # a signal during the imports below: one line
 
@@ -25,16 +25,16 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from utils.storage.pairs import base_model_name
-from utils.storage.locks import hold_checkpoint_names
-from utils.storage.output_rules import check_output_dir, refuse_inside
 from utils.config import FIELDS, PHOTOMETRIC, PRESETS, Config
 from utils.data_loader import resolve_classes
-from utils.synthesis.demo_data import DEMO_ROOT, make_demo_dataset
-from utils.inference.detector import Detector
-from utils.training.engine import Diverged, train_class
 from utils.evaluation.report import evaluate_class, results_text
+from utils.inference.detector import Detector
+from utils.storage.locks import hold_checkpoint_names
+from utils.storage.output_rules import check_output_dir, refuse_inside
+from utils.storage.pairs import base_model_name
+from utils.synthesis.demo_data import DEMO_ROOT, make_demo_dataset
 from utils.synthesis.simulation import parse_kinds
+from utils.training.engine import Diverged, train_class
 
 log = logging.getLogger("train")
 

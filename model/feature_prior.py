@@ -10,8 +10,8 @@ nothing is downloaded; only the bank (a tensor) belongs in a checkpoint.
 import math
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 # EfficientNet-Lite0's stages: (expand ratio, kernel, stride, repeats, output channels)
 LITE0_STAGES = ((1, 3, 1, 1, 16), (6, 3, 2, 2, 24), (6, 5, 2, 2, 40), (6, 3, 2, 3, 80), (6, 5, 1, 3, 112),

@@ -2,18 +2,18 @@
 pair written and reloaded at tiny widths)."""
 import json
 import math
+
 import numpy as np
 import pytest
 import torch
 
-from utils.evaluation.report import add_verdicts, format_verdicts, json_safe, results_text, VERDICTS, write_results
-from utils.evaluation.thresholds import (best_recall_at, calibrate_threshold, describe, f1_threshold, fit_threshold,
-                                         recalibration_report, RULE_ORDER, RULE_TAIL, verdict_metrics,
-                                         write_calibration)
-from utils.evaluation.metrics import METRIC_NAMES
 from model import DRAEM
+from utils.evaluation.metrics import METRIC_NAMES
+from utils.evaluation.report import VERDICTS, add_verdicts, format_verdicts, json_safe, results_text, write_results
+from utils.evaluation.thresholds import (RULE_ORDER, RULE_TAIL, best_recall_at, calibrate_threshold, describe,
+                                         f1_threshold, fit_threshold, recalibration_report, verdict_metrics,
+                                         write_calibration)
 from utils.storage.pairs import load_pair, pair_paths, save_pair
-
 
 RESULTS = {"crack": dict.fromkeys(METRIC_NAMES, 0.5), "overall": {**dict.fromkeys(METRIC_NAMES, 0.75),
                                                                    "aupro": math.nan}}

@@ -9,10 +9,10 @@ import detect
 from model.model_unet import DRAEM
 from tests.conftest import write_images
 from utils.inference import export as onnx_export
-from utils.storage.pairs import save_pair
 from utils.inference.detector import Detector
 from utils.inference.export import ExportGraph, export_onnx
 from utils.runtime import UsageError
+from utils.storage.pairs import save_pair
 
 SIZE = 32
 

@@ -22,13 +22,12 @@ import detect
 import evaluate
 from model import DRAEM
 from tests.conftest import write_images
-from utils.storage import atomic as files
-from utils.storage.atomic import atomic_write_bytes, TEMP_RE
-from utils.storage.pairs import current_paths, load_pair, newest_complete_pair, pair_paths, save_pair
-from utils.storage.atomic import recover
-from utils.storage.locks import lock_names, NameLock
-from utils.runtime import UsageError
 from utils.images.reading import read_image
+from utils.runtime import UsageError
+from utils.storage import atomic as files
+from utils.storage.atomic import TEMP_RE, atomic_write_bytes, recover
+from utils.storage.locks import NameLock, lock_names
+from utils.storage.pairs import current_paths, load_pair, newest_complete_pair, pair_paths, save_pair
 
 CONFIG = {"size": 32, "rec_base_width": 4, "seg_base_width": 2, "in_channels": 3, "grayscale": False}
 CALIB = {"threshold": 0.5, "rule": "test"}

@@ -4,12 +4,10 @@ import socket
 
 import pytest
 import torch
-
 import torch.nn.functional as F
 
 from model.feature_prior import (FEATURE_CHANNELS, GATE_FRACTION, FeaturePrior, PriorFusion, TailEvidence,
-                                 channel_averaging, fit_prior, fuse, greedy_coreset, load_backbone,
-                                 nearest_distance)
+                                 channel_averaging, fit_prior, fuse, greedy_coreset, load_backbone, nearest_distance)
 
 SIZE = 64  # the prior's side in these tests: an 8 x 8 novelty grid
 

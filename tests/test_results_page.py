@@ -16,9 +16,9 @@ import matplotlib
 import numpy as np
 import pytest
 
-from utils.outputs.maps import (defect_mask, encode_png, FULL_SCALE, map_to_16bit, mask_from_16bit, overlay,
-                                OVERLAY_ALPHA)
-from utils.outputs.page import (json_for_script, PageRow, readable, relative_url, render_page, thumb_path,
+from utils.outputs.maps import (FULL_SCALE, OVERLAY_ALPHA, defect_mask, encode_png, map_to_16bit, mask_from_16bit,
+                                overlay)
+from utils.outputs.page import (PageRow, json_for_script, readable, relative_url, render_page, thumb_path,
                                 write_results_page, write_thumbnail)
 
 ODD_NAME = os.fsdecode(b"caf\xe9 #1 100%.png")  # not UTF-8, and '#' / '%' that a URL must escape

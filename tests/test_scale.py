@@ -11,8 +11,8 @@ import detect
 import evaluate
 import train
 from tests.conftest import write_images
-from utils.storage.pairs import base_model_name, load_pair
 from utils.inference.detector import Detector
+from utils.storage.pairs import base_model_name, load_pair
 
 WIDE = dict(height=160, width=640)
 BASE = base_model_name(0.001, 1, 8, "wide")
@@ -73,8 +73,8 @@ def test_scale_is_stored_and_threshold_calibrated_on_whole_images(wide):
 
 def test_prior_bank_from_tiles_and_the_whole_image_map_is_stitched_from_per_tile_novelty(wide):
     from utils.data_loader import list_images, split_files
-    from utils.inference.detector import Detector
     from utils.evaluation.thresholds import calibrate_threshold
+    from utils.inference.detector import Detector
     root, cls, ckpt = wide
     _, meta = load_pair(ckpt, BASE)
     assert meta["prior"]["bank"].shape[1] == 152  # fitted on 64 px crops, the tiles detect.py scores

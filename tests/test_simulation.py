@@ -1,9 +1,9 @@
 """utils/synthesis/simulation.py: the anomaly simulation of both recipes, cracks and pits, the whole-image
 jitter of good images and the grid of samples (seeded, CPU)."""
-import pytest
-import torch
 import cv2
 import numpy as np
+import pytest
+import torch
 
 from tests.conftest import generator, grey_images, random_images
 from utils.synthesis.simulation import (KINDS, PHOTOMETRIC, AnomalySynthesizer, DefectSynthesizer, blend, crack_masks,

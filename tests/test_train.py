@@ -8,17 +8,17 @@ import torch
 import torch.multiprocessing as mp
 
 import train
-from tests.conftest import write_images
-from utils.storage.pairs import base_model_name, load_pair, pair_paths
-from utils.data_loader import list_images, resolve_classes, split_files
-from utils.runtime import init_distributed
-from utils.config import PRESETS, RECIPES, Config
-from utils.inference.detector import Detector
-from model.model_unet import anomaly_map
-from utils.training.engine import train_class
-from utils.evaluation.thresholds import calibrate_threshold
 from model.feature_prior import REDUCED_CHANNELS
+from model.model_unet import anomaly_map
+from tests.conftest import write_images
+from utils.config import PRESETS, RECIPES, Config
+from utils.data_loader import list_images, resolve_classes, split_files
+from utils.evaluation.thresholds import calibrate_threshold
+from utils.inference.detector import Detector
+from utils.runtime import init_distributed
+from utils.storage.pairs import base_model_name, load_pair, pair_paths
 from utils.synthesis.simulation import PHOTOMETRIC
+from utils.training.engine import train_class
 
 TINY = ["--size", "32", "--rec_base_width", "4", "--seg_base_width", "2", "--bs", "4", "--amp", "off"]
 

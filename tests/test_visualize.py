@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.outputs.picture import _build_figure, PANEL_TITLES, render_panels, save_panels
+from utils.outputs.picture import PANEL_TITLES, _build_figure, render_panels, save_panels
 from utils.storage.atomic import atomic_write_bytes
 
 

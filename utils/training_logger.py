@@ -13,14 +13,14 @@ import io
 import json
 import logging
 import math
-from pathlib import Path
 import shlex
 import shutil
 import sys
+from pathlib import Path
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-import numpy as np
 
 from utils.runtime import display_name
 from utils.storage.atomic import atomic_write_bytes

@@ -16,9 +16,9 @@ Maps: higher means more anomalous. Stacks are (N, H, W); (N, 1, H, W) and a sing
 so is a list of (H_i, W_i) maps of different sizes (images evaluated at their own scale, utils/tiling.py).
 """
 
-from collections.abc import Sequence
 import logging
 import math
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

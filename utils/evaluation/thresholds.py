@@ -3,12 +3,12 @@ Gumbel tail for small targets), the F1 threshold, recall at a false-reject rate,
 calibration is described and rewritten into a pair (recalibration)."""
 import logging
 import math
-from pathlib import Path
 import uuid
+from pathlib import Path
 
 import numpy as np
-from scipy import optimize, stats
 import torch
+from scipy import optimize, stats
 
 from utils.config import Config
 from utils.storage.locks import hold_checkpoint_names, run_name

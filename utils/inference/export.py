@@ -13,8 +13,8 @@ import copy
 import inspect
 import io
 import logging
-from pathlib import Path
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn as nn

@@ -1,12 +1,12 @@
 """The results page: one self-contained `index.html` (template results_page.html) with a thumbnail per image, sorting,
 filters and a live threshold slider; opens from disk."""
-from dataclasses import dataclass
 import html
 import json
 import logging
 import os
-from pathlib import Path
 import re
+from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 import cv2

@@ -4,9 +4,9 @@ import logging
 
 import cv2
 import matplotlib
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-import numpy as np
 
 from utils.outputs.maps import OVERLAY_ALPHA, as_rgb01, encode_png
 from utils.storage.atomic import atomic_write_bytes

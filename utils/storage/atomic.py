@@ -12,10 +12,10 @@ import errno
 import json
 import logging
 import os
-from pathlib import Path
 import re
 import secrets
 import time
+from pathlib import Path
 
 try:
     import fcntl

@@ -7,8 +7,8 @@ a `_seg.pt` trained with the feature prior also holds "prior" (model/feature_pri
 A pair is written as one atomic group (utils/storage/atomic.py); readers see a committed group, never half of one.
 """
 import logging
-from pathlib import Path
 import pickle
+from pathlib import Path
 
 import torch
 

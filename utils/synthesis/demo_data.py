@@ -15,9 +15,9 @@ the counts of other images do. Generation is vectorised numpy/cv2: the default s
 import json
 import logging
 import os
-from pathlib import Path
 import shutil
 import tempfile
+from pathlib import Path
 
 import cv2
 import numpy as np

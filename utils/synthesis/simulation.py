@@ -28,16 +28,8 @@ from utils.cli import probability
 from utils.data_loader import list_images
 from utils.images.reading import read_image
 from utils.perlin import perlin_noise, random_perlin_scales
-from utils.synthesis.textures import (
-    augment_textures_,
-    load_texture_bank,
-    luminance,
-    procedural_textures,
-    rand,
-    randint,
-    rotate,
-    uniform,
-)
+from utils.synthesis.textures import (augment_textures_, load_texture_bank, luminance, procedural_textures, rand,
+                                      randint, rotate, uniform)
 
 log = logging.getLogger(__name__)
 

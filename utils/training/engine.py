@@ -7,12 +7,12 @@
 and what `--resume` restores (model, optimizer, schedule, generators, step, best score), saved by
 utils/files.py (`save_resume_state`). `settings` is a utils.config.Config.
 """
-from dataclasses import dataclass, field
 import logging
 import math
-from pathlib import Path
 import secrets
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -23,15 +23,8 @@ from model import DRAEM
 from model.feature_prior import REDUCED_CHANNELS, PriorFusion, TailEvidence, fit_prior
 from model.model_unet import Scorer, autocast, score_kernel
 from utils.config import Config
-from utils.data_loader import (
-    RandomCrops,
-    is_grayscale,
-    list_images,
-    load_images,
-    load_images_at_scale,
-    split_files,
-    validation_crops,
-)
+from utils.data_loader import (RandomCrops, is_grayscale, list_images, load_images, load_images_at_scale, split_files,
+                               validation_crops)
 from utils.evaluation.thresholds import calibrate_threshold
 from utils.images.reading import SQUARE
 from utils.images.tiles import image_scores, raw_maps

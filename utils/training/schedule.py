@@ -3,10 +3,10 @@
     optimizer, scheduler = make_optimizer(model, 1e-4, total_steps)   # x0.2 at 80% and 90% of total_steps
     replan(run, state)   # a --max_minutes run: total_steps from the measured time per step and per checkpoint
 """
-from collections import Counter
-from dataclasses import dataclass
 import logging
 import time
+from collections import Counter
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
