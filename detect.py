@@ -28,9 +28,8 @@ from pathlib import Path
 from utils.data_loader import list_images
 from utils.images.reading import NATIVE, read_image
 from utils.inference.detector import Detector
-from utils.outputs.maps import MAP_FILES, map_output_paths, overlay, save_map_outputs
-from utils.outputs.page import PAGE_NAME, PageRow, write_results_page, write_thumbnail
-from utils.outputs.picture import save_panels
+from utils.outputs.maps import MAP_FILES, map_output_paths, save_map_outputs
+from utils.outputs.page import PAGE_NAME, write_results_page, write_scored_image
 from utils.storage.atomic import atomic_open, tidy_output_folders
 from utils.storage.output_rules import check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside
 from utils.storage.pairs import newest_complete_pair
@@ -119,13 +118,14 @@ def report(row, threshold, as_json):
               + ("" if threshold is None else f" (threshold {threshold:.4f})"))
 
 
-def image_outputs(detector, path, picture, folder, title, pred, save_maps):
-    """Write the 4-panel picture `folder / picture` of pred = (image, predict's output, index) (and with
-    save_maps the map, mask and overlay); returns its row: file, picture, score, verdict (and map, mask,
-    overlay), the names relative to `folder`."""
+def image_outputs(detector, path, picture, folder, title, pred, save_maps, page_name=None):
+    """Write the 4-panel picture `folder / picture` of pred = (image, predict's output, index) (with page_name its
+    thumbnail for the results page, and with save_maps the map, mask and overlay); returns (its report row: file,
+    picture, score, verdict (and map, mask, overlay), the names relative to `folder`; its PageRow or None)."""
     image, out, j = pred
     score = float(out["score"][j])
-    save_panels(folder / picture, *panel_args(image, out, j), threshold=detector.threshold, title=title)
+    page_row = write_scored_image(folder / picture, *panel_args(image, out, j), detector.threshold, title,
+                                  folder if page_name else None, page_name)
     row = {"file": display_name(path), "picture": str(picture), "score": score, "verdict": detector.verdict(score)}
     if save_maps:
         original = read_image(path, None, NATIVE, detector.max_pixels).permute(1, 2, 0).numpy()  # (H, W, 3)
@@ -133,13 +133,13 @@ def image_outputs(detector, path, picture, folder, title, pred, save_maps):
                                    detector.threshold)
         named = {k: "" if p is None else str(p.relative_to(folder) if folder.parts else p) for k, p in written.items()}
         row.update(named)
-    return row
+    return row, page_row
 
 
 def detect_single(detector, path, output, as_json, save_maps):
     image = detector.read(path)  # (3, H, W) at the checkpoint's working scale
     out = detector.predict([image])
-    row = image_outputs(detector, path, output, Path(), display_name(Path(path).name), (image, out, 0), save_maps)
+    row, _ = image_outputs(detector, path, output, Path(), display_name(Path(path).name), (image, out, 0), save_maps)
     report(row, detector.threshold, as_json)
     return [row]
 
@@ -182,12 +182,11 @@ def detect_batch(detector, group, root, output, flags, rows, page):
     for j, (f, image) in enumerate(group):
         rel = f.relative_to(root)
         name = display_name(rel)
-        row = image_outputs(detector, f, picture_name(rel), output, name, (image, out, j), save_maps)
+        row, page_row = image_outputs(detector, f, picture_name(rel), output, name, (image, out, j), save_maps,
+                                      page_name=name)
         row["file"] = name
         rows.append(row)
-        over = overlay(image.permute(1, 2, 0).numpy(), out["anomaly_map"][j].cpu().numpy(), detector.threshold)
-        page.append(PageRow(name, row["score"], row["verdict"], write_thumbnail(output, name, over),
-                            output / row["picture"]))
+        page.append(page_row)
         report(row, detector.threshold, as_json)
 
 

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from utils.config import Config
+from utils.config import INFERENCE_AMP, INFERENCE_BS, Config
 from utils.runtime import Interrupted, StopOnSignal, UsageError
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")  # the scripts' --amp
@@ -59,11 +59,11 @@ def add_inference_flags(parser, bs_help, pair_help, pair_required=False):
     """The flags detect.py and evaluate.py share: which pair and where, the device, precision and batch size."""
     parser.add_argument("--base_model_name", default=None, required=pair_required,
                         help="checkpoint pair name without extension (loads <name>.pt and <name>_seg.pt)" + pair_help)
-    parser.add_argument("--checkpoint_path", default="./checkpoints/", help="folder holding the checkpoint pair")
-    parser.add_argument("--gpu_id", type=int, default=0, help="CUDA device index (CPU when CUDA is absent)")
-    parser.add_argument("--amp", choices=AMP_CHOICES, default="off",
+    parser.add_argument("--checkpoint_path", default=Config.checkpoint_path, help="folder holding the checkpoint pair")
+    parser.add_argument("--gpu_id", type=int, default=Config.gpu_id, help="CUDA device index (CPU when CUDA is absent)")
+    parser.add_argument("--amp", choices=AMP_CHOICES, default=INFERENCE_AMP,
                         help="mixed precision for inference (scores agree with fp32 within 0.01)")
-    parser.add_argument("--bs", type=positive_int, default=8, help=bs_help)
+    parser.add_argument("--bs", type=positive_int, default=INFERENCE_BS, help=bs_help)
 
 
 def add_max_pixels_flag(parser):

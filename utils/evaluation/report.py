@@ -10,9 +10,7 @@ from torch.utils.data import DataLoader
 from utils.data_loader import MVTecTestDataset
 from utils.evaluation.metrics import METRIC_NAMES, drop_pixel_metrics, format_table, per_type_metrics
 from utils.evaluation.thresholds import _scores, verdict_metrics
-from utils.outputs.maps import overlay
-from utils.outputs.page import PageRow, write_thumbnail
-from utils.outputs.picture import save_panels
+from utils.outputs.page import write_scored_image
 from utils.runtime import display_name, progress
 from utils.storage.atomic import atomic_open, atomic_write_bytes
 from utils.storage.output_rules import check_output_dir, check_output_file
@@ -56,13 +54,10 @@ def save_batch_panels(detector, batch, out, folder):
     for i, path in enumerate(batch["path"]):
         p = Path(path)
         name, picture = f"{p.parent.name}/{p.name}", folder / p.parent.name / f"{p.name}.png"
-        image, amap = batch["image"][i].permute(1, 2, 0).numpy(), out["anomaly_map"][i].cpu().numpy()
-        score = float(out["score"][i])
-        save_panels(picture, image, out["reconstruction"][i].permute(1, 2, 0).cpu().numpy(), amap, score,
-                    threshold=detector.threshold, title=display_name(p.name))
-        thumb = write_thumbnail(folder.parent, name, overlay(image, amap, detector.threshold))
-        rows.append(PageRow(name, score, detector.verdict(score), thumb, picture, p.parent.name,
-                            "defect" if batch["label"][i] else "good"))
+        image, rec = batch["image"][i].permute(1, 2, 0).numpy(), out["reconstruction"][i].permute(1, 2, 0).cpu().numpy()
+        rows.append(write_scored_image(picture, image, rec, out["anomaly_map"][i].cpu().numpy(), float(out["score"][i]),
+                                       detector.threshold, display_name(p.name), folder.parent, name, p.parent.name,
+                                       "defect" if batch["label"][i] else "good"))
     return rows
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from model.feature_prior import PriorFusion
-from model.model_unet import Scorer
+from model.model_unet import Scorer, verdict
 from utils.images.reading import DEFAULT_MAX_PIXELS, image_to_tensor, read_image, scale_of
 from utils.images.tiles import count_tiles, predict
 from utils.storage.pairs import load_pair
@@ -44,7 +44,7 @@ class Detector:
         return predict(self.scorer, list(images), self.size, self.device, self.bs, with_reconstruction)
 
     def verdict(self, score):
-        return "n/a" if self.threshold is None else "NG" if score > self.threshold else "OK"
+        return verdict(score, self.threshold)
 
     def score(self, images):
         """Numpy in, numpy out: one RGB image (H, W) / (H, W, 1|3|4), uint8 / uint16 / float in [0, 1], any size,

@@ -12,7 +12,9 @@ from urllib.parse import quote
 import cv2
 import numpy as np
 
-from utils.outputs.picture import COLOR_NG, COLOR_OK
+from model.model_unet import verdict
+from utils.outputs.maps import overlay
+from utils.outputs.picture import COLOR_NG, COLOR_OK, save_panels
 from utils.storage.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,17 @@ def write_thumbnail(folder, name: str, overlay_rgb) -> Path:
     path = thumb_path(folder, name)
     atomic_write_bytes(path, thumbnail_jpeg(overlay_rgb))
     return path
+
+
+def write_scored_image(picture, image, reconstruction, amap, score, threshold, title, page_folder=None, name=None,
+                       defect_type=None, label=None):
+    """The 4-panel picture of one scored image (image and reconstruction (H, W, 3), amap (H, W)); with
+    `page_folder`, also its overlay thumbnail there and its PageRow for the page `name`d so (else None)."""
+    save_panels(picture, image, reconstruction, amap, score, threshold=threshold, title=title)
+    if page_folder is None:
+        return None
+    thumb = write_thumbnail(page_folder, name, overlay(image, amap, threshold))
+    return PageRow(name, score, verdict(score, threshold), thumb, picture, defect_type, label)
 
 
 def _slider_range(scores, threshold) -> tuple[float, float]:

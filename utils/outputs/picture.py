@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from model.model_unet import verdict
 from utils.outputs.maps import OVERLAY_ALPHA, as_rgb01, encode_png
 from utils.storage.atomic import atomic_write_bytes
 
@@ -31,9 +32,9 @@ COLOR_OK, COLOR_NG, COLOR_UNCALIBRATED = "#2ecc40", "#ff4136", "#bbbbbb"
 
 def _verdict(score: float, threshold) -> tuple[str, str]:
     """Text and colour of the decision; ``score > threshold`` is a defect (NG)."""
-    if threshold is None:
+    label = verdict(score, threshold)
+    if label == "n/a":
         return "no calibrated threshold", COLOR_UNCALIBRATED
-    label = "NG" if score > threshold else "OK"
     return f"{label}  (thr {threshold:.3f})", COLOR_NG if label == "NG" else COLOR_OK
 
 
@@ -83,11 +84,11 @@ def _draw_result(ax, image, anomaly_map, score, threshold, contour_level) -> Non
             # A wide white line under a narrow red one stays visible on both dark and bright (jet) areas.
             ax.contour(anomaly_map, levels=[level], colors="white", linewidths=3.0)
             ax.contour(anomaly_map, levels=[level], colors="red", linewidths=1.5)
-    verdict, colour = _verdict(score, threshold)
+    text, colour = _verdict(score, threshold)
     box = dict(boxstyle="round,pad=0.3", facecolor="black", alpha=0.65, edgecolor="none")
     ax.text(0.03, 0.97, f"score {score:.3f}", transform=ax.transAxes, ha="left", va="top",
             fontsize=16, fontweight="bold", color="white", bbox=box)
-    ax.text(0.03, 0.03, verdict, transform=ax.transAxes, ha="left", va="bottom",
+    ax.text(0.03, 0.03, text, transform=ax.transAxes, ha="left", va="bottom",
             fontsize=16 if threshold is not None else 12, fontweight="bold", color=colour, bbox=box)
 
 

@@ -32,7 +32,7 @@ def _holder(path):
 
 
 class NameLock:
-    """`with NameLock(folder, name, "train.py"): ...` holds `name` in `folder` or raises UsageError at once."""
+    """`with NameLock(folder, name): ...` holds `name` in `folder` or raises UsageError at once."""
 
     def __init__(self, folder, name):
         self.path, self.name, self.fd = lock_path(folder, name), name, None
@@ -51,8 +51,9 @@ class NameLock:
                 os.close(fd)
                 pid, _ = _holder(self.path)
                 who = f"process {pid}" if pid else "another process"
-                raise UsageError(f"{self.name} in {self.path.parent} is being written by {who} (another "
-                                 f"train.py or evaluate.py --recalibrate); wait for it to end or use another --checkpoint_path") from None
+                raise UsageError(f"{self.name} in {self.path.parent} is being written by {who} (another train.py or "
+                                 f"evaluate.py --recalibrate); wait for it to end or use another --checkpoint_path") \
+                    from None
             if same_file(self.path, fd):
                 break
             os.close(fd)

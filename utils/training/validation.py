@@ -3,6 +3,7 @@ run), scored with the one tiled scoring path; image AUROC, pixel AP and the thre
 
 import torch
 
+from model.model_unet import with_prior
 from utils.evaluation.metrics import image_auroc, pixel_ap
 from utils.evaluation.thresholds import calibrate_threshold
 from utils.images.tiles import predict
@@ -34,9 +35,8 @@ def validate(scorer, val, bs, target_false_reject, prior=None, novelty=None):
     for i in range(0, len(images), bs):
         out = predict(scorer, list(images[i:i + bs]), tile, images.device, bs, with_reconstruction=False)
         batch = torch.stack(out["anomaly_map"])  # (B, S, S)
-        if prior is not None:
-            with torch.inference_mode():
-                batch = prior.fuse(novelty[i:i + bs].to(batch.device), batch)
+        with torch.inference_mode():
+            batch = with_prior(prior, batch, novelty=None if prior is None else novelty[i:i + bs].to(batch.device))
         scores += list(scorer.score(batch).cpu())
         maps += list(batch.cpu())
     scorer.train()
