@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from utils.cli import LOG_INTERVAL_S, be_a_fair_neighbour, progress
+from utils.cli import be_a_fair_neighbour
+from utils.runtime import LOG_INTERVAL_S, progress
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,9 +64,10 @@ def test_a_script_sets_a_passive_wait_policy_unless_the_user_chose_one():
 
 @pytest.mark.parametrize("script", ["train.py", "detect.py", "evaluate.py", "bench.py"])
 def test_each_script_sets_the_policy_before_torch_can_be_imported(script):
-    """OpenMP reads OMP_WAIT_POLICY once, when torch loads it: the call comes before every import but utils.cli."""
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads it: the call comes before every import but the
+    standard-library-only utils.cli and utils.runtime."""
     lines = (ROOT / script).read_text().splitlines()
     call = lines.index("be_a_fair_neighbour(__name__)  # before torch: OpenMP threads that sleep while they wait")
     imports = [i for i, line in enumerate(lines) if re.match(r"(import|from) ", line)
-               and not line.startswith("from utils.cli import")]
+               and not line.startswith(("from utils.cli import", "from utils.runtime import"))]
     assert imports and call < min(imports)

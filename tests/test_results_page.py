@@ -16,9 +16,10 @@ import matplotlib
 import numpy as np
 import pytest
 
-from utils.visualize import (FULL_SCALE, OVERLAY_ALPHA, PageRow, defect_mask, encode_png, json_for_script, map_to_16bit,
-                             mask_from_16bit, overlay, readable, relative_url, render_page, thumb_path, write_results_page,
-                             write_thumbnail)
+from utils.outputs.maps import (FULL_SCALE, OVERLAY_ALPHA, defect_mask, encode_png, map_to_16bit, mask_from_16bit,
+                                overlay)
+from utils.outputs.page import (PageRow, json_for_script, readable, relative_url, render_page, thumb_path,
+                                write_results_page, write_thumbnail)
 
 ODD_NAME = os.fsdecode(b"caf\xe9 #1 100%.png")  # not UTF-8, and '#' / '%' that a URL must escape
 SCRIPT_NAME = "crack/</script><script>alert(1)</script>.png"

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from utils.cli import UsageError, display_name, seed_worker, warn_ignored
-from utils.detector import DEFAULT_MAX_PIXELS, SQUARE, decode_image_file, pad_to_tile, read_image, special_file_kind
+from utils.images.reading import DEFAULT_MAX_PIXELS, SQUARE, decode_image_file, read_image, special_file_kind
+from utils.images.tiles import pad_to_tile
+from utils.runtime import UsageError, display_name, seed_worker, warn_ignored
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def list_images(folder):
     """Every file below `folder` named as an image (any depth, symlinked folders not followed), sorted for
     reproducibility. Nothing is skipped silently: a folder that cannot be read is named in a warning, and what
     is not a regular image file (a FIFO, a device, a dangling link) is listed, so that the reader refuses it by
-    name (utils/detector.py `decode_image_file`, which never opens it) and it counts as not inspected."""
+    name (utils/images/reading.py `decode_image_file`, which never opens it) and it counts as not inspected."""
     def unreadable(err):
         log.warning("cannot read folder %s (%s): its images are not inspected", display_name(err.filename),
                     err.strerror)

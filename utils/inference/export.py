@@ -17,13 +17,12 @@ import warnings
 from pathlib import Path
 
 import torch
-
 import torch.nn as nn
 
-from utils.cli import UsageError
-from utils.detector import stitch
 from model.model_unet import SCORE_KERNEL, Scorer, image_score
-from utils.checkpoint import atomic_write_bytes
+from utils.images.tiles import stitch
+from utils.runtime import UsageError
+from utils.storage.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
