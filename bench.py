@@ -1,6 +1,6 @@
 """Time DRAEM's training and detection through the same functions train.py and detect.py use (docs/speed.md).
 
-Per configuration and precision: training img/s end to end (uint8 cache -> DataLoader -> utils.engine.train_step,
+Per configuration and precision: training img/s end to end (uint8 cache -> DataLoader -> utils.training.engine.train_step,
 which synthesises) against train_step on a pre-made batch; Detector.predict ms/image against a bare forward; tiled
 detection (--scale native) of a (2 size) x (8 size) image; peak memory. Per configuration: read_image ms, the
 largest |score fp32 - bf16|, the feature prior (fp32: bank fit s per 1000 images = features per image x 1000 + the
@@ -193,7 +193,7 @@ def bench_train(model, cfg, synthesizer, amp_dtype, device, warmup, iters, seed)
     def epochs():  # endless, reshuffled each pass as train.py's epochs are
         while True:
             for (batch,) in loader:
-                yield prepare_batch(batch, device)  # as utils.engine.train_epoch
+                yield prepare_batch(batch, device)  # as utils.training.engine.train_epoch
 
     batches = epochs()
 

@@ -8,9 +8,9 @@
 
 Panels: Input (original), Reconstructed, Anomaly Map (raw), Result (overlay) with the score and OK/NG against
 the threshold calibrated at training time (checkpoints without one, like the authors' release, say so).
-Folder mode also writes index.html, the results page (utils/visualize.py), with an overlay thumbnail per
+Folder mode also writes index.html, the results page (utils/outputs/page.py), with an overlay thumbnail per
 image under thumbs/. --save_maps adds, beside each picture, the raw anomaly map (16-bit PNG at the input's size),
-the defect mask at the stored threshold (0/255) and the overlay alone (utils/visualize.py).
+the defect mask at the stored threshold (0/255) and the overlay alone (utils/outputs/maps.py).
 """
 from utils.cli import (add_inference_flags, add_max_pixels_flag, be_a_fair_neighbour, exit_quietly_on_signals,
                        run_script)

@@ -8,7 +8,7 @@
 
 Writes the checkpoint pair DRAEM_test_{lr}_{epochs}_bs{bs}_{obj}_.pt / ..._seg.pt (best by synthetic
 validation), the pair ..._last.pt / ..._last_seg.pt, a resumable state ..._resume.pt, and a run folder of logs.
-This file holds the flags and main; the defaults are utils/config.py, the run itself is utils/engine.py.
+This file holds the flags and main; the defaults are utils/config.py, the run itself is utils/training/engine.py.
 """
 from utils.cli import (AMP_CHOICES, SCALE_HELP, add_target_flag, be_a_fair_neighbour, exit_quietly_on_signals,
                        fraction, positive_float, positive_int, run_script, scale_arg, size_arg)

@@ -1,4 +1,4 @@
-"""utils/detector.py: the tile grid and the stitching (tested exactly), the one predict path, the README's
+"""utils/images/tiles.py and utils/inference/detector.py: the tile grid and the stitching (tested exactly), the one predict path, the README's
 "Python API" block run as written, and Detector.score on batches."""
 import argparse
 import re

@@ -1,4 +1,4 @@
-"""utils/engine.py pieces on their own (the whole run is tested through train.main in test_train.py)."""
+"""utils/training/engine.py pieces on their own (the whole run is tested through train.main in test_train.py)."""
 import pytest
 import torch
 

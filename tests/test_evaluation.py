@@ -1,4 +1,4 @@
-"""utils/evaluation.py: evaluation of a test split and threshold calibration (seeded numpy cases, plus one
+"""utils/evaluation/report.py and thresholds.py: evaluation of a test split and threshold calibration (seeded numpy cases, plus one
 pair written and reloaded at tiny widths)."""
 import json
 import math

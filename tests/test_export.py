@@ -1,4 +1,4 @@
-"""utils/export.py: a tiny detector exported, run in ONNX Runtime against PyTorch, and via detect.py."""
+"""utils/inference/export.py: a tiny detector exported, run in ONNX Runtime against PyTorch, and via detect.py."""
 import sys
 import types
 

@@ -1,4 +1,4 @@
-"""Tests for utils/metrics.py: tiny, seeded numpy cases, no data or torch needed."""
+"""Tests for utils/evaluation/metrics.py: tiny, seeded numpy cases, no data or torch needed."""
 
 import math
 import warnings

@@ -1,4 +1,4 @@
-"""Tests for utils/visualize.py (the page and the per-image maps): the page's data and escaping, the per-image PNGs,
+"""Tests for utils/outputs/page.py and maps.py (the page and the per-image maps): the page's data and escaping, the per-image PNGs,
 and the page itself in headless Chromium (skipped when no browser is installed): a mouse drag on the slider must
 change the NG count and the verdict colours exactly as the scores say."""
 import base64

@@ -1,4 +1,4 @@
-"""utils/schedule.py: the decays of the learning rate and the --max_minutes plan's arithmetic (the plan inside a
+"""utils/training/schedule.py: the decays of the learning rate and the --max_minutes plan's arithmetic (the plan inside a
 run: tests/test_engine.py)."""
 import pytest
 import torch

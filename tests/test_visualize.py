@@ -1,4 +1,4 @@
-"""Tests for utils/visualize.py: the 4-panel figure, its rendering and the atomic PNG write."""
+"""Tests for utils/outputs/picture.py: the 4-panel figure, its rendering and the atomic PNG write."""
 import cv2
 import numpy as np
 import pytest

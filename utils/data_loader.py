@@ -1,9 +1,9 @@
 """Class folders, the train/held-out split, crops and datasets: what training and evaluation read.
 
-Every image is read by the one reader, utils/detector.py `read_image` (pixel guard, 8/16 bit, grey/RGB, working
+Every image is read by the one reader, utils/images/reading.py `read_image` (pixel guard, 8/16 bit, grey/RGB, working
 scale), so training sees its images exactly as detection does. Training data is only normal images, decoded once
 into a uint8 tensor (`load_images`); the anomalies are synthesised per *batch* on the training device by
-`utils.synthesis.simulation` (see utils/engine.py), so the datasets here stay simple and fast.
+`utils.synthesis.simulation` (see utils/training/engine.py), so the datasets here stay simple and fast.
 """
 import logging
 import os

@@ -115,7 +115,7 @@ def check_outputs(output_path, pair, pictures_of=None):
 
 
 def add_verdicts(results, types, labels, scores, threshold):
-    """Add verdict_metrics at `threshold` to per-type `results` (utils.metrics.per_type_metrics) in place.
+    """Add verdict_metrics at `threshold` to per-type `results` (utils.evaluation.metrics.per_type_metrics) in place.
 
     Each defect type is judged with all good images, as its other metrics are; "overall" with every image.
     """

@@ -220,7 +220,7 @@ def describe(calib):
 
 
 def write_calibration(checkpoint_path, base, calibration):
-    """Store `calibration` in the pair `base` (both files, with the existing save/load of utils/checkpoint.py).
+    """Store `calibration` in the pair `base` (both files, with the existing save/load of utils/storage/pairs.py).
 
     A writer: it holds the pair's name (no concurrent train.py) and finishes interrupted writes first. The weights
     are unchanged; the pair gets a new pair id, so two files from before and after are never taken for one pair.

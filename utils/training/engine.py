@@ -5,7 +5,7 @@
 
 `Run` is what a run builds once (data, synthesiser, loader, validation set, logger); `TrainState` is what changes
 and what `--resume` restores (model, optimizer, schedule, generators, step, best score), saved by
-utils/files.py (`save_resume_state`). `settings` is a utils.config.Config.
+utils/training/resume.py (`save_resume_state`). `settings` is a utils.config.Config.
 """
 import logging
 import math
@@ -116,7 +116,7 @@ class Run:
     whole_val: list | None  # --scale native / N: held-out uint8 images (3, H, W), the threshold's calibration set
     train_model: torch.nn.Module  # the model, DDP-wrapped when distributed
     logger: TrainingLogger
-    stop: object = None  # utils.cli.StopOnSignal: Ctrl-C / SIGTERM end the run after a step
+    stop: object = None  # utils.runtime.StopOnSignal: Ctrl-C / SIGTERM end the run after a step
     run_id: str = field(default_factory=lambda: secrets.token_hex(8))  # in every pair_id this run writes
     prior: PriorFusion | None = None  # --prior features: bank and novelty tail fixed, DRAEM's tail refitted
     budget: Budget = None
