@@ -8,14 +8,16 @@
 
 Panels: Input (original), Reconstructed, Anomaly Map (raw), Result (overlay) with the score and OK/NG against
 the threshold calibrated at training time (checkpoints without one, like the authors' release, say so).
-Folder mode also writes index.html, the results page (utils/visualize.py), with an overlay thumbnail per
+Folder mode also writes index.html, the results page (utils/outputs/page.py), with an overlay thumbnail per
 image under thumbs/. --save_maps adds, beside each picture, the raw anomaly map (16-bit PNG at the input's size),
-the defect mask at the stored threshold (0/255) and the overlay alone (utils/visualize.py).
+the defect mask at the stored threshold (0/255) and the overlay alone (utils/outputs/maps.py).
 """
-from utils.cli import (UsageError, add_inference_flags, add_max_pixels_flag, display_name, exit_quietly_on_signals,
-                       progress, resolve_amp, run_script, select_device)
+from utils.cli import (add_inference_flags, add_max_pixels_flag, be_a_fair_neighbour, exit_quietly_on_signals,
+                       run_script)
+from utils.runtime import UsageError, display_name, progress, resolve_amp, select_device
 
 exit_quietly_on_signals("detect.py", __name__)  # a signal during the imports below: one line
+be_a_fair_neighbour(__name__)  # before torch: OpenMP threads that sleep while they wait
 
 import argparse
 import contextlib
@@ -25,13 +27,15 @@ import logging
 import sys
 from pathlib import Path
 
-from utils.checkpoint import atomic_open, newest_complete_pair
 from utils.data_loader import list_images
-from utils.detector import NATIVE, Detector, read_image
-from utils.demo_data import DEMO_ROOT
-from utils.files import check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside, tidy_output_folders
-from utils.visualize import (MAP_FILES, PAGE_NAME, PageRow, map_output_paths, overlay, save_map_outputs, save_panels,
-                             write_results_page, write_thumbnail)
+from utils.images.reading import NATIVE, read_image, special_file_kind
+from utils.inference.detector import Detector
+from utils.outputs.maps import MAP_FILES, map_output_paths, save_map_outputs
+from utils.outputs.page import PAGE_NAME, thumb_path, write_results_page, write_scored_image
+from utils.storage.atomic import atomic_open, tidy_output_folders
+from utils.storage.output_rules import check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside
+from utils.storage.pairs import find_pair, newest_complete_pair
+from utils.synthesis.demo_data import DEMO_ROOT
 
 log = logging.getLogger("detect")
 DEFAULT_OUTPUT = "single_test_result.png"
@@ -61,7 +65,7 @@ def parse_args(argv=None):
 def resolve_inputs(args):
     """(image files, base model name, output, folder mode) with the demo defaults filled in."""
     if args.image_path is None:
-        from utils.demo_data import DEMO_CLASS, demo_image_path
+        from utils.synthesis.demo_data import DEMO_CLASS, demo_image_path
         image = demo_image_path(DEMO_ROOT)
         if not image.is_file():
             raise UsageError(f"demo image {image} not found; run `python train.py` first")
@@ -75,6 +79,8 @@ def resolve_inputs(args):
             raise UsageError(f"--image_path {path}: no images in this folder")
         out = Path("detect_results" if args.output_path == DEFAULT_OUTPUT else args.output_path)
         return files, base, out, True
+    if special_file_kind(path) is not None:  # never opened: a FIFO would block, /dev/zero never end
+        raise UsageError(f"--image_path {path} is {special_file_kind(path)}, not an image file")
     if not path.is_file():
         raise UsageError(f"--image_path {path} does not exist")
     return [path], base, Path(args.output_path), False
@@ -91,18 +97,33 @@ def picture_name(rel):
     return rel.with_name(display_name(rel.name) + ".png")
 
 
-def check_outputs(files, root, output, folder_mode, save_maps):
-    """Before any work: the outputs can be written and replace no input."""
+def planned_outputs(files, root, output, folder_mode, save_maps):
+    """Every file this run may write: the picture and its maps (save_maps); in folder mode report.csv and the
+    results page first, then each image's picture, thumbnail (and maps)."""
     if not folder_mode:
-        extra = list(map_output_paths(output).values()) if save_maps else []
-        refuse_input_overwrite([output, *extra], files)
-        for path in (output, *extra):
-            check_output_file(path, "--output_path")
-        return
-    check_output_dir(output, "--output_path")
-    refuse_inside(output, root)
-    for name in ("report.csv", PAGE_NAME):
-        check_output_file(output / name, "--output_path")
+        return [output, *(map_output_paths(output).values() if save_maps else ())]
+    outs = [output / "report.csv", output / PAGE_NAME]
+    for f in files:
+        picture = output / picture_name(f.relative_to(root))
+        outs += [picture, thumb_path(output, display_name(f.relative_to(root)))]
+        outs += map_output_paths(picture).values() if save_maps else []
+    return outs
+
+
+def check_outputs(args, files, output, folder_mode, pair):
+    """Before any work: the outputs can be written and replace no input (an image, either file of the pair)."""
+    inputs = {"--image_path": files, "--checkpoint_path": pair}
+    root = Path(args.image_path) if folder_mode else None
+    if folder_mode:
+        check_output_dir(output, "--output_path")
+        refuse_inside(output, root)
+    outputs = planned_outputs(files, root, output, folder_mode, args.save_maps)
+    refuse_input_overwrite(outputs, inputs)
+    for path in outputs[:2] if folder_mode else outputs:  # report.csv and the page, or the picture and its maps
+        check_output_file(path, "--output_path")
+    if args.export_onnx:
+        refuse_input_overwrite([args.export_onnx], inputs, "--export_onnx")
+        check_output_file(args.export_onnx, "--export_onnx")
 
 
 def report(row, threshold, as_json):
@@ -116,13 +137,14 @@ def report(row, threshold, as_json):
               + ("" if threshold is None else f" (threshold {threshold:.4f})"))
 
 
-def image_outputs(detector, path, picture, folder, title, pred, save_maps):
-    """Write the 4-panel picture `folder / picture` of pred = (image, predict's output, index) (and with
-    save_maps the map, mask and overlay); returns its row: file, picture, score, verdict (and map, mask,
-    overlay), the names relative to `folder`."""
+def image_outputs(detector, path, picture, folder, title, pred, save_maps, page_name=None):
+    """Write the 4-panel picture `folder / picture` of pred = (image, predict's output, index) (with page_name its
+    thumbnail for the results page, and with save_maps the map, mask and overlay); returns (its report row: file,
+    picture, score, verdict (and map, mask, overlay), the names relative to `folder`; its PageRow or None)."""
     image, out, j = pred
     score = float(out["score"][j])
-    save_panels(folder / picture, *panel_args(image, out, j), threshold=detector.threshold, title=title)
+    page_row = write_scored_image(folder / picture, *panel_args(image, out, j), detector.threshold, title,
+                                  folder if page_name else None, page_name)
     row = {"file": display_name(path), "picture": str(picture), "score": score, "verdict": detector.verdict(score)}
     if save_maps:
         original = read_image(path, None, NATIVE, detector.max_pixels).permute(1, 2, 0).numpy()  # (H, W, 3)
@@ -130,13 +152,13 @@ def image_outputs(detector, path, picture, folder, title, pred, save_maps):
                                    detector.threshold)
         named = {k: "" if p is None else str(p.relative_to(folder) if folder.parts else p) for k, p in written.items()}
         row.update(named)
-    return row
+    return row, page_row
 
 
 def detect_single(detector, path, output, as_json, save_maps):
     image = detector.read(path)  # (3, H, W) at the checkpoint's working scale
     out = detector.predict([image])
-    row = image_outputs(detector, path, output, Path(), display_name(Path(path).name), (image, out, 0), save_maps)
+    row, _ = image_outputs(detector, path, output, Path(), display_name(Path(path).name), (image, out, 0), save_maps)
     report(row, detector.threshold, as_json)
     return [row]
 
@@ -179,12 +201,11 @@ def detect_batch(detector, group, root, output, flags, rows, page):
     for j, (f, image) in enumerate(group):
         rel = f.relative_to(root)
         name = display_name(rel)
-        row = image_outputs(detector, f, picture_name(rel), output, name, (image, out, j), save_maps)
+        row, page_row = image_outputs(detector, f, picture_name(rel), output, name, (image, out, j), save_maps,
+                                      page_name=name)
         row["file"] = name
         rows.append(row)
-        over = overlay(image.permute(1, 2, 0).numpy(), out["anomaly_map"][j].cpu().numpy(), detector.threshold)
-        page.append(PageRow(name, row["score"], row["verdict"], write_thumbnail(output, name, over),
-                            output / row["picture"]))
+        page.append(page_row)
         report(row, detector.threshold, as_json)
 
 
@@ -199,17 +220,14 @@ def write_csv(path, rows, save_maps=False):
 def run(args, stop):
     """Check the outputs, load the pair once, score the image or the folder, write the pictures (and report)."""
     files, base, output, folder_mode = resolve_inputs(args)
-    check_outputs(files, args.image_path, output, folder_mode, args.save_maps)
-    if args.export_onnx:
-        refuse_input_overwrite([args.export_onnx], files, "--export_onnx")
-        check_output_file(args.export_onnx, "--export_onnx")
+    check_outputs(args, files, output, folder_mode, find_pair(args.checkpoint_path, base))
     device = select_device(args.gpu_id)
     detector = Detector.from_checkpoint(args.checkpoint_path, base, device, resolve_amp(args.amp, device),
                                         bs=args.bs, max_pixels=args.max_pixels)
     log.info("device: %s, model: %s (%d px, scale %s%s)", device, base, detector.size, detector.scale,
              "" if detector.threshold is not None else ", no calibrated threshold")
     if args.export_onnx:
-        from utils.export import export_onnx
+        from utils.inference.export import export_onnx
         export_onnx(detector, args.export_onnx)
     if folder_mode:
         detect_folder(detector, files, Path(args.image_path), output, (args.json, args.save_maps), stop)
