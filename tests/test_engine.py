@@ -94,3 +94,25 @@ def test_an_explicit_epochs_still_caps_a_budgeted_run(tmp_path):
     run_epochs(run, state)
     assert state.step == run.max_steps == 2 * len(run.loader) and state.epoch == 2
     assert epoch_label(run, 2) == "epoch 2/2"
+
+
+class SpeedingClock(FakeClock):
+    """A FakeClock whose tick drops from `slow` to `fast` after `after` readings: a shared machine freed."""
+
+    def __init__(self, slow, fast, after):
+        super().__init__(slow)
+        self.fast, self.left = fast, after
+
+    def __call__(self):
+        self.left -= 1
+        if self.left < 0:
+            self.tick = self.fast
+        return super().__call__()
+
+
+def test_a_run_that_speeds_up_still_uses_its_budget(tmp_path):
+    clock = SpeedingClock(0.004, 0.001, after=60)  # 4x faster after 60 readings of a 0.6 s budget
+    run, state = _budget_run(tmp_path, clock, epochs=2, fill_budget=True)
+    run_epochs(run, state)
+    assert 0.95 * 0.6 < clock.t <= 0.6 + 0.002  # the mean pace since the start planned 0.915 of it
+    assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.04)

@@ -3,7 +3,7 @@ run: tests/test_engine.py)."""
 import pytest
 import torch
 
-from utils.training.schedule import make_optimizer, set_milestones, steps_that_fit
+from utils.training.schedule import Budget, make_optimizer, recent_step_s, set_milestones, steps_that_fit
 
 
 def test_schedule_decays_at_80_and_90_percent_of_the_steps():
@@ -26,3 +26,12 @@ def test_set_milestones_moves_the_decays_after_the_current_step():
     optimizer, scheduler = make_optimizer(torch.nn.Linear(1, 1), 1.0, total_steps=1000)
     assert set_milestones(scheduler, 100, 0) == 100 and sorted(scheduler.milestones) == [80, 90]
     assert set_milestones(scheduler, 10, 20) > 22 and min(scheduler.milestones) == 21
+
+
+def test_recent_step_s_measures_the_pace_since_a_plan_at_least_20_steps_back_without_checkpoints():
+    b = Budget(600, train_start=0.0, first_step=0, marks=[(40.0, 20, 0.0), (50.0, 40, 0.0)])  # 2 s, then 0.5 s
+    assert recent_step_s(b, 60.0, 60) == pytest.approx(0.5)  # since step 40
+    assert recent_step_s(b, 55.0, 50) == pytest.approx(0.5)  # step 40 is too near: since step 20
+    assert recent_step_s(b, 15.0, 10) == pytest.approx(1.5)  # no plan far enough: since the first step
+    b.checkpoints_s = 4.0  # a checkpoint since step 40 is not a step's time
+    assert recent_step_s(b, 60.0, 60) == pytest.approx(0.3)
