@@ -5,14 +5,16 @@
     python train.py --gpu_id 0 --obj_id -1 --lr 0.0001 --bs 8 --epochs 700 --data_path ./datasets/mvtec/ \
         --anomaly_source_path ./datasets/dtd/images/ --checkpoint_path ./checkpoints/ --log_path ./logs/
     torchrun --nproc_per_node=4 train.py ...          # several GPUs (DistributedDataParallel)
+    python train.py --add_good line3/ok --base_model_name DRAEM_test_0.0001_20_bs8_part_   # teach, no training
 
 Writes the checkpoint pair DRAEM_test_{lr}_{epochs}_bs{bs}_{obj}_.pt / ..._seg.pt (best by synthetic
 validation), the pair ..._last.pt / ..._last_seg.pt, a resumable state ..._resume.pt, and a run folder of logs.
+--add_good teaches a trained pair confirmed-good images in seconds (utils/teach.py): a new pair <name>taught<k>_.
 This file holds the flags and main; the defaults are utils/config.py, the run itself is utils/engine.py.
 """
-from utils.cli import (AMP_CHOICES, SCALE_HELP, UsageError, add_target_flag, distributed_env, exit_quietly_on_signals,
-                       fraction, init_distributed, positive_float, positive_int, run_script, scale_arg, select_device,
-                       size_arg)
+from utils.cli import (AMP_CHOICES, SCALE_HELP, UsageError, add_max_pixels_flag, add_target_flag, distributed_env,
+                       exit_quietly_on_signals, fraction, given, init_distributed, positive_float, positive_int,
+                       run_script, scale_arg, select_device, size_arg)
 
 exit_quietly_on_signals("train.py", __name__)  # a signal during the imports below: one line
 
@@ -25,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from utils.checkpoint import base_model_name
+from utils.checkpoint import base_model_name, newest_complete_pair
 from utils.files import check_output_dir, hold_checkpoint_names, refuse_inside
 from utils.config import FIELDS, PHOTOMETRIC, PRESETS, Config
 from utils.data_loader import resolve_classes
@@ -34,6 +36,7 @@ from utils.detector import Detector
 from utils.engine import Diverged, train_class
 from utils.evaluation import evaluate_class, results_text
 from utils.synthesis.simulation import parse_kinds
+from utils.teach import Lesson, teach
 
 log = logging.getLogger("train")
 
@@ -123,6 +126,36 @@ def add_output_flags(p, d):
                    help="CUDA device index (CPU when CUDA is absent; -1 forces CPU)")
 
 
+TEACH_FLAG = "--add_good"
+
+
+def parse_teach_args(argv):
+    """train.py --add_good FOLDER [--base_model_name NAME]: the teaching's own flags (others are refused)."""
+    d = Config()
+    p = argparse.ArgumentParser(prog="train.py --add_good", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="Teach a trained pair confirmed-good images: their features join its "
+                                            "memory bank and the threshold is recalibrated, in seconds, no training; "
+                                            "writes a new pair <name>taught<k>_ (docs/thresholds.md)")
+    p.add_argument(TEACH_FLAG, required=True, metavar="FOLDER", help="folder of confirmed-good images (any depth)")
+    p.add_argument("--base_model_name", default=None,
+                   help="the pair to teach; omit to use the newest complete pair in --checkpoint_path")
+    p.add_argument("--checkpoint_path", default=d.checkpoint_path, help="folder of the pair; the new pair goes there")
+    p.add_argument("--log_path", default=d.log_path, help="folder for the teaching's run folder")
+    add_target_flag(p, ", on the held-out and the new images")
+    p.add_argument("--gpu_id", type=int, default=d.gpu_id, help="CUDA device index (CPU when CUDA is absent)")
+    add_max_pixels_flag(p)
+    return p.parse_args(argv)
+
+
+def teach_pair(args, command):
+    check_output_dir(args.checkpoint_path, "--checkpoint_path")
+    check_output_dir(args.log_path, "--log_path")
+    base = args.base_model_name or newest_complete_pair(args.checkpoint_path)
+    device = select_device(args.gpu_id)
+    return teach(Lesson(args.checkpoint_path, base, args.add_good, args.log_path, args.target_false_reject,
+                        str(device), args.max_pixels, argv=tuple(command)))
+
+
 def parse_args(argv=None):
     """The flags as a Config: the preset's and recipe's values (utils/config.py), overridden by the flags given."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -150,8 +183,12 @@ def run_demo_evaluation(settings, base, class_dir):
 
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = ["train.py", *argv]
+    if given(argv, TEACH_FLAG):
+        args = parse_teach_args(argv)
+        return run_script("train.py", lambda stop: teach_pair(args, command), (UsageError, OSError))
     cfg = parse_args(argv)
-    command = ["train.py", *(sys.argv[1:] if argv is None else argv)]
     try:  # 2: bad input; 1: a failed write (checkpoints stay whole), nan; 130/143: a signal (the epoch loop arms
         # the stop: Ctrl-C / SIGTERM stop after a step)
         return run_script("train.py", lambda stop: run(cfg, command, stop), (UsageError, OSError, Diverged))
