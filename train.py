@@ -129,16 +129,22 @@ def add_output_flags(p, d):
 TEACH_FLAG = "--add_good"
 
 
+def add_teach_flags(g):
+    g.add_argument(TEACH_FLAG, default=None, metavar="FOLDER",
+                   help="teach a trained pair this folder of confirmed-good images (any depth) instead of training: "
+                        "their features join its memory bank and the threshold is recalibrated, in seconds; writes "
+                        "a new pair <name>taught<k>_ (docs/thresholds.md). Its flags: train.py --add_good X --help")
+    g.add_argument("--base_model_name", default=None,
+                   help="with --add_good: the pair to teach; omit to use the newest complete pair in --checkpoint_path")
+
+
 def parse_teach_args(argv):
     """train.py --add_good FOLDER [--base_model_name NAME]: the teaching's own flags (others are refused)."""
     d = Config()
-    p = argparse.ArgumentParser(prog="train.py --add_good", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="Teach a trained pair confirmed-good images: their features join its "
-                                            "memory bank and the threshold is recalibrated, in seconds, no training; "
-                                            "writes a new pair <name>taught<k>_ (docs/thresholds.md)")
-    p.add_argument(TEACH_FLAG, required=True, metavar="FOLDER", help="folder of confirmed-good images (any depth)")
-    p.add_argument("--base_model_name", default=None,
-                   help="the pair to teach; omit to use the newest complete pair in --checkpoint_path")
+    p = argparse.ArgumentParser(prog="train.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="Teach a trained pair confirmed-good images, no training "
+                                            "(utils/teach.py, docs/thresholds.md)")
+    add_teach_flags(p)
     p.add_argument("--checkpoint_path", default=d.checkpoint_path, help="folder of the pair; the new pair goes there")
     p.add_argument("--log_path", default=d.log_path, help="folder for the teaching's run folder")
     add_target_flag(p, ", on the held-out and the new images")
@@ -165,7 +171,10 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for add in (add_data_flags, add_model_flags, add_optimisation_flags, add_output_flags):
         add(p, defaults)
+    add_teach_flags(p.add_argument_group("Teaching a trained pair (no training)"))
     args = p.parse_args(argv)
+    if args.base_model_name is not None and args.add_good is None:
+        p.error("argument --base_model_name: only with --add_good (the pair to teach)")
     return Config.build(preset, args.recipe, **{k: v for k, v in vars(args).items() if k in FIELDS and
                                                 k not in ("preset", "recipe")})
 

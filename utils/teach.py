@@ -4,10 +4,10 @@
 
 The images are read as detection reads them (utils/detector.py `read_image`, the pair's working shape); their patch
 features join the feature prior's memory bank, which the coreset's greedy re-thins to its capacity
-(model/feature_prior.py `grow_bank`); the novelty's tail table is refitted and the OK/NG threshold recalibrated
+(model/feature_prior.py `grow_bank`); the two tail tables are refitted and the OK/NG threshold recalibrated
 (utils/evaluation.py `calibrate_threshold`) on held-out good images: the training run's held-out images (when its
-folder is still there) and every new image, scored leave-self-out, against the bank without its own entries.
-DRAEM's networks and its tail table are unchanged.
+folder is still there) and every new image, its novelty leave-self-out, against the bank without its own entries.
+DRAEM's networks are unchanged.
 
 The result is a new pair `<root>taught<k>_` (`<root>`: the trained pair's name; k counts the teachings), written
 atomically by one writer; the taught pair is never touched. The bank's state in `_seg.pt` gets "teachings", one
@@ -204,17 +204,22 @@ def leave_self_out_novelty(fusion, bank, source, goods, config, device):
 
 
 def calibrate(model, config, fusion, novelty, goods, target, device):
-    """(novelty tail refitted on the good images' novelty, calibration dict from their image scores). The maps are
-    fused after stitching: for "square" pairs (one tile) exactly as detect.py scores."""
+    """(tail tables refitted on the good images, calibration dict from their image scores).
+
+    Both tables, as training fits them on its held-out images (utils/engine.py `fit_run_prior`,
+    `refit_draem_tail`): the novelty's on the leave-self-out novelty maps, DRAEM's on its maps of the same images
+    (DRAEM never saw the new images). Refitting DRAEM's too kept recall on MTD's shifted-good experiment (38.0% ->
+    37.0%, against 24.0% with the novelty's alone: docs/thresholds.md). The maps are fused after stitching: for
+    "square" pairs (one tile) exactly as detect.py scores."""
     size = int(config["size"])
     draem = Scorer.from_config(model, config).eval()  # DRAEM alone: its map, and the pair's score rule
     draem_maps = raw_maps(lambda tiles: draem(tiles)[1], [g[0] for g in goods], size, device)
-    tail = TailEvidence.fit(torch.cat([m.flatten() for m in novelty])).to(device)
-    taught = PriorFusion(fusion.features, tail, fusion.draem_tail, fusion.gate)
+    tails = [TailEvidence.fit(torch.cat([m.flatten() for m in maps])).to(device) for maps in (novelty, draem_maps)]
+    taught = PriorFusion(fusion.features, *tails, fusion.gate)
     with torch.inference_mode():
         scores = torch.stack([draem.score(taught.fuse(n[None], d[None]))[0].cpu()
                               for n, d in zip(novelty, draem_maps)])
-    return tail, calibrate_threshold(scores, target)
+    return tails, calibrate_threshold(scores, target)
 
 
 # ------------------------------------------------------------------------------------------- the new pair
@@ -282,8 +287,8 @@ def teach(lesson):
         novelty = leave_self_out_novelty(fusion, bank, source, goods, config, lesson.device)
         fusion.features = FeaturePrior(bank, fusion.features.size, fusion.features.backbone,
                                        fusion.features.channels).to(lesson.device)
-        fusion.novelty_tail, calib = calibrate(model, config, fusion, novelty, goods, lesson.target_false_reject,
-                                               lesson.device)
+        (fusion.novelty_tail, fusion.draem_tail), calib = calibrate(model, config, fusion, novelty, goods,
+                                                                    lesson.target_false_reject, lesson.device)
         k = len(teachings) + 1
         calib["source"] = f"teaching {k}: {len(held)} held-out training images + {len(images)} taught (leave-self-out)"
         record = teaching_record(lesson, meta, k, images, (meta["prior"]["bank"].shape[0], bank.shape[0], from_new,
