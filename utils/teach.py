@@ -265,6 +265,19 @@ def write_run_folder(lesson, name, config, record, images):
     return logger.run_dir
 
 
+def refit(lesson, model, config, fusion, images, held):
+    """Teach `fusion` in place: the grown bank, both tail tables; returns (calibration, bank rows from the new
+    images). held: the training's held-out images (3, H, W)."""
+    bank, source, feats = taught_bank(fusion, images, config, lesson.capacity, lesson.device)
+    goods = [(im, None, None) for im in held] + [(im.image, j, feats[j]) for j, im in enumerate(images)]
+    novelty = leave_self_out_novelty(fusion, bank, source, goods, config, lesson.device)
+    fusion.features = FeaturePrior(bank, fusion.features.size, fusion.features.backbone,
+                                   fusion.features.channels).to(lesson.device)
+    (fusion.novelty_tail, fusion.draem_tail), calib = calibrate(model, config, fusion, novelty, goods,
+                                                                lesson.target_false_reject, lesson.device)
+    return calib, int((source >= 0).sum())
+
+
 def teach(lesson):
     """Teach `lesson.base` the images of `lesson.folder`; returns the new pair's name. Refusals (UsageError) come
     before anything is written; a signal or a crash leaves the old pair as it was and no half-written new one."""
@@ -281,18 +294,11 @@ def teach(lesson):
     name, holding = hold_new_name(lesson.checkpoint_path, lesson.base, lesson.log_path)
     with holding:
         model = model.to(lesson.device)
-        bank, source, feats = taught_bank(fusion, images, config, lesson.capacity, lesson.device)
-        from_new = int((source >= 0).sum())
-        goods = [(im, None, None) for im in held] + [(im.image, j, feats[j]) for j, im in enumerate(images)]
-        novelty = leave_self_out_novelty(fusion, bank, source, goods, config, lesson.device)
-        fusion.features = FeaturePrior(bank, fusion.features.size, fusion.features.backbone,
-                                       fusion.features.channels).to(lesson.device)
-        (fusion.novelty_tail, fusion.draem_tail), calib = calibrate(model, config, fusion, novelty, goods,
-                                                                    lesson.target_false_reject, lesson.device)
+        calib, from_new = refit(lesson, model, config, fusion, images, held)
         k = len(teachings) + 1
         calib["source"] = f"teaching {k}: {len(held)} held-out training images + {len(images)} taught (leave-self-out)"
-        record = teaching_record(lesson, meta, k, images, (meta["prior"]["bank"].shape[0], bank.shape[0], from_new,
-                                                           len(held)), (meta["calibration"], calib))
+        counts = (meta["prior"]["bank"].shape[0], fusion.features.bank.shape[0], from_new, len(held))
+        record = teaching_record(lesson, meta, k, images, counts, (meta["calibration"], calib))
         prior = {**fusion.state(), "teachings": [*teachings, record]}
         pair_id = f"{(meta.get('pair_id') or 'original').split('+')[0]}+taught{k}-{secrets.token_hex(4)}"
         save_pair(model.cpu(), lesson.checkpoint_path, name, config, calib, pair_id, prior=prior)
