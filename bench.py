@@ -1,12 +1,13 @@
 """Time DRAEM's training and detection through the same functions train.py and detect.py use (docs/speed.md).
 
-Per configuration and precision: training img/s end to end (uint8 cache -> DataLoader -> utils.engine.train_step,
+Per configuration and precision: training img/s end to end (uint8 cache -> DataLoader -> utils.training.engine.train_step,
 which synthesises) against train_step on a pre-made batch; Detector.predict ms/image against a bare forward; tiled
 detection (--scale native) of a (2 size) x (8 size) image; peak memory. Per configuration: read_image ms, the
 largest |score fp32 - bf16|, the feature prior (fp32: bank fit s per 1000 images = features per image x 1000 + the
 coreset once; bank MB; detect ms against DRAEM alone, target <= 2). Once: synthesis samples/s. Medians after
 warm-up, e2e and bare steps interleaved so that a change of machine load hits both."""
-from utils.cli import cpu_has_native_bf16, exit_quietly_on_signals, positive_int, resolve_amp, seed_everything, size_arg
+from utils.cli import exit_quietly_on_signals, positive_int, size_arg
+from utils.runtime import cpu_has_native_bf16, resolve_amp, seed_everything
 
 exit_quietly_on_signals("bench.py", __name__)  # a signal during the imports below: one line
 
@@ -30,14 +31,16 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from model import DRAEM, weights_init
 from model.feature_prior import CORESET_SIZE, PRIOR_SIZE, PriorFusion, TailEvidence, fit_prior
-from utils.config import PRESETS, Config
-from utils.detector import Detector, count_tiles, read_image
 from model.model_unet import autocast
-from utils.engine import prepare_batch, train_step
+from utils.config import PRESETS, Config
+from utils.images.reading import read_image
+from utils.images.tiles import count_tiles
+from utils.inference.detector import Detector
 from utils.loss import DraemLoss
-from utils.schedule import make_optimizer
 from utils.synthesis.simulation import make_synthesizer
 from utils.synthesis.textures import load_texture_bank
+from utils.training.engine import prepare_batch, train_step
+from utils.training.schedule import make_optimizer
 
 log = logging.getLogger("bench")
 
@@ -189,7 +192,7 @@ def bench_train(model, cfg, synthesizer, amp_dtype, device, warmup, iters, seed)
     def epochs():  # endless, reshuffled each pass as train.py's epochs are
         while True:
             for (batch,) in loader:
-                yield prepare_batch(batch, device)  # as utils.engine.train_epoch
+                yield prepare_batch(batch, device)  # as utils.training.engine.train_epoch
 
     batches = epochs()
 

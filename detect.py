@@ -8,12 +8,12 @@
 
 Panels: Input (original), Reconstructed, Anomaly Map (raw), Result (overlay) with the score and OK/NG against
 the threshold calibrated at training time (checkpoints without one, like the authors' release, say so).
-Folder mode also writes index.html, the results page (utils/visualize.py), with an overlay thumbnail per
+Folder mode also writes index.html, the results page (utils/outputs/page.py), with an overlay thumbnail per
 image under thumbs/. --save_maps adds, beside each picture, the raw anomaly map (16-bit PNG at the input's size),
-the defect mask at the stored threshold (0/255) and the overlay alone (utils/visualize.py).
+the defect mask at the stored threshold (0/255) and the overlay alone (utils/outputs/maps.py).
 """
-from utils.cli import (UsageError, add_inference_flags, add_max_pixels_flag, display_name, exit_quietly_on_signals,
-                       progress, resolve_amp, run_script, select_device)
+from utils.cli import add_inference_flags, add_max_pixels_flag, exit_quietly_on_signals, run_script
+from utils.runtime import UsageError, display_name, progress, resolve_amp, select_device
 
 exit_quietly_on_signals("detect.py", __name__)  # a signal during the imports below: one line
 
@@ -25,13 +25,15 @@ import logging
 import sys
 from pathlib import Path
 
-from utils.checkpoint import atomic_open, newest_complete_pair
 from utils.data_loader import list_images
-from utils.detector import NATIVE, Detector, read_image
-from utils.demo_data import DEMO_ROOT
-from utils.files import check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside, tidy_output_folders
-from utils.visualize import (MAP_FILES, PAGE_NAME, PageRow, map_output_paths, overlay, save_map_outputs, save_panels,
-                             write_results_page, write_thumbnail)
+from utils.images.reading import NATIVE, read_image
+from utils.inference.detector import Detector
+from utils.outputs.maps import MAP_FILES, map_output_paths, save_map_outputs
+from utils.outputs.page import PAGE_NAME, write_results_page, write_scored_image
+from utils.storage.atomic import atomic_open, tidy_output_folders
+from utils.storage.output_rules import check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside
+from utils.storage.pairs import newest_complete_pair
+from utils.synthesis.demo_data import DEMO_ROOT
 
 log = logging.getLogger("detect")
 DEFAULT_OUTPUT = "single_test_result.png"
@@ -61,7 +63,7 @@ def parse_args(argv=None):
 def resolve_inputs(args):
     """(image files, base model name, output, folder mode) with the demo defaults filled in."""
     if args.image_path is None:
-        from utils.demo_data import DEMO_CLASS, demo_image_path
+        from utils.synthesis.demo_data import DEMO_CLASS, demo_image_path
         image = demo_image_path(DEMO_ROOT)
         if not image.is_file():
             raise UsageError(f"demo image {image} not found; run `python train.py` first")
@@ -116,14 +118,14 @@ def report(row, threshold, as_json, teaching=0):
               + ("" if threshold is None else f" (threshold {threshold:.4f})"))
 
 
-def image_outputs(detector, path, picture, folder, title, pred, save_maps):
-    """Write the 4-panel picture `folder / picture` of pred = (image, predict's output, index) (and with
-    save_maps the map, mask and overlay); returns its row: file, picture, score, verdict (and map, mask,
-    overlay), the names relative to `folder`."""
+def image_outputs(detector, path, picture, folder, title, pred, save_maps, page_name=None):
+    """Write the 4-panel picture `folder / picture` of pred = (image, predict's output, index) (with page_name its
+    thumbnail for the results page, and with save_maps the map, mask and overlay); returns (its report row: file,
+    picture, score, verdict (and map, mask, overlay), the names relative to `folder`; its PageRow or None)."""
     image, out, j = pred
     score = float(out["score"][j])
-    save_panels(folder / picture, *panel_args(image, out, j), threshold=detector.threshold,
-                title=f"{title}  ·  {detector.pair_label()}")
+    page_row = write_scored_image(folder / picture, *panel_args(image, out, j), detector.threshold,
+                                  f"{title}  ·  {detector.pair_label()}", folder if page_name else None, page_name)
     row = {"file": display_name(path), "picture": str(picture), "score": score, "verdict": detector.verdict(score),
            "pair": detector.name}
     if save_maps:
@@ -132,13 +134,13 @@ def image_outputs(detector, path, picture, folder, title, pred, save_maps):
                                    detector.threshold)
         named = {k: "" if p is None else str(p.relative_to(folder) if folder.parts else p) for k, p in written.items()}
         row.update(named)
-    return row
+    return row, page_row
 
 
 def detect_single(detector, path, output, as_json, save_maps):
     image = detector.read(path)  # (3, H, W) at the checkpoint's working scale
     out = detector.predict([image])
-    row = image_outputs(detector, path, output, Path(), display_name(Path(path).name), (image, out, 0), save_maps)
+    row, _ = image_outputs(detector, path, output, Path(), display_name(Path(path).name), (image, out, 0), save_maps)
     report(row, detector.threshold, as_json, detector.teaching)
     return [row]
 
@@ -182,12 +184,11 @@ def detect_batch(detector, group, root, output, flags, rows, page):
     for j, (f, image) in enumerate(group):
         rel = f.relative_to(root)
         name = display_name(rel)
-        row = image_outputs(detector, f, picture_name(rel), output, name, (image, out, j), save_maps)
+        row, page_row = image_outputs(detector, f, picture_name(rel), output, name, (image, out, j), save_maps,
+                                      page_name=name)
         row["file"] = name
         rows.append(row)
-        over = overlay(image.permute(1, 2, 0).numpy(), out["anomaly_map"][j].cpu().numpy(), detector.threshold)
-        page.append(PageRow(name, row["score"], row["verdict"], write_thumbnail(output, name, over),
-                            output / row["picture"]))
+        page.append(page_row)
         report(row, detector.threshold, as_json, detector.teaching)
 
 
@@ -212,7 +213,7 @@ def run(args, stop):
     log.info("device: %s, model: %s (%d px, scale %s%s)", device, detector.pair_label(), detector.size, detector.scale,
              "" if detector.threshold is not None else ", no calibrated threshold")
     if args.export_onnx:
-        from utils.export import export_onnx
+        from utils.inference.export import export_onnx
         export_onnx(detector, args.export_onnx)
     if folder_mode:
         detect_folder(detector, files, Path(args.image_path), output, (args.json, args.save_maps), stop)

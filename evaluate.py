@@ -24,8 +24,9 @@ Recalibrate the threshold on the line's own good images (written into both files
     python evaluate.py --base_model_name ... --recalibrate line3/good/ [--defect_path line3/bad/] \
         [--target_false_reject 0.02 | --threshold_rule f1] [--data_path path/to/class]
 """
-from utils.cli import (UsageError, add_inference_flags, add_max_pixels_flag, add_target_flag, exit_quietly_on_signals,
-                       given, resolve_amp, run_script, select_device, warn_ignored)
+from utils.cli import (add_inference_flags, add_max_pixels_flag, add_target_flag, exit_quietly_on_signals, given,
+                       run_script)
+from utils.runtime import UsageError, resolve_amp, select_device, warn_ignored
 
 exit_quietly_on_signals("evaluate.py", __name__)  # a signal during the imports below: one line
 
@@ -37,14 +38,15 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.checkpoint import find_pair, newest_complete_pair
 from utils.data_loader import list_images
-from utils.detector import Detector
-from utils.evaluation import (VERDICTS, check_outputs, describe, evaluate_class, f1_threshold, fit_threshold,
-                              json_safe, recalibration_report, results_text, write_calibration, write_results)
-from utils.files import check_output_dir, refuse_inside, tidy_output_folders
-from utils.metrics import METRIC_NAMES, format_table
-from utils.visualize import write_results_page
+from utils.evaluation.metrics import METRIC_NAMES, format_table
+from utils.evaluation.report import VERDICTS, check_outputs, evaluate_class, json_safe, results_text, write_results
+from utils.evaluation.thresholds import describe, f1_threshold, fit_threshold, recalibration_report, write_calibration
+from utils.inference.detector import Detector
+from utils.outputs.page import write_results_page
+from utils.storage.atomic import tidy_output_folders
+from utils.storage.output_rules import check_output_dir, refuse_inside
+from utils.storage.pairs import find_pair, newest_complete_pair
 
 log = logging.getLogger("evaluate")
 

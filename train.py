@@ -9,12 +9,13 @@
 
 Writes the checkpoint pair DRAEM_test_{lr}_{epochs}_bs{bs}_{obj}_.pt / ..._seg.pt (best by synthetic
 validation), the pair ..._last.pt / ..._last_seg.pt, a resumable state ..._resume.pt, and a run folder of logs.
---add_good teaches a trained pair confirmed-good images in seconds (utils/teach.py): a new pair <name>taught<k>_.
-This file holds the flags and main; the defaults are utils/config.py, the run itself is utils/engine.py.
+--add_good teaches a trained pair confirmed-good images in seconds (utils/training/teach.py): a new pair
+<name>taught<k>_. This file holds the flags and main; the defaults are utils/config.py, the run itself is
+utils/training/engine.py.
 """
-from utils.cli import (AMP_CHOICES, SCALE_HELP, UsageError, add_max_pixels_flag, add_target_flag, distributed_env,
-                       exit_quietly_on_signals, fraction, given, init_distributed, positive_float, positive_int,
-                       run_script, scale_arg, select_device, size_arg)
+from utils.cli import (AMP_CHOICES, SCALE_HELP, add_max_pixels_flag, add_target_flag, exit_quietly_on_signals, fraction,
+                       given, positive_float, positive_int, run_script, scale_arg, size_arg)
+from utils.runtime import UsageError, distributed_env, init_distributed, select_device
 
 exit_quietly_on_signals("train.py", __name__)  # a signal during the imports below: one line
 
@@ -27,16 +28,17 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from utils.checkpoint import base_model_name, newest_complete_pair
-from utils.files import check_output_dir, hold_checkpoint_names, refuse_inside
-from utils.config import FIELDS, PHOTOMETRIC, PRESETS, Config
+from utils.config import AUTO, FIELDS, PHOTOMETRIC, PRESETS, RECIPES, Config
 from utils.data_loader import resolve_classes
-from utils.demo_data import DEMO_ROOT, make_demo_dataset
-from utils.detector import Detector
-from utils.engine import Diverged, train_class
-from utils.evaluation import evaluate_class, results_text
+from utils.evaluation.report import evaluate_class, results_text
+from utils.inference.detector import Detector
+from utils.storage.locks import hold_checkpoint_names
+from utils.storage.output_rules import check_output_dir, check_output_file, refuse_inside
+from utils.storage.pairs import base_model_name, newest_complete_pair
+from utils.synthesis.demo_data import DEMO_ROOT, make_demo_dataset
 from utils.synthesis.simulation import parse_kinds
-from utils.teach import Lesson, teach
+from utils.training.engine import Diverged, preview_synthesis, train_class
+from utils.training.teach import Lesson, teach
 
 log = logging.getLogger("train")
 
@@ -48,29 +50,23 @@ def jitter_kinds(s):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def preset_and_recipe(argv):
-    """(preset, recipe) named by argv: --preset auto = paper on a CUDA GPU, cpu otherwise; the demo uses cpu."""
-    p = argparse.ArgumentParser(add_help=False)
-    for flag, default in (("--preset", "auto"), ("--recipe", "ours"), ("--data_path", None), ("--gpu_id", "0")):
-        p.add_argument(flag, default=default)
-    known = p.parse_known_args(argv)[0]
-    preset = known.preset
-    if known.data_path is None:
-        preset = "cpu"
-    elif preset == "auto":
-        preset = "paper" if torch.cuda.is_available() and known.gpu_id.lstrip("-").isdigit() \
-            and int(known.gpu_id) >= 0 else "cpu"
-    return (preset if preset in PRESETS else "cpu"), (known.recipe if known.recipe in ("ours", "paper") else "ours")
+def resolve_preset(args):
+    """The preset a run uses: --preset auto is paper on a CUDA GPU and cpu otherwise; the demo always uses cpu."""
+    if args.data_path is None:
+        return "cpu"
+    if args.preset == AUTO:
+        return "paper" if torch.cuda.is_available() and args.gpu_id >= 0 else "cpu"
+    return args.preset
 
 
 def add_data_flags(p, d):
     g = p.add_argument_group("Data")
-    g.add_argument("--data_path", default=None,
+    g.add_argument("--data_path", default=d.data_path,
                    help="folder of good images (e.g. path/to/train/good), an MVTec-style class folder, or a root "
                         "holding class folders. Omit to run the built-in demo (generated under data/demo)")
     g.add_argument("--obj_id", type=int, default=d.obj_id,
                    help="with a root of class folders: index into the sorted class names, -1 trains every class")
-    g.add_argument("--anomaly_source_path", default=None,
+    g.add_argument("--anomaly_source_path", default=d.anomaly_source_path,
                    help="folder of texture images pasted as simulated defects (DTD in the paper); "
                         "omit to use built-in procedural textures")
     g.add_argument("--size", type=size_arg, default=d.size, help="training image size, a multiple of 32")
@@ -82,10 +78,10 @@ def add_data_flags(p, d):
 
 def add_model_flags(p, d):
     g = p.add_argument_group("Model and recipe (defaults shown: those of this --preset and --recipe)")
-    g.add_argument("--preset", choices=("auto", "paper", "cpu"), default="auto",
+    g.add_argument("--preset", choices=(AUTO, *PRESETS), default=AUTO,
                    help=f"sizes: paper = {PRESETS['paper']}; cpu = the measured CPU preset {PRESETS['cpu']}; "
                         "auto = paper on CUDA, cpu otherwise (and for the demo)")
-    g.add_argument("--recipe", choices=("ours", "paper"), default=d.recipe,
+    g.add_argument("--recipe", choices=tuple(RECIPES), default=d.recipe,
                    help="'paper' is DRAEM as published; 'ours' adds what docs/training.md lists "
                         "(utils/config.py RECIPES)")
     g.add_argument("--rec_base_width", type=positive_int, default=d.rec_base_width,
@@ -122,6 +118,9 @@ def add_output_flags(p, d):
     g.add_argument("--resume", action="store_true", help="continue from the _resume.pt state of the same run")
     g.add_argument("--stop_after_epoch", type=positive_int, default=d.stop_after_epoch,
                    help="end this run after N epochs, keeping the resumable state (split long runs)")
+    g.add_argument("--preview", default=d.preview, metavar="FILE",
+                   help="write a picture of training samples with simulated defects (clean / with defects / mask) "
+                        "to FILE, as this run would make them, and exit without training")
     g.add_argument("--gpu_id", type=int, default=d.gpu_id,
                    help="CUDA device index (CPU when CUDA is absent; -1 forces CPU)")
 
@@ -143,7 +142,7 @@ def parse_teach_args(argv):
     d = Config()
     p = argparse.ArgumentParser(prog="train.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Teach a trained pair confirmed-good images, no training "
-                                            "(utils/teach.py, docs/thresholds.md)")
+                                            "(utils/training/teach.py, docs/thresholds.md)")
     add_teach_flags(p)
     p.add_argument("--checkpoint_path", default=d.checkpoint_path, help="folder of the pair; the new pair goes there")
     p.add_argument("--log_path", default=d.log_path, help="folder for the teaching's run folder")
@@ -154,6 +153,7 @@ def parse_teach_args(argv):
 
 
 def teach_pair(args, command):
+    """Check the output folders, find the pair, teach it (utils/training/teach.py); the new pair's name."""
     check_output_dir(args.checkpoint_path, "--checkpoint_path")
     check_output_dir(args.log_path, "--log_path")
     base = args.base_model_name or newest_complete_pair(args.checkpoint_path)
@@ -162,19 +162,26 @@ def teach_pair(args, command):
                         str(device), args.max_pixels, argv=tuple(command)))
 
 
-def parse_args(argv=None):
-    """The flags as a Config: the preset's and recipe's values (utils/config.py), overridden by the flags given."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    preset, recipe = preset_and_recipe(argv)
-    defaults = Config.build(preset, recipe)
+def build_parser(d, add_help=True):
+    """train.py's flags, their defaults from the Config `d` (and --add_good's two, which train nothing)."""
     p = argparse.ArgumentParser(description="Train DRAEM (reconstructive + discriminative network) on good images.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, add_help=add_help)
     for add in (add_data_flags, add_model_flags, add_optimisation_flags, add_output_flags):
-        add(p, defaults)
+        add(p, d)
     add_teach_flags(p.add_argument_group("Teaching a trained pair (no training)"))
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    """The flags as a Config: the preset's and recipe's values (utils/config.py), overridden by the flags given.
+    The flags are read twice: first for the preset and recipe, whose values are then the defaults --help shows."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = build_parser(Config(), add_help=False).parse_known_args(argv)[0]
+    preset = resolve_preset(first)
+    parser = build_parser(Config.build(preset, first.recipe))
+    args = parser.parse_args(argv)
     if args.base_model_name is not None and args.add_good is None:
-        p.error("argument --base_model_name: only with --add_good (the pair to teach)")
+        parser.error("argument --base_model_name: only with --add_good (the pair to teach)")
     return Config.build(preset, args.recipe, **{k: v for k, v in vars(args).items() if k in FIELDS and
                                                 k not in ("preset", "recipe")})
 
@@ -220,11 +227,14 @@ def run(cfg, command, stop):
                  cfg.size, cfg.rec_base_width, cfg.seg_base_width, cfg.bs, cfg.epochs)
     if cfg.anomaly_source_path is not None and not Path(cfg.anomaly_source_path).is_dir():
         raise UsageError(f"--anomaly_source_path {cfg.anomaly_source_path} is not a folder")
-    for out in ("checkpoint_path", "log_path"):  # plots and pictures there would join the training images
+    for out in ("checkpoint_path", "log_path", "preview"):  # plots and pictures there would join the training images
         for src in ("data_path", "anomaly_source_path"):
-            if getattr(cfg, src) is not None:
+            if getattr(cfg, src) is not None and getattr(cfg, out) is not None:
                 refuse_inside(getattr(cfg, out), getattr(cfg, src), f"--{out}", f"--{src}")
     classes = resolve_classes(cfg.data_path, cfg.obj_id)
+    if cfg.preview:
+        check_output_file(cfg.preview, "--preview")
+        return preview_synthesis(cfg, classes[0][1], Path(cfg.preview), device=device)
     names = [base_model_name(cfg.lr, cfg.epochs, cfg.bs, obj_name) for obj_name, _ in classes]
     held = hold_checkpoint_names(cfg.checkpoint_path, names, cfg.log_path) if rank == 0 \
         else contextlib.nullcontext()  # other DDP ranks write nothing

@@ -22,8 +22,6 @@ STRIDE = 8  # of the novelty grid
 PRIOR_SIZE = 192  # side the images are resized to for the backbone (a multiple of 16): on MTD 192 > 224 > 320
 CORESET_SIZE = 10_000  # bank entries: 10000 x 152 x fp16 = 3 MB
 PROJECTION_DIM = 32  # the coreset's distances are computed in a seeded random projection of this size
-REDUCED_CHANNELS = None  # None: all 152 channels. 64 (PatchCore's averaging) searched ~1.5x faster but cost MTD
-# 0.015 image and 0.03 pixel AUROC
 TAIL_LEVELS = 64  # knots of a tail-evidence table: tail probabilities log-spaced from 1 to TAIL_P
 TAIL_P = 1e-3  # beyond this upper-tail probability of good pixels, an exponential tail fitted to the exceedances
 GATE_FRACTION = 0.003  # DRAEM's evidence counts only where it is rarer than this among good pixels
@@ -207,34 +205,19 @@ def nearest_distance(queries, bank, chunk=2048):
     return torch.cat(out) if out else queries.new_zeros(0)
 
 
-def channel_averaging(cin, cout):
-    """(cin, cout) matrix of `adaptive_avg_pool1d` from cin to cout channels: a matmul exports to ONNX, the
-    adaptive pooling does not when cout does not divide cin."""
-    m = torch.zeros(cin, cout)
-    for j in range(cout):
-        lo, hi = (j * cin) // cout, -((-(j + 1) * cin) // cout)  # adaptive pooling's bin [floor, ceil)
-        m[lo:hi, j] = 1.0 / (hi - lo)
-    return m
-
-
 class FeaturePrior(nn.Module):
-    """Feature novelty map of images; `bank` (N, C) fp16 is its only state (`bank_state` / `from_bank_state`).
-    channels: the features averaged down to this many channels (None: all 152)."""
+    """Feature novelty map of images; `bank` (N, 152) fp16 is its only state (`bank_state` / `from_bank_state`).
+    All 152 channels: averaging them down to 64 (PatchCore) searched ~1.5x faster but cost MTD 0.015 image and
+    0.03 pixel AUROC."""
 
-    def __init__(self, bank, size=PRIOR_SIZE, backbone=None, channels=None):
+    def __init__(self, bank, size=PRIOR_SIZE, backbone=None):
         super().__init__()
         if size % 16:
             raise ValueError(f"the prior's size must be a multiple of 16, got {size}")
-        self.size, self.channels = size, channels
+        self.size = size
         self.backbone = load_backbone() if backbone is None else backbone
         self.register_buffer("bank", bank.half())
-        reduce = channel_averaging(FEATURE_CHANNELS, channels) if channels else torch.zeros(0)
-        self.register_buffer("reduce", reduce, persistent=False)  # (152, channels)
         self.eval()
-
-    @property
-    def dim(self):
-        return self.channels or FEATURE_CHANNELS
 
     def train(self, mode=True):
         """The backbone stays frozen in eval mode (its batch norms on the ImageNet statistics) whatever a parent
@@ -245,16 +228,13 @@ class FeaturePrior(nn.Module):
 
     @torch.no_grad()  # not inference_mode: the maps may feed a network in training
     def features(self, images):
-        """(B, 3, H, W) in [0, 1], any size -> (B, dim, size/8, size/8), resized to the prior's square side."""
+        """(B, 3, H, W) in [0, 1], any size -> (B, 152, size/8, size/8), resized to the prior's square side."""
         if images.shape[-2:] != (self.size, self.size):
             # antialiasing only when shrinking (where it matters; it does not export to ONNX)
             shrink = max(images.shape[-2:]) > self.size
             images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", antialias=shrink,
                                    align_corners=False)
-        f = self.backbone.patch_features(images)  # (B, 152, h, w)
-        if self.channels:
-            f = torch.einsum("bchw,cd->bdhw", f, self.reduce)
-        return f
+        return self.backbone.patch_features(images)  # (B, 152, h, w)
 
     @torch.no_grad()
     def forward(self, images):
@@ -271,24 +251,22 @@ class FeaturePrior(nn.Module):
 
     def bank_state(self):
         """What a checkpoint stores: tensors and ints only (loads with weights_only=True)."""
-        return {"bank": self.bank.cpu(), "size": self.size, "channels": self.channels or 0}
+        return {"bank": self.bank.cpu(), "size": self.size}
 
     @classmethod
     def from_bank_state(cls, state, backbone=None):
-        return cls(state["bank"], state["size"], backbone, int(state.get("channels", 0)) or None)
+        return cls(state["bank"], state["size"], backbone)
 
 
 @torch.no_grad()
-def fit_prior(batches, size=PRIOR_SIZE, coreset=CORESET_SIZE, seed=0, backbone=None, channels=None, device="cpu"):
+def fit_prior(batches, size=PRIOR_SIZE, coreset=CORESET_SIZE, seed=0, backbone=None, device="cpu"):
     """A FeaturePrior on `device` whose bank is a coreset of the patch features of good images; `batches` yields
     (B, 3, H, W) tensors in [0, 1]. Deterministic for a given seed."""
-    prior = FeaturePrior(torch.zeros(0, FEATURE_CHANNELS), size, backbone, channels).to(device)
-    c = prior.dim
-    feats = [prior.features(x.to(prior.reduce.device)).permute(0, 2, 3, 1).reshape(-1, c).half().cpu()
-             for x in batches]
+    prior, c = FeaturePrior(torch.zeros(0, FEATURE_CHANNELS), size, backbone).to(device), FEATURE_CHANNELS
+    feats = [prior.features(x.to(device)).permute(0, 2, 3, 1).reshape(-1, c).half().cpu() for x in batches]
     feats = torch.cat(feats) if feats else torch.zeros(0, c, dtype=torch.half)
     per_image = (size // STRIDE) ** 2
-    prior.bank = feats[greedy_coreset(feats, coreset, per_image, seed)].to(prior.reduce.device)
+    prior.bank = feats[greedy_coreset(feats, coreset, per_image, seed)].to(device)
     return prior
 
 

@@ -230,6 +230,19 @@ def image_score(amap, kernel=SCORE_KERNEL, top_fraction=0.0):
     return smoothed.flatten(1).max(dim=1).values
 
 
+def verdict(score, threshold):
+    """The OK/NG rule: NG when the image score is above the threshold; "n/a" without a calibrated threshold."""
+    return "n/a" if threshold is None else "NG" if score > threshold else "OK"
+
+
+def with_prior(prior, amap, images=None, novelty=None):
+    """DRAEM's anomaly map (B, H, W) fused with the feature prior's novelty of `images` (or the novelty maps
+    (B, H, W) given, when they are computed once, as for the fixed validation set); DRAEM's map without a prior."""
+    if prior is None:
+        return amap
+    return prior.fuse(prior.novelty(images.float()) if novelty is None else novelty, amap)
+
+
 def autocast(device, dtype):
     """torch.autocast for `dtype` on `device`, or a no-op for fp32 (dtype None)."""
     if dtype is None:
@@ -260,10 +273,7 @@ class Scorer(nn.Module):
     def forward(self, images):
         with autocast(images.device, self.amp_dtype):
             rec, logits = self.draem(images)
-        amap = anomaly_map(logits)  # fp32 softmax
-        if self.prior is not None:
-            amap = self.prior(images.float(), amap)
-        return rec.float().clamp(0, 1), amap
+        return rec.float().clamp(0, 1), with_prior(self.prior, anomaly_map(logits), images)  # fp32 softmax
 
     def score(self, maps):
         return image_score(maps, self.kernel, self.top_fraction)

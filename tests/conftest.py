@@ -54,7 +54,7 @@ def shared_path(*parts):
     return p
 
 
-WIDGET_PAIR = "DRAEM_test_0.001_1_bs4_widget_"  # utils.checkpoint.base_model_name(0.001, 1, 4, "widget")
+WIDGET_PAIR = "DRAEM_test_0.001_1_bs4_widget_"  # utils.storage.pairs.base_model_name(0.001, 1, 4, "widget")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Tests for utils/cli.py: progress bars in a log (not a terminal) write plain lines, throttled; the quiet start."""
 import io
 
-from utils.cli import LOG_INTERVAL_S, progress
+from utils.runtime import LOG_INTERVAL_S, progress
 
 
 class Terminal(io.StringIO):

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 from tests.conftest import shared_path, write_images
 from utils.data_loader import (MVTecTestDataset, RandomCrops, crops_per_image, is_grayscale, list_images, load_images,
                                load_images_at_scale, resolve_classes, split_files, validation_crops)
-from utils.detector import read_image
+from utils.images.reading import read_image
 
 
 def test_reads_16bit_gray_rgba_bmp_tif_any_size(tmp_path):

@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from utils import demo_data
-from utils.demo_data import DEFECT_TYPES, DEMO_CLASS, demo_image_path, make_demo_dataset
+from utils.synthesis import demo_data
+from utils.synthesis.demo_data import DEFECT_TYPES, DEMO_CLASS, demo_image_path, make_demo_dataset
 
 TINY = dict(n_train=4, n_test_good=2, n_test_per_defect=1, size=64, seed=0)
 

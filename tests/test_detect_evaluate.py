@@ -11,7 +11,7 @@ import detect
 import evaluate
 from model import DRAEM
 from tests.conftest import WIDGET_PAIR, write_images
-from utils.checkpoint import pair_paths, save_pair
+from utils.storage.pairs import pair_paths, save_pair
 
 BASE = WIDGET_PAIR
 
@@ -103,7 +103,7 @@ def test_recalibrate_bad_inputs_leave_the_pair(trained, tmp_path, capsys):
 
 
 def test_bf16_scores_match_fp32(trained):
-    from utils.detector import Detector
+    from utils.inference.detector import Detector
     _, cls, ckpt = trained
     x = torch.rand(2, 3, 64, 64)
     scores = []

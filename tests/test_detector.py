@@ -1,19 +1,21 @@
-"""utils/detector.py: the tile grid and the stitching (tested exactly), the one predict path, the README's
+"""utils/images/tiles.py and utils/inference/detector.py: the tile grid and the stitching (tested exactly), the one predict path, the README's
 "Python API" block run as written, and Detector.score on batches."""
 import argparse
+import re
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
 import torch
-import re
-from pathlib import Path
-import cv2
 
 from model import DRAEM
-from utils.cli import scale_arg
-from utils.detector import (Detector, blend_window, count_tiles, image_to_tensor, pad_to_tile, predict, scale_of,
-                            stitch, tile_grid, tile_starts, working_shape)
 from model.model_unet import Scorer, image_score
-from utils.checkpoint import save_pair
+from utils.cli import scale_arg
+from utils.images.reading import image_to_tensor, scale_of, working_shape
+from utils.images.tiles import blend_window, count_tiles, pad_to_tile, predict, stitch, tile_grid, tile_starts
+from utils.inference.detector import Detector
+from utils.storage.pairs import save_pair
 
 
 def test_scale_arg_and_checkpoint_default():

@@ -1,13 +1,13 @@
-"""utils/engine.py pieces on their own (the whole run is tested through train.main in test_train.py)."""
+"""utils/training/engine.py pieces on their own (the whole run is tested through train.main in test_train.py)."""
 import pytest
 import torch
 
 from model import DRAEM
-from utils.files import load_resume_state, save_resume_state
 from tests.conftest import write_images
 from utils.config import Config
-from utils.engine import Diverged, TrainState, loss_values, run_epochs, setup_run
-from utils.schedule import make_optimizer
+from utils.training.engine import Diverged, TrainState, loss_values, run_epochs, setup_run
+from utils.training.resume import load_resume_state, save_resume_state
+from utils.training.schedule import make_optimizer
 
 
 def _state(seed):

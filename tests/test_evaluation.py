@@ -1,18 +1,19 @@
-"""utils/evaluation.py: evaluation of a test split and threshold calibration (seeded numpy cases, plus one
+"""utils/evaluation/report.py and thresholds.py: evaluation of a test split and threshold calibration (seeded numpy cases, plus one
 pair written and reloaded at tiny widths)."""
 import json
 import math
+
 import numpy as np
 import pytest
 import torch
 
-from utils.evaluation import (RULE_ORDER, RULE_TAIL, VERDICTS, add_verdicts, best_recall_at, calibrate_threshold,
-                              describe, f1_threshold, fit_threshold, format_verdicts, json_safe, recalibration_report,
-                              results_text, verdict_metrics, write_calibration, write_results)
-from utils.metrics import METRIC_NAMES
 from model import DRAEM
-from utils.checkpoint import load_pair, pair_paths, save_pair
-
+from utils.evaluation.metrics import METRIC_NAMES
+from utils.evaluation.report import VERDICTS, add_verdicts, format_verdicts, json_safe, results_text, write_results
+from utils.evaluation.thresholds import (RULE_ORDER, RULE_TAIL, best_recall_at, calibrate_threshold, describe,
+                                         f1_threshold, fit_threshold, recalibration_report, verdict_metrics,
+                                         write_calibration)
+from utils.storage.pairs import load_pair, pair_paths, save_pair
 
 RESULTS = {"crack": dict.fromkeys(METRIC_NAMES, 0.5), "overall": {**dict.fromkeys(METRIC_NAMES, 0.75),
                                                                    "aupro": math.nan}}

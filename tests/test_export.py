@@ -1,4 +1,4 @@
-"""utils/export.py: a tiny detector exported, run in ONNX Runtime against PyTorch, and via detect.py."""
+"""utils/inference/export.py: a tiny detector exported, run in ONNX Runtime against PyTorch, and via detect.py."""
 import sys
 import types
 
@@ -8,11 +8,11 @@ import torch
 import detect
 from model.model_unet import DRAEM
 from tests.conftest import write_images
-from utils import export as onnx_export
-from utils.checkpoint import save_pair
-from utils.detector import Detector
-from utils.export import ExportGraph, export_onnx
-from utils.cli import UsageError
+from utils.inference import export as onnx_export
+from utils.inference.detector import Detector
+from utils.inference.export import ExportGraph, export_onnx
+from utils.runtime import UsageError
+from utils.storage.pairs import save_pair
 
 SIZE = 32
 

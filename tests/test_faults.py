@@ -22,12 +22,12 @@ import detect
 import evaluate
 from model import DRAEM
 from tests.conftest import write_images
-from utils import files
-from utils.checkpoint import (TEMP_RE, atomic_write_bytes, current_paths, load_pair, newest_complete_pair, pair_paths,
-                              save_pair)
-from utils.files import NameLock, lock_names, recover
-from utils.cli import UsageError
-from utils.detector import read_image
+from utils.images.reading import read_image
+from utils.runtime import UsageError
+from utils.storage import atomic as files
+from utils.storage.atomic import TEMP_RE, atomic_write_bytes, recover
+from utils.storage.locks import NameLock, lock_names
+from utils.storage.pairs import current_paths, load_pair, newest_complete_pair, pair_paths, save_pair
 
 CONFIG = {"size": 32, "rec_base_width": 4, "seg_base_width": 2, "in_channels": 3, "grayscale": False}
 CALIB = {"threshold": 0.5, "rule": "test"}
@@ -244,7 +244,7 @@ def test_unwritable_output_folder_exits_2(tmp_path, model_dir, capsys, monkeypat
     """Permissions are probed at start (root ignores chmod, so the refusal is injected)."""
     def refuse(folder):
         raise PermissionError(errno.EACCES, "Permission denied")
-    monkeypatch.setattr("utils.files.new_temp_file", refuse)
+    monkeypatch.setattr("utils.storage.output_rules.new_temp_file", refuse)
     one = tmp_path / "one.png"
     cv2.imwrite(str(one), np.zeros((40, 40, 3), np.uint8))
     code, err = _run(detect.main, ["--image_path", str(one), "--output_path", str(tmp_path / "o" / "x.png"),
@@ -266,7 +266,7 @@ def test_os_errors_while_writing_exit_1_naming_the_file(tmp_path, model_dir, cap
     else:
         def fail(fd):
             raise OSError(getattr(errno, fault), os.strerror(getattr(errno, fault)))
-        monkeypatch.setattr("utils.files.os.fsync", fail)
+        monkeypatch.setattr("utils.storage.atomic.os.fsync", fail)
     try:
         code, err = _run(detect.main, argv, capsys)
     finally:
@@ -337,7 +337,7 @@ def test_huge_images_are_refused_from_the_header(tmp_path, model_dir, capsys, mo
 
 
 def test_header_sizes_of_every_format():
-    from utils.detector import header_size
+    from utils.images.reading import header_size
     img = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
     for ext in (".png", ".jpg", ".bmp", ".tif"):
         assert header_size(cv2.imencode(ext, img)[1]) == (53, 37), ext
@@ -346,7 +346,7 @@ def test_header_sizes_of_every_format():
 
 
 def test_check_output_dir_creates_nothing(tmp_path):
-    from utils.files import check_output_dir
+    from utils.storage.output_rules import check_output_dir
     a_file = tmp_path / "f"
     a_file.write_text("x")
     for bad, what in [(a_file, "is a file"), (a_file / "sub", "cannot be created"), ("/proc/draem_x", "/proc"),
@@ -358,7 +358,7 @@ def test_check_output_dir_creates_nothing(tmp_path):
 
 
 def test_signals_stop_after_the_step_or_at_once():
-    from utils.cli import Interrupted, StopOnSignal
+    from utils.runtime import Interrupted, StopOnSignal
     with StopOnSignal() as stop:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested and stop.interrupted().exit_code == 143
@@ -426,7 +426,7 @@ def test_training_output_paths_are_checked_before_any_work(tmp_path, capsys):
 
 
 def test_a_second_run_on_the_same_names_exits_2_naming_the_first(tmp_path, capsys):
-    from utils.checkpoint import base_model_name
+    from utils.storage.pairs import base_model_name
     (tmp_path / "ckpt").mkdir()
     with NameLock(tmp_path / "ckpt", base_model_name(0.0001, 1, 4, "widget")):
         assert _train(tmp_path, "--epochs", "1", "--seed", "1") == 2
@@ -439,7 +439,7 @@ def test_a_second_run_on_the_same_names_exits_2_naming_the_first(tmp_path, capsy
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_mid_training_writes_the_resume_state_and_exits_128_plus_n(tmp_path, capsys, monkeypatch, signum):
     """One line, exit 143 / 130, resumable; the next run removes our leftover temp files."""
-    from utils.checkpoint import base_model_name
+    from utils.storage.pairs import base_model_name
     _at_loss_call(monkeypatch, 3, lambda: os.kill(os.getpid(), signum))
     assert _train(tmp_path, "--epochs", "3", val_every=1) == 128 + signum
     err = _errors(capsys)
@@ -478,11 +478,11 @@ def test_metrics_csv_has_one_row_per_validation(tmp_path, val_every, rows):
 
 def test_a_failed_checkpoint_write_exits_1_and_keeps_the_earlier_pairs(tmp_path, capsys, monkeypatch):
     """In training: disk full at the second validation."""
-    from utils.checkpoint import base_model_name
+    from utils.storage.pairs import base_model_name
 
     def disk_full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    _at_loss_call(monkeypatch, 2, lambda: monkeypatch.setattr("utils.files.os.fsync", disk_full))
+    _at_loss_call(monkeypatch, 2, lambda: monkeypatch.setattr("utils.storage.atomic.os.fsync", disk_full))
     assert _train(tmp_path, "--epochs", "2", val_every=1) == 1
     err = _errors(capsys)
     assert len(err) == 1 and "No space left on device" in err[0] and "_last.pt" in err[0]

@@ -5,11 +5,8 @@ import socket
 import pytest
 import torch
 
-import torch.nn.functional as F
-
 from model.feature_prior import (FEATURE_CHANNELS, GATE_FRACTION, FeaturePrior, PriorFusion, TailEvidence,
-                                 channel_averaging, fit_prior, fuse, greedy_coreset, load_backbone,
-                                 nearest_distance)
+                                 fit_prior, fuse, greedy_coreset, load_backbone, nearest_distance)
 
 SIZE = 64  # the prior's side in these tests: an 8 x 8 novelty grid
 
@@ -94,7 +91,7 @@ def test_bank_state_round_trip_with_weights_only(backbone):
     torch.save(prior.bank_state(), buf)
     buf.seek(0)
     state = torch.load(buf, weights_only=True)
-    assert set(state) == {"bank", "size", "channels"} and state["bank"].dtype == torch.float16
+    assert set(state) == {"bank", "size"} and state["bank"].dtype == torch.float16
     again = FeaturePrior.from_bank_state(state, backbone)
     x = with_blob(surfaces(1, seed=1)[0])[None]
     assert torch.equal(prior(x), again(x))
@@ -169,14 +166,8 @@ def test_fused_map_is_in_unit_interval_and_draem_below_the_gate_adds_nothing():
     assert strong[1] > strong[0]  # strong defects keep their order (no float32 ties at 1)
 
 
-def test_channel_averaging_matches_adaptive_pooling():
-    x = torch.rand(5, FEATURE_CHANNELS)
-    ref = F.adaptive_avg_pool1d(x[:, None], 64)[:, 0]
-    assert torch.allclose(x @ channel_averaging(FEATURE_CHANNELS, 64), ref, atol=1e-6)
-
-
 def test_prior_fusion_round_trip_with_weights_only(backbone):
-    prior = fit_prior([surfaces(3)], size=SIZE, coreset=50, backbone=backbone, channels=64)
+    prior = fit_prior([surfaces(3)], size=SIZE, coreset=50, backbone=backbone)
     held = prior(surfaces(2, seed=1))
     fusion = PriorFusion(prior, TailEvidence.fit(held), TailEvidence.fit(torch.rand(1000)))
     buf = io.BytesIO()
@@ -184,5 +175,5 @@ def test_prior_fusion_round_trip_with_weights_only(backbone):
     buf.seek(0)
     again = PriorFusion.from_state(torch.load(buf, weights_only=True), backbone)
     x, d = with_blob(surfaces(1, seed=2)[0])[None], torch.rand(1, SIZE, SIZE)
-    assert again.features.bank.shape == (50, 64)
+    assert again.features.bank.shape == (50, FEATURE_CHANNELS)
     assert torch.equal(again(x, d), fusion(x, d))

@@ -1,4 +1,4 @@
-"""Tests for utils/metrics.py: tiny, seeded numpy cases, no data or torch needed."""
+"""Tests for utils/evaluation/metrics.py: tiny, seeded numpy cases, no data or torch needed."""
 
 import math
 import warnings
@@ -7,18 +7,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from utils.metrics import (
-    METRIC_NAMES,
-    aupro,
-    compute_all,
-    format_table,
-    image_ap,
-    image_auroc,
-    per_type_metrics,
-    pixel_ap,
-    pixel_auroc,
-    pro_curve,
-)
+from utils.evaluation.metrics import (METRIC_NAMES, aupro, compute_all, format_table, image_ap, image_auroc,
+                                      per_type_metrics, pixel_ap, pixel_auroc, pro_curve)
 
 
 def random_case(seed=0, n=6, size=16):

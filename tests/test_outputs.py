@@ -11,8 +11,8 @@ import numpy as np
 import detect
 import evaluate
 from tests.conftest import WIDGET_PAIR, write_images
-from utils.checkpoint import pair_paths
-from utils.visualize import FULL_SCALE, mask_from_16bit
+from utils.outputs.maps import FULL_SCALE, mask_from_16bit
+from utils.storage.pairs import pair_paths
 
 DATA_RE = re.compile(r'<script type="application/json" id="page-data">(.*?)</script>', re.S)
 

@@ -8,7 +8,7 @@ import cv2
 
 import detect
 import train
-import utils.demo_data as demo_data
+import utils.synthesis.demo_data as demo_data
 from utils import config
 
 README = Path(__file__).resolve().parents[1] / "README.md"

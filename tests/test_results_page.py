@@ -1,4 +1,4 @@
-"""Tests for utils/visualize.py (the page and the per-image maps): the page's data and escaping, the per-image PNGs,
+"""Tests for utils/outputs/page.py and maps.py (the page and the per-image maps): the page's data and escaping, the per-image PNGs,
 and the page itself in headless Chromium (skipped when no browser is installed): a mouse drag on the slider must
 change the NG count and the verdict colours exactly as the scores say."""
 import base64
@@ -16,9 +16,10 @@ import matplotlib
 import numpy as np
 import pytest
 
-from utils.visualize import (FULL_SCALE, OVERLAY_ALPHA, PageRow, defect_mask, encode_png, json_for_script, map_to_16bit,
-                             mask_from_16bit, overlay, readable, relative_url, render_page, thumb_path, write_results_page,
-                             write_thumbnail)
+from utils.outputs.maps import (FULL_SCALE, OVERLAY_ALPHA, defect_mask, encode_png, map_to_16bit, mask_from_16bit,
+                                overlay)
+from utils.outputs.page import (PageRow, json_for_script, readable, relative_url, render_page, thumb_path,
+                                write_results_page, write_thumbnail)
 
 ODD_NAME = os.fsdecode(b"caf\xe9 #1 100%.png")  # not UTF-8, and '#' / '%' that a URL must escape
 SCRIPT_NAME = "crack/</script><script>alert(1)</script>.png"

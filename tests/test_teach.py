@@ -1,4 +1,4 @@
-"""Teaching a trained pair confirmed-good images (train.py --add_good, utils/teach.py): the bank grows then
+"""Teaching a trained pair confirmed-good images (train.py --add_good, utils/training/teach.py): the bank grows then
 re-thins, leave-self-out, the taught pair untouched, the refusals, kill -9 and Ctrl-C, and who scored an image."""
 import hashlib
 import json
@@ -17,9 +17,9 @@ from model import DRAEM
 from model.feature_prior import greedy_coreset, grow_bank
 from tests.conftest import WIDGET_PAIR, write_images
 from tests.test_faults import _crash_at
-from utils import teach as teaching
-from utils.checkpoint import current_paths, load_pair, newest_complete_pair, pair_paths, save_pair
-from utils.teach import Lesson, teach
+from utils.storage.pairs import current_paths, load_pair, newest_complete_pair, pair_paths, save_pair
+from utils.training import teach as teaching
+from utils.training.teach import Lesson, teach
 
 TAUGHT = WIDGET_PAIR + "taught1_"
 
@@ -228,7 +228,7 @@ def test_a_picture_title_names_the_taught_pair(pair, tmp_path, monkeypatch):
     write_images(tmp_path / "new", 2, size=64, seed=20)
     assert teach_cli(folder, tmp_path / "new") == 0
     titles = []
-    monkeypatch.setattr(detect, "save_panels", lambda *a, title=None, **kw: titles.append(title))
+    monkeypatch.setattr(detect, "write_scored_image", lambda *a, **kw: titles.append(a[6]))
     assert detect.main(["--image_path", str(cls / "test" / "good" / "000.png"), "--checkpoint_path", str(folder),
                         "--output_path", str(tmp_path / "x.png")]) == 0
     assert len(titles) == 1 and titles[0].startswith(f"000.png  ·  {TAUGHT} (teaching 1: +2 good images, ")

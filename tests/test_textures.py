@@ -1,14 +1,15 @@
 """utils/synthesis/textures.py: texture bank, procedural textures, the ten augmenters and the random draws."""
 import logging
+
 import cv2
 import numpy as np
 import pytest
 import torch
 
 from tests.conftest import generator, grey_images, random_images
-from utils.synthesis.textures import (AUGMENTERS, AUGMENTER_NAMES, augment_textures, load_texture_bank,
-                                      procedural_textures, rotate)
 from utils.synthesis.simulation import rand, randint, uniform
+from utils.synthesis.textures import (AUGMENTER_NAMES, AUGMENTERS, augment_textures, load_texture_bank,
+                                      procedural_textures, rotate)
 
 
 def test_procedural_textures():

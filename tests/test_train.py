@@ -8,17 +8,16 @@ import torch
 import torch.multiprocessing as mp
 
 import train
-from tests.conftest import write_images
-from utils.checkpoint import base_model_name, load_pair, pair_paths
-from utils.data_loader import list_images, resolve_classes, split_files
-from utils.cli import init_distributed
-from utils.config import PRESETS, RECIPES, Config
-from utils.detector import Detector
+from model.feature_prior import FEATURE_CHANNELS
 from model.model_unet import anomaly_map
-from utils.engine import train_class
-from utils.evaluation import calibrate_threshold
-from model.feature_prior import REDUCED_CHANNELS
-from utils.synthesis.simulation import PHOTOMETRIC
+from tests.conftest import write_images
+from utils.config import PHOTOMETRIC, PRESETS, RECIPES, Config
+from utils.data_loader import list_images, resolve_classes, split_files
+from utils.evaluation.thresholds import calibrate_threshold
+from utils.inference.detector import Detector
+from utils.runtime import init_distributed
+from utils.storage.pairs import base_model_name, load_pair, pair_paths
+from utils.training.engine import train_class
 
 TINY = ["--size", "32", "--rec_base_width", "4", "--seg_base_width", "2", "--bs", "4", "--amp", "off"]
 
@@ -200,7 +199,7 @@ def test_prior_pair_loads_with_weights_only_and_detect_scores_as_calibration_did
     assert run_train(tmp_path, "--epochs", "1") == 0  # recipe ours: --prior features
     base = base_model_name(0.0001, 1, 4, "widget")
     prior = torch.load(pair_paths(tmp_path / "ckpt", base)[1], weights_only=True)["prior"]
-    assert prior["bank"].dtype == torch.float16 and prior["bank"].shape[1] == (REDUCED_CHANNELS or 152)
+    assert prior["bank"].dtype == torch.float16 and prior["bank"].shape[1] == FEATURE_CHANNELS
     assert prior["bank"].numel() * 2 < 20e6 and {"knots", "evidence", "beta"} <= set(prior["draem_tail"])
     detector = Detector.from_checkpoint(tmp_path / "ckpt", base)
     assert detector.scorer.prior is not None

@@ -1,9 +1,10 @@
-"""Tests for utils/visualize.py: the 4-panel figure, its rendering and the atomic PNG write."""
+"""Tests for utils/outputs/picture.py: the 4-panel figure, its rendering and the atomic PNG write."""
 import cv2
 import numpy as np
 import pytest
 
-from utils.visualize import PANEL_TITLES, _build_figure, atomic_write_bytes, render_panels, save_panels
+from utils.outputs.picture import PANEL_TITLES, _build_figure, render_panels, save_panels
+from utils.storage.atomic import atomic_write_bytes
 
 
 @pytest.fixture
@@ -96,7 +97,7 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
 @pytest.mark.parametrize("shape,grid", [((256, 256), (1, 4)), ((1024, 256), (1, 4)), ((460, 1130), (2, 2)),
                                         ((160, 640), (2, 2)), ((256, 2048), (4, 1))])
 def test_layout_follows_the_aspect_ratio(shape, grid):
-    from utils.visualize import panel_grid
+    from utils.outputs.picture import panel_grid
     assert panel_grid(*shape) == grid
     h, w = shape
     fig = _build_figure(np.full((h, w, 3), 0.5), np.full((h, w, 3), 0.5), np.zeros((h, w)), score=0.1)

@@ -8,7 +8,7 @@ every checkpoint stores `cfg.to_dict()` (plain types, so `torch.load(weights_onl
 import dataclasses
 from dataclasses import dataclass
 
-PHOTOMETRIC = ("brightness", "contrast", "gamma", "blur", "noise")  # utils/synthesis/simulation.py jitter kinds
+PHOTOMETRIC = ("brightness", "contrast", "gamma", "blur", "noise")  # jitter kinds (utils/synthesis/simulation.py)
 
 # Sizes. "cpu" is the measured CPU preset (docs/results.md "The CPU preset"); "paper" is DRAEM's.
 PRESETS = {
@@ -26,48 +26,60 @@ RECIPES = {
 }
 
 
+DEFAULT_PRESET, DEFAULT_RECIPE = "cpu", "ours"  # Config(): what a CPU gets (train.py --preset auto: paper on CUDA)
+AUTO = "auto"  # train.py --preset auto: resolved to a preset when the run starts (train.py resolve_preset)
+_PRESET, _RECIPE = PRESETS[DEFAULT_PRESET], RECIPES[DEFAULT_RECIPE]
+
+# detect.py and evaluate.py: fp32 by default, as the threshold was calibrated (bf16 moves scores by up to 0.01)
+INFERENCE_AMP = "off"
+INFERENCE_BS = 8  # images per forward pass when scoring
+
+
 @dataclass
 class Config:
+    """Every setting of a training run. The fields marked "no flag" are set here (or derived by the run) and
+    recorded in the checkpoint; the reason is given beside each."""
     # data
     data_path: str | None = None  # None: the built-in demo
     obj_id: int = -1
     anomaly_source_path: str | None = None  # None: procedural textures
-    size: int = 128
+    size: int = _PRESET["size"]
     scale: str | int = "square"  # "square", "native" or a longer side N
-    grayscale: str = "auto"  # grey anomalies: "auto" (when the images are grey), "on", "off"
+    grayscale: str = "auto"  # no flag: grey anomalies when the images are grey ("auto"); "on"/"off" for the API
     val_fraction: float = 0.1
     target_false_reject: float = 0.02  # docs/thresholds.md: why 2%
-    workers: int = 0  # DataLoader workers for the one-time decoding
-    max_pixels: int = 89_478_485  # larger training images are skipped, from the header
+    workers: int = 0  # no flag: workers for the one-time decoding (docs/speed.md: they would only add copies)
+    max_pixels: int = 89_478_485  # no flag in training: larger images are skipped from their header (detect has one)
     # model
-    preset: str = "cpu"
-    rec_base_width: int = 16
-    seg_base_width: int = 8
+    preset: str = DEFAULT_PRESET  # the resolved preset (never "auto")
+    rec_base_width: int = _PRESET["rec_base_width"]
+    seg_base_width: int = _PRESET["seg_base_width"]
     # optimisation
     lr: float = 0.0001  # Adam, as the paper; x0.2 at 80% and 90% of the steps
-    bs: int = 8
-    epochs: int = 20
+    bs: int = _PRESET["bs"]
+    epochs: int = _PRESET["epochs"]
     max_minutes: float | None = None
     amp: str = "auto"
-    channels_last: bool = False
+    channels_last: bool = False  # no flag: a memory layout for GPU users of the API (Config(channels_last=True))
     seed: int = 0
-    # recipe
-    recipe: str = "ours"
-    jitter: tuple = PHOTOMETRIC
-    score_top_fraction: float = 0.003
-    scaled_kernel: bool = True
-    anomaly_prior: float | None = 0.01
-    prior: str = "features"  # "features": ImageNet feature novelty fused with DRAEM's map; "none": DRAEM alone
+    # recipe (no flags but --jitter and --prior: the recipe sets them together, as measured)
+    recipe: str = DEFAULT_RECIPE
+    jitter: tuple = _RECIPE["jitter"]
+    score_top_fraction: float = _RECIPE["score_top_fraction"]
+    scaled_kernel: bool = _RECIPE["scaled_kernel"]
+    anomaly_prior: float | None = _RECIPE["anomaly_prior"]
+    prior: str = _RECIPE["prior"]  # "features": ImageNet feature novelty fused with DRAEM's map; "none": DRAEM alone
     # output
     checkpoint_path: str = "./checkpoints/"
     log_path: str = "./logs/"
-    val_every: int = 0  # validate and checkpoint every N steps (0: every epoch)
+    val_every: int = 0  # no flag: validate and checkpoint every N steps (0: every epoch); for tests and the API
     resume: bool = False
     stop_after_epoch: int | None = None
     gpu_id: int = 0
+    preview: str | None = None  # train.py --preview FILE: a picture of simulated samples instead of training
 
     @classmethod
-    def build(cls, preset="cpu", recipe="ours", **overrides):
+    def build(cls, preset=DEFAULT_PRESET, recipe=DEFAULT_RECIPE, **overrides):
         """The preset's sizes and the recipe's levers, then `overrides` (unknown names: TypeError)."""
         return cls(**{**PRESETS[preset], **RECIPES[recipe], "preset": preset, "recipe": recipe, **overrides})
 

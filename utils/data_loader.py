@@ -1,9 +1,9 @@
 """Class folders, the train/held-out split, crops and datasets: what training and evaluation read.
 
-Every image is read by the one reader, utils/detector.py `read_image` (pixel guard, 8/16 bit, grey/RGB, working
+Every image is read by the one reader, utils/images/reading.py `read_image` (pixel guard, 8/16 bit, grey/RGB, working
 scale), so training sees its images exactly as detection does. Training data is only normal images, decoded once
 into a uint8 tensor (`load_images`); the anomalies are synthesised per *batch* on the training device by
-`utils.synthesis.simulation` (see utils/engine.py), so the datasets here stay simple and fast.
+`utils.synthesis.simulation` (see utils/training/engine.py), so the datasets here stay simple and fast.
 """
 import logging
 import os
@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from utils.cli import UsageError, display_name, seed_worker, warn_ignored
-from utils.detector import DEFAULT_MAX_PIXELS, SQUARE, decode_image_file, pad_to_tile, read_image
+from utils.images.reading import DEFAULT_MAX_PIXELS, SQUARE, decode_image_file, read_image
+from utils.images.tiles import pad_to_tile
+from utils.runtime import UsageError, display_name, seed_worker, warn_ignored
 
 log = logging.getLogger(__name__)
 

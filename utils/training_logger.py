@@ -22,8 +22,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from utils.cli import display_name
-from utils.checkpoint import atomic_write_bytes
+from utils.runtime import display_name
+from utils.storage.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -9,29 +9,20 @@ Recipes: "paper" is `AnomalySynthesizer`; "ours" (`DefectSynthesizer`) also draw
 (`crack_masks`, `pit_masks`); whole good images are jittered by `jitter_images` (normal variation is normal).
 The parts: utils/synthesis/textures.py (texture bank, procedural textures, the ten augmenters, the random draws),
 utils/perlin.py (mask noise).
-
-    python -m utils.synthesis.simulation --data_path FOLDER [--anomaly_source_path DTD] [--recipe paper] --out grid.png
-
-draws a grid of samples (rows: clean image, augmented image, mask) to look at a recipe.
+`train.py --preview grid.png` draws a grid of samples (`samples_picture`: clean image, with defects, mask).
 """
-import argparse
-import logging
+import io
 import math
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.cli import probability
-from utils.data_loader import list_images
-from utils.detector import read_image
+from utils.config import PHOTOMETRIC
 from utils.perlin import perlin_noise, random_perlin_scales
-from utils.synthesis.textures import (augment_textures_, load_texture_bank, luminance, procedural_textures, rand,
-                                      randint, rotate, uniform)
+from utils.synthesis.textures import augment_textures_, luminance, procedural_textures, rand, randint, rotate, uniform
 
-log = logging.getLogger(__name__)
 
 def blend(image, texture, mask, beta, out=None):
     """DRAEM's paste: image outside the mask, (1 - beta) texture + beta image inside it.
@@ -208,7 +199,6 @@ def mixed_masks(n, h, w, generator, perlin_fn, device=None, p_perlin=0.5, p_crac
     return masks
 
 
-PHOTOMETRIC = ("brightness", "contrast", "gamma", "blur", "noise")
 GEOMETRIC = ("flip", "rot90")
 KINDS = PHOTOMETRIC + GEOMETRIC
 ALIASES = {"none": (), "photo": PHOTOMETRIC, "geo": GEOMETRIC, "all": KINDS}
@@ -278,67 +268,27 @@ def jitter_images(images, generator, kinds, prob=APPLY_PROB):
     return x.clamp(0, 1) if x is not images else images
 
 
-# ------------------------------------------------- a picture of samples: python -m utils.synthesis.simulation
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Write a grid of DRAEM synthetic anomalies (clean / augmented / mask).")
-    p.add_argument("--data_path", required=True, help="folder of normal images (searched recursively)")
-    p.add_argument("--anomaly_source_path", default=None,
-                   help="folder of texture images (e.g. DTD); default: procedural textures")
-    p.add_argument("--size", type=int, default=256, help="image side in pixels")
-    p.add_argument("--out", default="docs/synthetic_samples.png", help="output PNG")
-    p.add_argument("--grayscale", action="store_true", help="grey anomalies (for grayscale datasets)")
-    p.add_argument("--n", type=int, default=8, help="number of columns (samples)")
-    p.add_argument("--recipe", choices=("ours", "paper"), default="ours", help="as train.py --recipe")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--anomaly_prob", type=probability, default=1.0,
-                   help="probability that a shown sample gets an anomaly (training uses 0.5)")
-    p.add_argument("--max_textures", type=int, default=256, help="at most this many texture images are loaded")
-    return p.parse_args(argv)
-
-
-def save_grid(batch, out):
-    """Rows: clean image, augmented image, mask; one column per sample."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+# ------------------------------------------------- a picture of samples: train.py --preview
+def samples_picture(batch):
+    """PNG bytes of a grid of synthesised samples: rows clean image, with simulated defects, mask; a column each."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     n = len(batch["image"])
-    rows = [("clean", batch["image"]), ("augmented", batch["augmented_image"]), ("mask", batch["anomaly_mask"])]
-    fig, axes = plt.subplots(3, n, figsize=(1.6 * n, 1.6 * 3), squeeze=False)
+    rows = [("clean", batch["image"]), ("with defects", batch["augmented_image"]), ("mask", batch["anomaly_mask"])]
+    fig = Figure(figsize=(1.6 * n, 1.6 * 3))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(3, n, squeeze=False)
     for r, (name, images) in enumerate(rows):
         for c in range(n):
             ax = axes[r, c]
-            img = images[c].permute(1, 2, 0).cpu().numpy()
+            img = images[c].permute(1, 2, 0).cpu().numpy()  # (H, W, 1|3)
             ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(name)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-
-
-def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    generator = torch.Generator().manual_seed(args.seed)
-    files = list_images(args.data_path)
-    if not files:
-        raise FileNotFoundError(f"no images found in {args.data_path}")
-    pick = torch.randperm(len(files), generator=generator)[: args.n].tolist()
-    images = torch.stack([read_image(files[i], args.size) for i in pick])
-    bank = None
-    if args.anomaly_source_path:
-        bank = load_texture_bank(args.anomaly_source_path, args.size, args.max_textures, generator)
-    synth = make_synthesizer(args.recipe, bank, args.grayscale, anomaly_prob=args.anomaly_prob)
-    save_grid(synth(images, generator), args.out)
-    log.info("wrote %s", args.out)
-
-
-if __name__ == "__main__":
-    main()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=80)
+    return out.getvalue()

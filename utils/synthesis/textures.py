@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from utils.data_loader import list_images
-from utils.detector import read_image
+from utils.images.reading import read_image
 from utils.perlin import perlin_noise, random_perlin_scales
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 The exported graph always takes S x S inputs. For a checkpoint trained with `--scale native` / N, that input is one
 tile (or a batch of tiles): `onnx_predict_tiled` cuts a whole image into tiles, runs the ONNX session on them and
-stitches the maps exactly as detect.py does (utils/detector.py), then scores the stitched map.
+stitches the maps exactly as detect.py does (utils/images/tiles.py), then scores the stitched map.
 
 Optional extras: `pip install onnx` to export, `pip install onnxruntime` to check the file against PyTorch.
 Exporter order: torch's TorchScript exporter first (needs only `onnx`, fast, works on torch 2.4 and later,
@@ -17,13 +17,12 @@ import warnings
 from pathlib import Path
 
 import torch
-
 import torch.nn as nn
 
-from utils.cli import UsageError
-from utils.detector import stitch
 from model.model_unet import SCORE_KERNEL, Scorer, image_score
-from utils.checkpoint import atomic_write_bytes
+from utils.images.tiles import stitch
+from utils.runtime import UsageError
+from utils.storage.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ def export_onnx(detector, path, check=True):
     atomic_write_bytes(path, _export_bytes(scorer, example))
     log.info("exported %s (input image (B, 3, %d, %d) in [0, 1] -> anomaly_map, score)%s", path, detector.size,
              detector.size, "" if detector.scale == "square" else
-             f"; scale {detector.scale}: the input is one tile, use utils.export.onnx_predict_tiled")
+             f"; scale {detector.scale}: the input is one tile, use utils.inference.export.onnx_predict_tiled")
     diff = _check(scorer, path, detector.size) if check else None
     return {"path": str(path), "checked": diff is not None, "max_abs_diff": diff}
 

@@ -14,11 +14,19 @@ import torch.distributed as dist
 log = logging.getLogger(__name__)
 
 
+DECAYS_AT = (0.8, 0.9)  # the paper's two x0.2 decays of the learning rate, as shares of the run
+DECAY = 0.2
+
+
+def decay_steps(total_steps):
+    """The steps at which the learning rate decays, for a run of `total_steps`."""
+    return [int(total_steps * share) for share in DECAYS_AT]
+
+
 def make_optimizer(model, lr, total_steps):
     """Adam at lr, x0.2 at 80% and 90% of training (the paper's epochs, counted in steps so short runs decay)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    milestones = [int(total_steps * 0.8), int(total_steps * 0.9)]
-    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.2)
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, decay_steps(total_steps), gamma=DECAY)
 
 
 
@@ -48,8 +56,9 @@ def steps_that_fit(seconds_left, step_s, checkpoint_s, steps_per_checkpoint):
 
 def set_milestones(scheduler, total, step):
     """The x0.2 decays at 80% and 90% of `total` steps, each after `step` (MultiStepLR counts its steps)."""
-    m1 = max(int(total * 0.8), step + 1)
-    m2 = max(int(total * 0.9), m1 + 1)
+    d1, d2 = decay_steps(total)
+    m1 = max(d1, step + 1)
+    m2 = max(d2, m1 + 1)
     scheduler.milestones = Counter([m1, m2])
     return max(total, m2 + 1)
 

@@ -1,40 +1,28 @@
-"""Checkpoint pairs and how every file is written: names, loading (ours, or the authors' raw state dicts), and
-atomic writes, singly or as a group (the pair). The writers' own side (recovery after a kill, the one-writer lock,
-the resumable state, the output rules) is utils/files.py.
+"""Checkpoint pairs: names, the format, saving and loading (ours, or the authors' raw state dicts).
 
 A pair is `{base}.pt` (reconstructive) and `{base}_seg.pt` (discriminative). Each of ours is a plain dict of
 tensors and plain types, read with `torch.load(..., weights_only=True)`: format_version, kind, pair_id, run_id,
 step, state_dict, config (widths, size, scale, grayscale, score rule, ...), calibration (threshold, rule, ...);
 a `_seg.pt` trained with the feature prior also holds "prior" (model/feature_prior.py PriorFusion.state()).
-
-One file is written under a temp name in its folder (`.draem-<12 hex>.tmp`), fsynced and `os.replace`d over the
-target: a crash leaves the old file or the new one. A group (`atomic_group`): each file under its own temp name;
-then a journal (`.draem-commit-<16 hex>.json`, the temp -> target moves), written atomically, is the commit
-point; then the moves. After a crash, readers see the committed group through `pending_moves`, changing nothing;
-writers finish it (utils/files.py `recover`). Writers flock their temp files: cleaners remove only dead writers'.
+A pair is written as one atomic group (utils/storage/atomic.py); readers see a committed group, never half of one.
 """
-import contextlib
-import json
 import logging
-import os
 import pickle
 import re
-import secrets
 from pathlib import Path
 
 import torch
 
 from model.model_unet import DRAEM
-from utils.cli import UsageError
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; temp files of live writers are then told apart by age only
-    fcntl = None
+from utils.runtime import UsageError
+from utils.storage.atomic import atomic_group, pending_moves
 
 log = logging.getLogger(__name__)
 
+
 FORMAT_VERSION = 1
+
+
 EXTENSIONS = (".pt", ".pckl", ".pth")
 
 
@@ -45,7 +33,7 @@ def base_model_name(lr, epochs, bs, obj_name, suffix=""):
 
 def is_pair_of(base, obj_name):
     """True when `base` is a pair train.py writes for the class `obj_name`: its best or last pair, or a teaching of
-    either (utils/teach.py `<name>taught<k>_`)."""
+    either (utils/training/teach.py `<name>taught<k>_`)."""
     return re.fullmatch(rf"DRAEM_test_.+_bs\d+_{re.escape(obj_name)}_(last)?(taught\d+_)?", base) is not None
 
 
@@ -211,198 +199,3 @@ def load_pair(checkpoint_path, base):
         meta = {"config": rec_meta["config"], "calibration": rec_meta["calibration"], "original": False,
                 "pair_id": rec_meta["pair_id"], "prior": seg_meta.get("prior")}
     return model.eval(), meta
-
-
-TEMP_RE = re.compile(r"^\.draem-[0-9a-f]{12}\.tmp$")
-
-
-JOURNAL_RE = re.compile(r"^\.draem-commit-[0-9a-f]{16}\.json$")
-
-
-class WriteError(OSError):
-    """An OS error while writing an output file (disk full, file-size limit, permissions, long name); `str()` is
-    one line naming the target file (not the temp file it was written through)."""
-
-    def __init__(self, path, err):
-        super().__init__(err.errno, err.strerror or str(err), str(path))
-        self.path = Path(path)
-
-    def __str__(self):
-        return f"cannot write {self.path}: {self.strerror}"
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def lock_fd(fd, blocking=True):
-    if fcntl is not None:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-
-
-def _fsync_dir(folder):
-    with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened and synced
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def new_temp_file(folder):
-    """(fd, path) of a new locked temp file in `folder` with ordinary permissions."""
-    while True:
-        tmp = Path(folder) / f".draem-{secrets.token_hex(6)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_umask())
-        except FileExistsError:
-            continue
-        lock_fd(fd)
-        if same_file(tmp, fd):
-            return fd, tmp
-        os.close(fd)  # a cleaner removed it between our create and our lock: take another name
-
-
-def same_file(path, fd):
-    """True while `path` is still the file open as `fd` (a cleaner or a releasing holder may unlink it)."""
-    try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        return False
-
-
-def _os_error_of(exc):
-    """The OSError behind `exc` (torch.save wraps a failed write in a RuntimeError), or None."""
-    while exc is not None and not isinstance(exc, OSError):
-        exc = exc.__cause__ if exc.__cause__ is not None else (None if exc.__suppress_context__ else exc.__context__)
-    return exc
-
-
-class _Temp:
-    """A temp file being written: removed on failure unless a committed journal names it (`keep`)."""
-
-    def __init__(self, path):
-        self.path, self.keep = path, False
-
-
-@contextlib.contextmanager
-def _temp_file(path, mode, **kwargs):
-    """Yields (file object, _Temp) for `path`; the file is flushed and fsynced, still open and locked."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = new_temp_file(path.parent)
-    except OSError as e:
-        raise WriteError(path, e) from None
-    temp = _Temp(tmp)
-    try:
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f, temp
-    except BaseException as e:
-        if not temp.keep:
-            tmp.unlink(missing_ok=True)
-        os_error = _os_error_of(e)
-        if os_error is not None and not isinstance(os_error, WriteError):
-            raise WriteError(path, os_error) from None
-        raise
-
-
-def _sync(f):
-    f.flush()
-    os.fsync(f.fileno())
-
-
-@contextlib.contextmanager
-def atomic_open(path, mode="wb", **kwargs):
-    """`with atomic_open(p, "w") as f: ...` writes p only if the block completes; parents are created. OS errors
-    (ENOSPC, EFBIG, EACCES, ENAMETOOLONG ...) are raised as WriteError naming `p`."""
-    with _temp_file(path, mode, **kwargs) as (f, temp):
-        yield f
-        _sync(f)
-        os.replace(temp.path, path)  # while still locked: a cleaner never sees it unlocked before the move
-    _fsync_dir(Path(path).parent)
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    with atomic_open(path, "wb") as f:
-        f.write(data)
-
-
-def atomic_group(targets, write_one):
-    """Write several files in one folder as a unit: all old or all new after a crash at any moment.
-
-    targets: paths in one folder; write_one(binary file, index) writes the content of targets[index].
-    """
-    targets = [Path(t) for t in targets]
-    folder = targets[0].parent
-    if any(t.parent != folder for t in targets):
-        raise ValueError("atomic_group: all targets must be in one folder")
-    with contextlib.ExitStack() as stack:
-        temps = []
-        for i, target in enumerate(targets):
-            f, temp = stack.enter_context(_temp_file(target, "wb"))
-            write_one(f, i)
-            _sync(f)
-            temps.append(temp)
-        journal = folder / f".draem-commit-{secrets.token_hex(8)}.json"  # unique: a reader removes only the one it read
-        moves = [[temp.path.name, t.name] for temp, t in zip(temps, targets)]
-        atomic_write_bytes(journal, json.dumps({"moves": moves}).encode())  # the commit point
-        for temp in temps:
-            temp.keep = True  # committed: from now on the group is completed, never undone
-        _apply(journal, moves)
-    return targets
-
-
-def _is_bare_target(name):
-    """A plain file name in the folder itself: no separator, not `.`/`..`, not one of our hidden names."""
-    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
-            and not name.startswith(".draem-"))
-
-
-def journal_moves(journal):
-    """[[temp name, target name], ...] of one of our journals; ValueError when it is not one (a move that names
-    anything but our temp file and a plain name in the same folder: never followed)."""
-    moves = json.loads(journal.read_text()).get("moves")
-    ok = isinstance(moves, list) and all(
-        isinstance(m, list) and len(m) == 2 and isinstance(m[0], str) and TEMP_RE.match(m[0])
-        and _is_bare_target(m[1]) for m in moves)
-    if not ok or len({m[1] for m in moves}) != len(moves):
-        raise ValueError(f"{journal}: not one of our commit journals")
-    return moves
-
-
-def roll_forward(journal):
-    """Apply a committed journal's moves (those not done yet), then remove it. Idempotent."""
-    return _apply(journal, journal_moves(journal))
-
-
-def _apply(journal, moves):
-    for tmp_name, target_name in moves:
-        with contextlib.suppress(FileNotFoundError):  # already moved (by us or by a concurrent recover)
-            os.replace(journal.parent / tmp_name, journal.parent / target_name)
-    _fsync_dir(journal.parent)
-    journal.unlink(missing_ok=True)
-    return [journal.parent / t for _, t in moves]
-
-
-def mtime(path):
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
-
-
-def pending_moves(folder):
-    """{target path: temp path} of committed group writes in `folder` not finished yet (a writer died between the
-    commit and the moves). Changes nothing: readers use it to see the committed files."""
-    moves = {}
-    folder = Path(folder)
-    with contextlib.suppress(OSError):
-        for journal in sorted((p for p in folder.iterdir() if JOURNAL_RE.match(p.name)), key=mtime):
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                for tmp_name, target_name in journal_moves(journal):
-                    if (folder / tmp_name).is_file():
-                        moves[folder / target_name] = folder / tmp_name
-    return moves

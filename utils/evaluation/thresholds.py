@@ -1,12 +1,6 @@
-"""Scoring a labelled split, the MVTec-style test split or training's synthetic validation set: per-type metrics
-and OK/NG verdicts, their table, the metrics files; the threshold calibration and recalibration.
-
-Used by evaluate.py, by training (validate) and by train.py's built-in demo:
-    results = evaluate_class(Detector.from_checkpoint(...), "path/to/class")   # {type: {metric: value}}
-    print(results_text(results, "title"))
-"""
-import csv
-import json
+"""The OK/NG threshold: calibrated on good images for a target false-reject rate (an order statistic, or a fitted
+Gumbel tail for small targets), the F1 threshold, recall at a false-reject rate, the verdict rule, and how a
+calibration is described and rewritten into a pair (recalibration)."""
 import logging
 import math
 import uuid
@@ -15,125 +9,34 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import optimize, stats
-from torch.utils.data import DataLoader
 
-from utils.checkpoint import atomic_open, atomic_write_bytes, load_pair, save_pair
-from utils.files import check_output_dir, check_output_file, hold_checkpoint_names, run_name
-from utils.cli import display_name, progress
 from utils.config import Config
-from utils.data_loader import MVTecTestDataset
-from utils.detector import predict
-from utils.metrics import METRIC_NAMES, drop_pixel_metrics, format_table, image_auroc, per_type_metrics, pixel_ap
-from utils.visualize import PageRow, overlay, save_panels, write_thumbnail
+from utils.storage.locks import hold_checkpoint_names, run_name
+from utils.storage.pairs import load_pair, save_pair
 
 log = logging.getLogger(__name__)
 
-VERDICTS = ("threshold", "false_reject_rate", "defect_recall", "best_recall_at_same_frr")  # overall, in --json
-
-
-def evaluate_class(detector, class_dir, save_images_dir=None, workers=0, page=None):
-    """Score every test image; returns {type: {metric: value}, ..., "overall": {...}}, with the verdicts at the
-    detector's threshold among the metrics (`add_verdicts`).
-
-    Maps and masks are compared at the checkpoint's working scale (masks resized by nearest neighbour).
-    save_images_dir: also write the 4-panel picture of each image there (<type>/<name>.png) and its overlay
-    thumbnail beside that folder (thumbs/<type>/<name>.jpg); `page` (a list) then gets one PageRow per image.
-    """
-    ds = MVTecTestDataset(class_dir, detector.size, detector.scale, detector.max_pixels)
-    loader = DataLoader(ds, batch_size=None, num_workers=workers)  # one sample at a time, decoded by workers
-    labels, scores, masks, maps, types = [], [], [], [], []
-    for group in progress(detector.batches(loader, read=lambda r: r, image_of=lambda r: r["image"]),
-                          desc="evaluate", leave=False):
-        batch = {k: [r[k] for _, r in group] for k in ("image", "mask", "label", "type", "path")}
-        out = detector.predict(batch["image"], with_reconstruction=save_images_dir is not None)
-        scores += [float(s) for s in out["score"]]
-        maps += [m.cpu().numpy().astype(np.float32) for m in out["anomaly_map"]]  # (H, W) each
-        masks += [m[0].numpy().astype(np.uint8) for m in batch["mask"]]
-        labels += batch["label"]
-        types += batch["type"]
-        if save_images_dir is not None:
-            rows = save_batch_panels(detector, batch, out, Path(save_images_dir))
-            if page is not None:
-                page.extend(rows)
-    scores = np.array(scores)  # (N,)
-    results = per_type_metrics(np.array(types), np.array(labels), scores, masks, maps)
-    results = drop_pixel_metrics(results, ds.types_without_masks)
-    return add_verdicts(results, types, labels, scores, detector.threshold)
-
-
-def save_batch_panels(detector, batch, out, folder):
-    """The 4-panel picture and overlay thumbnail of each image of a batch; returns their PageRows."""
-    rows = []
-    for i, path in enumerate(batch["path"]):
-        p = Path(path)
-        name, picture = f"{p.parent.name}/{p.name}", folder / p.parent.name / f"{p.name}.png"
-        image, amap = batch["image"][i].permute(1, 2, 0).numpy(), out["anomaly_map"][i].cpu().numpy()
-        score = float(out["score"][i])
-        save_panels(picture, image, out["reconstruction"][i].permute(1, 2, 0).cpu().numpy(), amap, score,
-                    threshold=detector.threshold, title=display_name(p.name))
-        thumb = write_thumbnail(folder.parent, name, overlay(image, amap, detector.threshold))
-        rows.append(PageRow(name, score, detector.verdict(score), thumb, picture, p.parent.name,
-                            "defect" if batch["label"][i] else "good"))
-    return rows
-
-
-def results_text(results, title=""):
-    """The results table under a title line (blank when there is no title), then the verdicts."""
-    table = f"\n{title}\n{format_table(results)}" if title else f"\n{format_table(results)}"
-    return f"{table}\n{format_verdicts(results)}"
-
-
-def json_safe(results):
-    """nan -> None: strict JSON has no NaN (a metric is undefined when a split lacks one class)."""
-    return {k: (json_safe(v) if isinstance(v, dict) else (None if v != v else v)) for k, v in results.items()}
-
-
-def _cell(value):
-    """A metric for the CSV: 4 decimals; empty when not available (None) or undefined (nan)."""
-    return "" if value is None or value != value else f"{value:.4f}"
-
-
-def write_results(results, folder, meta):
-    """metrics.csv (a row per type) and metrics.json (results + the checkpoint's config) in `folder`, atomically."""
-    folder = Path(folder)
-    columns = (*METRIC_NAMES, *VERDICTS)
-    with atomic_open(folder / "metrics.csv", "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["type", *columns])
-        for name, m in results.items():
-            w.writerow([name, *(_cell(m.get(k)) for k in columns)])
-    text = json.dumps({"results": json_safe(results), "checkpoint": meta}, indent=2)
-    atomic_write_bytes(folder / "metrics.json", text.encode("utf-8"))
-
-
-def check_outputs(output_path):
-    """Before any work: a writable folder (checked, nothing created)."""
-    check_output_dir(output_path, "--output_path")
-    check_output_file(Path(output_path) / "metrics.csv", "--output_path")
-    check_output_file(Path(output_path) / "metrics.json", "--output_path")
-
 
 MIN_FIT = 3  # fewer good images give no threshold at all
+
+
 N_SIM = 4000  # simulated calibration sets behind the prediction factor and the interval
+
+
 INTERVAL = 0.9
+
+
 TAIL_SHARE = 0.5  # the largest half of the good scores is fitted
+
+
 EPS = 1e-6  # scores are clipped to [EPS, 1 - EPS] before the logit
+
+
 RULE_ORDER = "order statistic of the good scores with expected false-reject rate <= target (distribution-free)"
-RULE_TAIL = "Gumbel tail fitted to the upper half of logit scores: prediction bound at the target rate"
+
+
 RULE_F1 = "max F1 over good and defective images (anomalib's adaptive threshold)"
-
-
-def build_validation(images, synthesizer, device, seed):
-    """A fixed synthetic validation set: each held-out good image once clean, once with a simulated defect."""
-    if len(images) == 0:
-        return None
-    g = torch.Generator(device=device).manual_seed(seed)
-    clean = images.to(device).float() / 255
-    out = synthesizer(clean, g)
-    x = torch.cat([clean, out["augmented_image"]])
-    masks = torch.cat([torch.zeros_like(out["anomaly_mask"]), out["anomaly_mask"]])
-    labels = torch.cat([torch.zeros(len(clean), device=device), out["has_anomaly"]])
-    return {"images": x, "masks": masks, "labels": labels, "n_normal": len(clean)}
+RULE_TAIL = "Gumbel tail fitted to the upper half of logit scores: prediction bound at the target rate"
 
 
 def calibrate_threshold(normal_scores, target_false_reject):
@@ -142,31 +45,6 @@ def calibrate_threshold(normal_scores, target_false_reject):
     No defect images are needed (or used); the calibration dict records the rule, n and the expected rate.
     """
     return fit_threshold(torch.as_tensor(normal_scores, dtype=torch.float64).numpy(), target_false_reject)
-
-
-def validate(scorer, val, bs, target_false_reject, prior=None, novelty=None):
-    """Image AUROC and pixel AP on the synthetic validation set, plus the calibration from its normal half.
-
-    Scored in fp32 whatever the training precision: the threshold must fit the scores detect.py computes.
-    scorer: DRAEM alone; prior (PriorFusion) and novelty (its maps of val["images"], which are fixed, so computed
-    once per run): the DRAEM maps are fused as the Scorer with this prior fuses them (one tile per image).
-    """
-    scorer.eval()
-    images, tile = val["images"], val["images"].shape[-1]
-    scores, maps = [], []
-    for i in range(0, len(images), bs):
-        out = predict(scorer, list(images[i:i + bs]), tile, images.device, bs, with_reconstruction=False)
-        batch = torch.stack(out["anomaly_map"])  # (B, S, S)
-        if prior is not None:
-            with torch.inference_mode():
-                batch = prior.fuse(novelty[i:i + bs].to(batch.device), batch)
-        scores += list(scorer.score(batch).cpu())
-        maps += list(batch.cpu())
-    scorer.train()
-    scores, maps = torch.stack(scores), torch.stack(maps)
-    labels, masks = val["labels"].cpu().numpy(), val["masks"][:, 0].cpu().numpy()
-    return ({"val_image_auroc": image_auroc(labels, scores.numpy()), "val_pixel_ap": pixel_ap(masks, maps.numpy())},
-            calibrate_threshold(scores[:val["n_normal"]], target_false_reject))
 
 
 def _scores(x):
@@ -342,7 +220,7 @@ def describe(calib):
 
 
 def write_calibration(checkpoint_path, base, calibration):
-    """Store `calibration` in the pair `base` (both files, with the existing save/load of utils/checkpoint.py).
+    """Store `calibration` in the pair `base` (both files, with the existing save/load of utils/storage/pairs.py).
 
     A writer: it holds the pair's name (no concurrent train.py) and finishes interrupted writes first. The weights
     are unchanged; the pair gets a new pair id, so two files from before and after are never taken for one pair.
@@ -354,35 +232,6 @@ def write_calibration(checkpoint_path, base, calibration):
         paths = save_pair(model, Path(checkpoint_path), base, meta["config"], calibration, pair_id)
     log.info("wrote %s: %s", ", ".join(str(p) for p in paths), describe(calibration))
     return paths
-
-
-def add_verdicts(results, types, labels, scores, threshold):
-    """Add verdict_metrics at `threshold` to per-type `results` (utils.metrics.per_type_metrics) in place.
-
-    Each defect type is judged with all good images, as its other metrics are; "overall" with every image.
-    """
-    types, labels, scores = np.asarray(types), _scores(labels), _scores(scores)
-    good = types == "good"
-    for name in results:
-        keep = np.ones(len(types), bool) if name == "overall" else good | (types == name)  # (N,)
-        results[name].update(verdict_metrics(labels[keep], scores[keep], threshold))
-    return results
-
-
-def format_verdicts(results):
-    """Text table of the verdicts in `results` (see add_verdicts): NG counts, false rejects and recall per type."""
-    overall = results["overall"]
-    if overall.get("threshold") is None:
-        return "verdicts: the checkpoint has no threshold (recalibrate it: evaluate.py --recalibrate GOOD_DIR)"
-    lines = [f"verdicts at the stored threshold {overall['threshold']:.4f} (NG when score > threshold):",
-             f"  good images called NG: {overall['n_false_reject']} of {overall['n_good']} "
-             f"(false-reject rate {overall['false_reject_rate']:.1%})",
-             f"  {'type':<12} {'caught':>10} {'recall':>7}  best recall at the same false-reject rate (info)"]
-    for name, m in results.items():
-        if m.get("n_defect"):
-            lines.append(f"  {name:<12} {m['n_caught']:>4} of {m['n_defect']:<3} {m['defect_recall']:>7.1%}  "
-                         f"{m['best_recall_at_same_frr']:.1%}")
-    return "\n".join(lines)
 
 
 def recalibration_report(old_threshold, calib, defect_scores=None):

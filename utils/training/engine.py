@@ -5,7 +5,7 @@
 
 `Run` is what a run builds once (data, synthesiser, loader, validation set, logger); `TrainState` is what changes
 and what `--resume` restores (model, optimizer, schedule, generators, step, best score), saved by
-utils/files.py (`save_resume_state`). `settings` is a utils.config.Config.
+utils/training/resume.py (`save_resume_state`). `settings` is a utils.config.Config.
 """
 import logging
 import math
@@ -20,20 +20,23 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from model import DRAEM
-from model.feature_prior import REDUCED_CHANNELS, PriorFusion, TailEvidence, fit_prior
-from utils.checkpoint import base_model_name, save_pair
-from utils.files import load_resume_state, resume_path, save_resume_state
-from utils.cli import UsageError, display_name, distributed_env, progress, resolve_amp, seed_everything
+from model.feature_prior import PriorFusion, TailEvidence, fit_prior
+from model.model_unet import Scorer, autocast, score_kernel
 from utils.config import Config
 from utils.data_loader import (RandomCrops, is_grayscale, list_images, load_images, load_images_at_scale, split_files,
                                validation_crops)
-from utils.detector import SQUARE, image_scores, raw_maps
-from model.model_unet import Scorer, autocast, score_kernel
-from utils.evaluation import build_validation, calibrate_threshold, validate
+from utils.evaluation.thresholds import calibrate_threshold
+from utils.images.reading import SQUARE
+from utils.images.tiles import image_scores, raw_maps
 from utils.loss import DraemLoss
-from utils.schedule import PLAN_AFTER_STEPS, Budget, make_optimizer, replan, should_stop
-from utils.synthesis.simulation import jitter_images, make_synthesizer
+from utils.runtime import UsageError, display_name, distributed_env, progress, resolve_amp, seed_everything
+from utils.storage.atomic import atomic_write_bytes
+from utils.storage.pairs import base_model_name, save_pair
+from utils.synthesis.simulation import jitter_images, make_synthesizer, samples_picture
 from utils.synthesis.textures import load_texture_bank
+from utils.training.resume import load_resume_state, resume_path, save_resume_state
+from utils.training.schedule import PLAN_AFTER_STEPS, Budget, make_optimizer, replan, should_stop
+from utils.training.validation import build_validation, validate
 from utils.training_logger import TrainingLogger
 
 log = logging.getLogger(__name__)
@@ -113,7 +116,7 @@ class Run:
     whole_val: list | None  # --scale native / N: held-out uint8 images (3, H, W), the threshold's calibration set
     train_model: torch.nn.Module  # the model, DDP-wrapped when distributed
     logger: TrainingLogger
-    stop: object = None  # utils.cli.StopOnSignal: Ctrl-C / SIGTERM end the run after a step
+    stop: object = None  # utils.runtime.StopOnSignal: Ctrl-C / SIGTERM end the run after a step
     run_id: str = field(default_factory=lambda: secrets.token_hex(8))  # in every pair_id this run writes
     prior: PriorFusion | None = None  # --prior features: bank and novelty tail fixed, DRAEM's tail refitted
     budget: Budget = None
@@ -159,6 +162,23 @@ def load_class_data(settings, good_dir, device):
     bank = load_texture_bank(settings.anomaly_source_path, settings.size) if settings.anomaly_source_path else None
     synthesizer = make_synthesizer(settings.recipe, bank, grayscale)
     return (train_set, val_images, whole_val), grayscale, synthesizer.to(device)
+
+
+def preview_synthesis(settings, good_dir, out, n=8, device="cpu"):
+    """`train.py --preview FILE`: a picture of n training samples with simulated defects, as this run makes them
+    (the working size and scale, grayscale detection, textures, recipe), then no training."""
+    files = list_images(good_dir)
+    if not files:
+        raise UsageError(f"no images in {good_dir}")
+    gen = torch.Generator().manual_seed(settings.seed)
+    pick = torch.randperm(len(files), generator=gen)[:n].tolist()
+    picked, _, _ = load_training_sets(settings, [files[i] for i in pick], [])
+    images = torch.stack([picked[i][0] for i in range(len(picked))]).float() / 255  # (n, 3, S, S)
+    grayscale = {"on": True, "off": False}.get(settings.grayscale, is_grayscale(images))
+    bank = load_texture_bank(settings.anomaly_source_path, settings.size) if settings.anomaly_source_path else None
+    synthesizer = make_synthesizer(settings.recipe, bank, grayscale, anomaly_prob=1.0).to(device)
+    atomic_write_bytes(out, samples_picture(synthesizer(images.to(device), gen)))
+    log.info("wrote %s: %d samples of %s with simulated defects", display_name(out), len(images), good_dir)
 
 
 def checkpoint_config(settings, obj_name, grayscale, amp_dtype):
@@ -235,8 +255,8 @@ def fit_run_prior(settings, train_set, val, whole_val, device, bs=32):
         log.warning("no held-out images: the feature prior needs them for its tail tables; DRAEM alone")
         return None, None
     t0, images = time.time(), bank_images(train_set, settings)
-    features = fit_prior((images[i:i + bs].float() / 255 for i in range(0, len(images), bs)), seed=settings.seed,
-                         channels=REDUCED_CHANNELS, device=device)
+    batches = (images[i:i + bs].float() / 255 for i in range(0, len(images), bs))
+    features = fit_prior(batches, seed=settings.seed, device=device)
     with torch.inference_mode():
         novelty = torch.cat([features(val["images"][i:i + bs]) for i in range(0, len(val["images"]), bs)])
     goods = whole_val if whole_val else list(val["images"][:val["n_normal"]])

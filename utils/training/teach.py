@@ -2,12 +2,12 @@
 
     name = teach(Lesson(checkpoint_path="checkpoints/", base="DRAEM_test_0.0001_20_bs8_part_", folder="line3/ok"))
 
-The images are read as detection reads them (utils/detector.py `read_image`, the pair's working shape); their patch
-features join the feature prior's memory bank, which the coreset's greedy re-thins to its capacity
+The images are read as detection reads them (utils/images/reading.py `read_image`, the pair's working shape);
+their patch features join the feature prior's memory bank, which the coreset's greedy re-thins to its capacity
 (model/feature_prior.py `grow_bank`); the two tail tables are refitted and the OK/NG threshold recalibrated
-(utils/evaluation.py `calibrate_threshold`) on held-out good images: the training run's held-out images (when its
-folder is still there) and every new image, its novelty leave-self-out, against the bank without its own entries.
-DRAEM's networks are unchanged.
+(utils/evaluation/thresholds.py `calibrate_threshold`) on held-out good images: the training run's held-out images
+(when its folder is still there) and every new image, its novelty leave-self-out, against the bank without its own
+entries. DRAEM's networks are unchanged.
 
 The result is a new pair `<root>taught<k>_` (`<root>`: the trained pair's name; k counts the teachings), written
 atomically by one writer; the taught pair is never touched. The bank's state in `_seg.pt` gets "teachings", one
@@ -28,14 +28,16 @@ import numpy as np
 import torch
 
 from model.feature_prior import CORESET_SIZE, STRIDE, FeaturePrior, PriorFusion, TailEvidence, grow_bank
-from model.model_unet import Scorer
-from utils.checkpoint import atomic_write_bytes, load_pair, pair_paths, save_pair
-from utils.cli import UsageError, display_name
+from model.model_unet import Scorer, with_prior
 from utils.config import Config
 from utils.data_loader import list_images, resolve_classes, split_files, validation_crops
-from utils.detector import DEFAULT_MAX_PIXELS, SQUARE, check_pixels, raw_maps, read_image, scale_of
-from utils.evaluation import calibrate_threshold, describe
-from utils.files import hold_checkpoint_names
+from utils.evaluation.thresholds import calibrate_threshold, describe
+from utils.images.reading import DEFAULT_MAX_PIXELS, SQUARE, check_pixels, read_image, scale_of
+from utils.images.tiles import raw_maps
+from utils.runtime import UsageError, display_name
+from utils.storage.atomic import atomic_write_bytes
+from utils.storage.locks import hold_checkpoint_names
+from utils.storage.pairs import load_pair, pair_paths, save_pair
 from utils.training_logger import TrainingLogger
 
 log = logging.getLogger(__name__)
@@ -160,7 +162,7 @@ def size_reference(held_files, teachings):
 # ------------------------------------------------------------------------------------------- the bank
 def bank_units(image, config, size):
     """What the bank holds of one image: the image itself ("square"), else fixed tile-sized crops of it, as
-    training fits its bank (utils/engine.py `bank_images`): (U, 3, size, size) in [0, 1]."""
+    training fits its bank (utils/training/engine.py `bank_images`): (U, 3, size, size) in [0, 1]."""
     if scale_of(config) == SQUARE:
         return image[None]
     return validation_crops([image], size, int(config["seed"]))
@@ -188,8 +190,7 @@ def leave_self_out_novelty(fusion, bank, source, goods, config, device):
     size = int(config["size"])
 
     def prior(keep):
-        return FeaturePrior(bank[keep], fusion.features.size, fusion.features.backbone,
-                            fusion.features.channels).to(device)
+        return FeaturePrior(bank[keep], fusion.features.size, fusion.features.backbone).to(device)
     maps = []
     held = [im for im, j, _ in goods if j is None]
     if held:
@@ -206,7 +207,7 @@ def leave_self_out_novelty(fusion, bank, source, goods, config, device):
 def calibrate(model, config, fusion, novelty, goods, target, device):
     """(tail tables refitted on the good images, calibration dict from their image scores).
 
-    Both tables, as training fits them on its held-out images (utils/engine.py `fit_run_prior`,
+    Both tables, as training fits them on its held-out images (utils/training/engine.py `fit_run_prior`,
     `refit_draem_tail`): the novelty's on the leave-self-out novelty maps, DRAEM's on its maps of the same images
     (DRAEM never saw the new images). Refitting DRAEM's too kept recall on MTD's shifted-good experiment (38.0% ->
     37.0%, against 24.0% with the novelty's alone: docs/thresholds.md). The maps are fused after stitching: for
@@ -217,7 +218,7 @@ def calibrate(model, config, fusion, novelty, goods, target, device):
     tails = [TailEvidence.fit(torch.cat([m.flatten() for m in maps])).to(device) for maps in (novelty, draem_maps)]
     taught = PriorFusion(fusion.features, *tails, fusion.gate)
     with torch.inference_mode():
-        scores = torch.stack([draem.score(taught.fuse(n[None], d[None]))[0].cpu()
+        scores = torch.stack([draem.score(with_prior(taught, d[None], novelty=n[None]))[0].cpu()
                               for n, d in zip(novelty, draem_maps)])
     return tails, calibrate_threshold(scores, target)
 
@@ -271,8 +272,7 @@ def refit(lesson, model, config, fusion, images, held):
     bank, source, feats = taught_bank(fusion, images, config, lesson.capacity, lesson.device)
     goods = [(im, None, None) for im in held] + [(im.image, j, feats[j]) for j, im in enumerate(images)]
     novelty = leave_self_out_novelty(fusion, bank, source, goods, config, lesson.device)
-    fusion.features = FeaturePrior(bank, fusion.features.size, fusion.features.backbone,
-                                   fusion.features.channels).to(lesson.device)
+    fusion.features = FeaturePrior(bank, fusion.features.size, fusion.features.backbone).to(lesson.device)
     (fusion.novelty_tail, fusion.draem_tail), calib = calibrate(model, config, fusion, novelty, goods,
                                                                 lesson.target_false_reject, lesson.device)
     return calib, int((source >= 0).sum())

@@ -1,0 +1,128 @@
+"""Scoring a labelled test split (evaluate.py): maps and scores of every image, the metrics per defect type, the
+verdicts at the stored threshold, the pictures and the results page, and the metrics files."""
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from utils.data_loader import MVTecTestDataset
+from utils.evaluation.metrics import METRIC_NAMES, drop_pixel_metrics, format_table, per_type_metrics
+from utils.evaluation.thresholds import _scores, verdict_metrics
+from utils.outputs.page import write_scored_image
+from utils.runtime import display_name, progress
+from utils.storage.atomic import atomic_open, atomic_write_bytes
+from utils.storage.output_rules import check_output_dir, check_output_file
+
+VERDICTS = ("threshold", "false_reject_rate", "defect_recall", "best_recall_at_same_frr")  # overall, in --json
+
+
+def evaluate_class(detector, class_dir, save_images_dir=None, workers=0, page=None):
+    """Score every test image; returns {type: {metric: value}, ..., "overall": {...}}, with the verdicts at the
+    detector's threshold among the metrics (`add_verdicts`).
+
+    Maps and masks are compared at the checkpoint's working scale (masks resized by nearest neighbour).
+    save_images_dir: also write the 4-panel picture of each image there (<type>/<name>.png) and its overlay
+    thumbnail beside that folder (thumbs/<type>/<name>.jpg); `page` (a list) then gets one PageRow per image.
+    """
+    ds = MVTecTestDataset(class_dir, detector.size, detector.scale, detector.max_pixels)
+    loader = DataLoader(ds, batch_size=None, num_workers=workers)  # one sample at a time, decoded by workers
+    labels, scores, masks, maps, types = [], [], [], [], []
+    for group in progress(detector.batches(loader, read=lambda r: r, image_of=lambda r: r["image"]),
+                          desc="evaluate", leave=False):
+        batch = {k: [r[k] for _, r in group] for k in ("image", "mask", "label", "type", "path")}
+        out = detector.predict(batch["image"], with_reconstruction=save_images_dir is not None)
+        scores += [float(s) for s in out["score"]]
+        maps += [m.cpu().numpy().astype(np.float32) for m in out["anomaly_map"]]  # (H, W) each
+        masks += [m[0].numpy().astype(np.uint8) for m in batch["mask"]]
+        labels += batch["label"]
+        types += batch["type"]
+        if save_images_dir is not None:
+            rows = save_batch_panels(detector, batch, out, Path(save_images_dir))
+            if page is not None:
+                page.extend(rows)
+    scores = np.array(scores)  # (N,)
+    results = per_type_metrics(np.array(types), np.array(labels), scores, masks, maps)
+    results = drop_pixel_metrics(results, ds.types_without_masks)
+    return add_verdicts(results, types, labels, scores, detector.threshold)
+
+
+def save_batch_panels(detector, batch, out, folder):
+    """The 4-panel picture and overlay thumbnail of each image of a batch; returns their PageRows."""
+    rows = []
+    for i, path in enumerate(batch["path"]):
+        p = Path(path)
+        name, picture = f"{p.parent.name}/{p.name}", folder / p.parent.name / f"{p.name}.png"
+        image, rec = batch["image"][i].permute(1, 2, 0).numpy(), out["reconstruction"][i].permute(1, 2, 0).cpu().numpy()
+        rows.append(write_scored_image(picture, image, rec, out["anomaly_map"][i].cpu().numpy(), float(out["score"][i]),
+                                       detector.threshold, display_name(p.name), folder.parent, name, p.parent.name,
+                                       "defect" if batch["label"][i] else "good"))
+    return rows
+
+
+def results_text(results, title=""):
+    """The results table under a title line (blank when there is no title), then the verdicts."""
+    table = f"\n{title}\n{format_table(results)}" if title else f"\n{format_table(results)}"
+    return f"{table}\n{format_verdicts(results)}"
+
+
+def json_safe(results):
+    """nan -> None: strict JSON has no NaN (a metric is undefined when a split lacks one class)."""
+    return {k: (json_safe(v) if isinstance(v, dict) else (None if v != v else v)) for k, v in results.items()}
+
+
+def _cell(value):
+    """A metric for the CSV: 4 decimals; empty when not available (None) or undefined (nan)."""
+    return "" if value is None or value != value else f"{value:.4f}"
+
+
+def write_results(results, folder, meta):
+    """metrics.csv (a row per type) and metrics.json (results + the checkpoint's config) in `folder`, atomically."""
+    folder = Path(folder)
+    columns = (*METRIC_NAMES, *VERDICTS)
+    with atomic_open(folder / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["type", *columns])
+        for name, m in results.items():
+            w.writerow([name, *(_cell(m.get(k)) for k in columns)])
+    text = json.dumps({"results": json_safe(results), "checkpoint": meta}, indent=2)
+    atomic_write_bytes(folder / "metrics.json", text.encode("utf-8"))
+
+
+def check_outputs(output_path):
+    """Before any work: a writable folder (checked, nothing created)."""
+    check_output_dir(output_path, "--output_path")
+    check_output_file(Path(output_path) / "metrics.csv", "--output_path")
+    check_output_file(Path(output_path) / "metrics.json", "--output_path")
+
+
+
+
+def add_verdicts(results, types, labels, scores, threshold):
+    """Add verdict_metrics at `threshold` to per-type `results` (utils.evaluation.metrics.per_type_metrics) in place.
+
+    Each defect type is judged with all good images, as its other metrics are; "overall" with every image.
+    """
+    types, labels, scores = np.asarray(types), _scores(labels), _scores(scores)
+    good = types == "good"
+    for name in results:
+        keep = np.ones(len(types), bool) if name == "overall" else good | (types == name)  # (N,)
+        results[name].update(verdict_metrics(labels[keep], scores[keep], threshold))
+    return results
+
+
+def format_verdicts(results):
+    """Text table of the verdicts in `results` (see add_verdicts): NG counts, false rejects and recall per type."""
+    overall = results["overall"]
+    if overall.get("threshold") is None:
+        return "verdicts: the checkpoint has no threshold (recalibrate it: evaluate.py --recalibrate GOOD_DIR)"
+    lines = [f"verdicts at the stored threshold {overall['threshold']:.4f} (NG when score > threshold):",
+             f"  good images called NG: {overall['n_false_reject']} of {overall['n_good']} "
+             f"(false-reject rate {overall['false_reject_rate']:.1%})",
+             f"  {'type':<12} {'caught':>10} {'recall':>7}  best recall at the same false-reject rate (info)"]
+    for name, m in results.items():
+        if m.get("n_defect"):
+            lines.append(f"  {name:<12} {m['n_caught']:>4} of {m['n_defect']:<3} {m['defect_recall']:>7.1%}  "
+                         f"{m['best_recall_at_same_frr']:.1%}")
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""Reading images: the one reader (`read_image`: 8/16 bit, grey/RGB/RGBA, refused from its header when it has
+more pixels than allowed), the working shape (square, native, or longer side N) and the conversion to tensors.
+Training, detection, evaluation and the texture bank all read through here."""
+import io
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from utils.config import Config
+
+DEFAULT_MAX_PIXELS = Config.max_pixels  # larger image files are refused from their header
+
+
+SQUARE, NATIVE = "square", "native"  # working scales; or an int N, the longer side in pixels
+
+
+def scale_of(config):
+    """The working scale a checkpoint config records ("square" for the authors' pairs)."""
+    scale = config.get("scale", SQUARE)
+    return scale if scale in (SQUARE, NATIVE) else int(scale)
+
+
+def working_shape(height, width, scale, size):
+    """(H, W) an image of height x width pixels has at the working scale."""
+    if scale == SQUARE:
+        return size, size
+    if scale == NATIVE:
+        return height, width
+    ratio = scale / max(height, width)
+    return max(1, round(height * ratio)), max(1, round(width * ratio))
+
+
+def decode_image_file(path, flags, max_pixels):
+    # cv2.imread cannot open non-ASCII paths on some platforms; decoding the bytes always works.
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        return None
+    if not data.size:
+        return None
+    check_pixels(path, data, max_pixels)  # from the header, before cv2 allocates the decoded image
+    return cv2.imdecode(data, flags)
+
+
+def read_image(path, size=None, scale=SQUARE, max_pixels=DEFAULT_MAX_PIXELS):
+    """Read an image as a float tensor (3, H, W) in [0, 1], RGB, at a working scale (`image_to_tensor`): grey
+    replicated to 3 channels, alpha dropped, 16-bit scaled by 65535. ValueError naming the file if undecodable."""
+    img = decode_image_file(path, cv2.IMREAD_UNCHANGED, max_pixels)
+    if img is None or img.ndim not in (2, 3):
+        raise ValueError(f"cannot read image file {path}")
+    return image_to_tensor(img, size, bgr=True, scale=scale)
+
+
+def image_to_tensor(img, size=None, bgr=False, scale=SQUARE):
+    """An image array (H, W) or (H, W, 1|3|4), uint8 / uint16 / float in [0, 1] -> float tensor (3, H, W) in
+    [0, 1], RGB, at the working scale (`working_shape`: (size, size) for "square"; no size: its own pixels),
+    resized by area in the array's own dtype.
+    bgr: the channels are in OpenCV's order (as cv2.imread gives)."""
+    img = np.asarray(img)
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"expected an image array (H, W) or (H, W, 1|3|4), got shape {img.shape}")
+    norm = 65535.0 if img.dtype == np.uint16 else 255.0
+    if img.dtype not in (np.uint8, np.uint16):  # float TIFFs etc.: assume [0, 1]
+        img, norm = img.astype(np.float32), 1.0
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    elif img.shape[2] == 1:
+        img = cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB)
+    elif bgr:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    h, w = working_shape(*img.shape[:2], NATIVE if size is None else scale, size)
+    if (h, w) != img.shape[:2]:
+        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+    img = img.astype(np.float32)
+    img /= norm  # in place: a large image is not copied twice more
+    np.clip(img, 0.0, 1.0, out=img)
+    return torch.from_numpy(img).permute(2, 0, 1).contiguous()
+
+
+def header_size(data):
+    """(width, height) from an image file's bytes, read from its header only (Pillow opens lazily and decodes
+    nothing), or None when Pillow knows no such image. Pillow's own decompression-bomb limit is off here:
+    `check_pixels` applies ours (--max_pixels)."""
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except (OSError, ValueError, SyntaxError):  # UnidentifiedImageError is an OSError; broken headers raise others
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def check_pixels(path, data, max_pixels=DEFAULT_MAX_PIXELS):
+    """ValueError naming the file when its header is unknown or it holds more than `max_pixels` pixels."""
+    size = header_size(data)
+    if size is None:
+        raise ValueError(f"cannot read image file {path} (no image header Pillow knows)")
+    w, h = size
+    if w * h > max_pixels:
+        raise ValueError(f"image {path} is {w}x{h} = {w * h / 1e6:.1f} megapixels, above the limit of "
+                         f"{max_pixels / 1e6:.1f} (raise it with --max_pixels)")
+    return size

@@ -1,0 +1,150 @@
+"""Tiles: an image larger than the network's tile is cut into overlapping tiles, scored in batches and stitched
+back with a blend window; a square image at the training size is one tile. `predict`, `raw_maps` and
+`image_scores` are the one tiled scoring path around model/model_unet.py's `Scorer`."""
+import math
+
+import numpy as np
+import torch
+
+
+def pad_to_tile(image, tile):
+    """(C, H, W) -> (C, max(H, tile), max(W, tile)): reflection at the bottom and right, so the original
+    pixels keep their coordinates. Works for any dtype; repeats the reflection when the image is tiny."""
+    h, w = image.shape[-2:]
+    pad_h, pad_w = max(0, tile - h), max(0, tile - w)
+    if not pad_h and not pad_w:
+        return image
+    mode = "reflect" if min(h, w) > 1 else "edge"  # a 1-pixel side has nothing to reflect
+    padded = np.pad(image.numpy(), ((0, 0), (0, pad_h), (0, pad_w)), mode=mode)
+    return torch.from_numpy(padded)
+
+
+def default_overlap(tile):
+    return tile // 4
+
+
+def tile_starts(length, tile, overlap):
+    """Start offsets of tiles of `tile` pixels covering [0, length) (length >= tile) with at least `overlap`
+    pixels of overlap; the stride is spread evenly, so the last tile ends exactly at `length`."""
+    if length <= tile:
+        return [0]
+    n = math.ceil((length - tile) / (tile - overlap)) + 1
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def tile_grid(height, width, tile, overlap):
+    """(y, x) of the top-left corners of every tile, row by row."""
+    return [(y, x) for y in tile_starts(height, tile, overlap) for x in tile_starts(width, tile, overlap)]
+
+
+def count_tiles(height, width, tile, overlap=None):
+    """How many tiles an image of height x width at the working scale is cut into."""
+    overlap = default_overlap(tile) if overlap is None else overlap
+    return len(tile_grid(max(height, tile), max(width, tile), tile, overlap))
+
+
+def blend_window(tile, overlap):
+    """1-D weights (tile,): a raised-cosine ramp over `overlap` pixels at each end, 1 in between, > 0 everywhere."""
+    w = torch.ones(tile)
+    if overlap > 0:
+        ramp = 0.5 - 0.5 * torch.cos(math.pi * (torch.arange(overlap) + 0.5) / overlap)  # (overlap,) in (0, 1)
+        w[:overlap] = ramp
+        w[tile - overlap:] = torch.minimum(w[tile - overlap:], ramp.flip(0))
+    return w
+
+
+def _axis_weights(length, tile, overlap, window):
+    """Sum of the 1-D windows of all tiles along one axis: (length,)."""
+    total = torch.zeros(length)
+    for s in tile_starts(length, tile, overlap):
+        total[s:s + tile] += window
+    return total
+
+
+class _Canvas:
+    """One image's tiles and the sums their outputs are blended into (fp32 on `device`)."""
+
+    def __init__(self, image, tile, overlap, with_reconstruction, device):
+        self.h, self.w = image.shape[-2:]
+        self.padded = pad_to_tile(image, tile)
+        ph, pw = self.padded.shape[-2:]
+        self.grid = tile_grid(ph, pw, tile, overlap)
+        # one tile covers the image: its output as it is; else the blend window (module docstring)
+        window = blend_window(tile, overlap) if len(self.grid) > 1 else torch.ones(tile)  # (tile,)
+        self.win2d = (window[:, None] * window[None, :]).to(device)  # (tile, tile)
+        # the grid is a product of row and column starts, so the summed 2-D windows are an outer product
+        self.weight = (_axis_weights(ph, tile, overlap, window)[:, None]
+                       * _axis_weights(pw, tile, overlap, window)[None]).to(device)  # (pH, pW), > 0
+        self.map = torch.zeros(ph, pw, device=device)
+        self.rec = torch.zeros(3, ph, pw, device=device) if with_reconstruction else None
+        self.tile = tile
+
+    def add(self, y, x, amap, rec):
+        t = self.tile
+        self.map[y:y + t, x:x + t] += amap.float() * self.win2d
+        if self.rec is not None:
+            self.rec[:, y:y + t, x:x + t] += rec.float() * self.win2d
+
+    def result(self):
+        self.map /= self.weight  # in place: no second image-sized copy
+        if self.rec is not None:
+            self.rec /= self.weight
+        return self.map[:self.h, :self.w], None if self.rec is None else self.rec[:, :self.h, :self.w]
+
+
+@torch.inference_mode()
+def stitch(image, tile_fn, tile, overlap=None, tile_batch=16, with_reconstruction=False, device=None):
+    """Run `tile_fn` on the tiles of `image` (3, H, W) and blend the outputs into whole-image maps.
+
+    tile_fn: tiles (B, 3, tile, tile) on `device` -> (anomaly maps (B, tile, tile), reconstructions or None), at
+    most `tile_batch` tiles at a time. Returns {"anomaly_map": (H, W), "reconstruction": (3, H, W) or None}, fp32
+    on `device` (default: the CPU)."""
+    return stitch_all([image], tile_fn, tile, overlap, tile_batch, with_reconstruction, device)[0]
+
+
+def stitch_all(images, tile_fn, tile, overlap=None, tile_batch=16, with_reconstruction=False, device=None):
+    """`stitch` for a list of images, their tiles batched together in order (a batch of "square" images is one
+    forward pass): a list of `stitch` results."""
+    overlap = default_overlap(tile) if overlap is None else overlap
+    device = torch.device("cpu") if device is None else device
+    canvases = [_Canvas(im, tile, overlap, with_reconstruction, device) for im in images]
+    jobs = [(c, y, x) for c in canvases for y, x in c.grid]
+    for i in range(0, len(jobs), tile_batch):
+        chunk = jobs[i:i + tile_batch]
+        tiles = torch.stack([c.padded[:, y:y + tile, x:x + tile] for c, y, x in chunk]).to(device)  # (B, 3, t, t)
+        maps, recs = tile_fn(tiles)
+        for j, (c, y, x) in enumerate(chunk):
+            c.add(y, x, maps[j], None if recs is None else recs[j])
+    return [dict(zip(("anomaly_map", "reconstruction"), c.result())) for c in canvases]
+
+
+@torch.inference_mode()
+def predict(scorer, images, tile, device, tile_batch=16, with_reconstruction=True):
+    """Images (3, H_i, W_i) in [0, 1] at the working scale -> dict of lists, one entry per image: reconstruction
+    (3, H, W) (None unless `with_reconstruction`), anomaly_map (H, W) and score (0-d), fp32 on `device`."""
+    def run(tiles):  # (B, 3, tile, tile) -> (B, tile, tile), (B, 3, tile, tile)
+        rec, amap = scorer(tiles)
+        return amap, rec
+    outs = stitch_all(images, run, tile, tile_batch=tile_batch, with_reconstruction=with_reconstruction,
+                      device=device)
+    return {"reconstruction": [o["reconstruction"] for o in outs], "anomaly_map": [o["anomaly_map"] for o in outs],
+            "score": [scorer.score(o["anomaly_map"][None])[0] for o in outs]}
+
+
+@torch.inference_mode()
+def raw_maps(map_fn, images, tile, device, tile_batch=16):
+    """Whole-image maps of `map_fn` (tiles (B, 3, t, t) -> (B, t, t)), tiled and stitched as `predict` does:
+    images (3, H_i, W_i), uint8 or float in [0, 1] -> a list of (H_i, W_i) fp32 on `device`."""
+    images = [im.float() / 255 if im.dtype == torch.uint8 else im for im in images]
+    outs = stitch_all(images, lambda tiles: (map_fn(tiles), None), tile, tile_batch=tile_batch, device=device)
+    return [o["anomaly_map"] for o in outs]
+
+
+def image_scores(scorer, images, tile, device, tile_batch=16):
+    """(N,) scores of uint8 images (3, H_i, W_i) at the working scale, one image at a time as detect.py scores
+    them (the model in eval mode meanwhile; its training mode is restored)."""
+    was_training = scorer.training
+    scorer.eval()
+    scores = [predict(scorer, [im.float() / 255], tile, device, tile_batch, False)["score"][0].cpu() for im in images]
+    scorer.train(was_training)
+    return torch.stack(scores)

@@ -1,0 +1,215 @@
+"""The running process, for scripts and library alike: the errors the library raises (`UsageError`, `Interrupted`),
+stopping on signals, the device and precision choice, the one seed helper, the distributed setup, and what a user
+reads on the console (escaped file names, progress bars that read well in a log).
+
+Importing this module is cheap (standard library only; torch, NumPy and tqdm are imported where they are used).
+"""
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+
+log = logging.getLogger(__name__)
+
+
+class UsageError(ValueError):
+    """Bad user input (a path, a flag, a file). Scripts print it as one line and exit with code 2."""
+
+
+def warn_ignored(flag, why):
+    """The one-line warning for a flag given by the user that has no effect in this run."""
+    log.warning("warning: %s has no effect: %s", flag, why)
+
+
+def display_name(path):
+    """A path as people read it: undecodable bytes of a file name shown escaped (`caf\\xe9.png`), so it can be
+    printed, drawn and written into UTF-8 files."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def select_device(gpu_id=0):
+    """`cuda:<gpu_id>` when CUDA is available, else Apple `mps`, else CPU. Logged once by the caller.
+
+    gpu_id < 0 forces the CPU.
+    """
+    import torch
+    if gpu_id is not None and gpu_id >= 0 and torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        if gpu_id >= n:
+            raise UsageError(f"--gpu_id {gpu_id}: no such GPU (this machine has {n}: 0..{n - 1})")
+        return torch.device(f"cuda:{gpu_id}")
+    mps = getattr(torch.backends, "mps", None)
+    if gpu_id is not None and gpu_id >= 0 and mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed):
+    """The one seed helper: Python, NumPy and torch (all devices)."""
+    import numpy as np
+    import torch
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def seed_worker(worker_id):
+    """DataLoader worker_init_fn: derive NumPy/random seeds from the worker's torch seed."""
+    import numpy as np
+    import torch
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def resolve_amp(amp, device):
+    """Autocast dtype for `--amp {auto,bf16,fp16,off}` on `device`, or None for fp32.
+
+    auto: bf16 on a CPU with native bf16 (AVX512-BF16 / AMX) and on CUDA GPUs that support it, fp16 on older
+    GPUs, fp32 elsewhere (emulated bf16 on a CPU without it is slower than fp32).
+    """
+    import torch
+    if amp == "off" or device.type == "mps":
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def cpu_has_native_bf16():
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def distributed_env():
+    """(rank, local_rank, world_size) from torchrun's environment; (0, 0, 1) when not distributed."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def init_distributed(gpu_id):
+    """The training device; under torchrun (WORLD_SIZE/RANK/LOCAL_RANK set) also the process group: NCCL on
+    GPUs, gloo on CPU."""
+    _, local_rank, world = distributed_env()
+    if world == 1:
+        return select_device(gpu_id)
+    import torch
+    import torch.distributed as dist
+    use_cuda = torch.cuda.is_available() and gpu_id >= 0
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        return torch.device(f"cuda:{local_rank}")
+    return torch.device("cpu")
+
+
+class Interrupted(Exception):
+    """A run stopped by SIGINT / SIGTERM; `exit_code` is what a shell expects (130 / 143)."""
+
+    def __init__(self, signum, saved=""):
+        self.signum, self.saved = signum, saved
+        super().__init__(f"stopped by {signal.Signals(signum).name}" + (f"; {saved}" if saved else ""))
+
+    @property
+    def exit_code(self):
+        return 128 + self.signum
+
+
+class StopOnSignal:
+    """Turns SIGINT / SIGTERM into a stop request while `armed`, into `Interrupted` otherwise."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, armed=True):
+        self.armed, self.signum, self._previous = armed, None, {}
+
+    @property
+    def requested(self):
+        return self.signum is not None
+
+    def interrupted(self, saved=""):
+        # under DDP a rank may stop because another rank was signalled: SIGTERM is what launchers send
+        return Interrupted(self.signum or signal.SIGTERM, saved)
+
+    def _handle(self, signum, frame):
+        if self.armed and self.signum is None:
+            self.signum = signum  # the loop stops after the current step
+            return
+        raise Interrupted(signum)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+
+LOG_INTERVAL_S = 10.0  # seconds between two lines of a bar in a log
+
+
+class _Lines:
+    """A text stream wrapper: each tqdm frame becomes one line; blank frames (clearing) and a repeat of the
+    last line (tqdm redraws the final frame when it closes) are dropped."""
+
+    def __init__(self, stream):
+        self.stream, self.last = stream, None
+
+    def write(self, text):
+        line = text.replace("\r", "").rstrip()
+        if line and line != self.last:
+            self.stream.write(line + "\n")
+            self.last = line
+
+    def flush(self):
+        self.stream.flush()
+
+
+def _is_terminal(stream) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+def progress(iterable=None, **kwargs):
+    """`tqdm(iterable, **kwargs)`, throttled to a line every LOG_INTERVAL_S seconds when `file` (default
+    stderr) is not a terminal. Explicit `mininterval` / `maxinterval` win.
+
+    In a log file tqdm would write a carriage-return frame at every refresh (hundreds of kilobytes in a long run);
+    here each frame is one plain line, and a bar that is not kept (leave=False, one per training epoch) first
+    shows after LOG_INTERVAL_S, so short epochs add no line: a 10-minute CPU training writes about 6 kB of log.
+
+    >>> import io
+    >>> log = io.StringIO()
+    >>> sum(progress(range(3), desc="demo", file=log))
+    3
+    >>> "\\r" in log.getvalue(), log.getvalue().splitlines()[-1].startswith("demo: 100%")
+    (False, True)
+    """
+    from tqdm import tqdm
+
+    stream = kwargs.pop("file", None) or sys.stderr
+    if _is_terminal(stream):
+        return tqdm(iterable, file=stream, **kwargs)
+    kwargs.setdefault("mininterval", LOG_INTERVAL_S)
+    kwargs.setdefault("maxinterval", max(LOG_INTERVAL_S, kwargs["mininterval"]))
+    kwargs.setdefault("ascii", True)  # no block characters in a log
+    kwargs.setdefault("dynamic_ncols", False)
+    if not kwargs.get("leave", True):
+        kwargs.setdefault("delay", LOG_INTERVAL_S)  # a transient bar (one per epoch): nothing if it ends sooner
+    return tqdm(iterable, file=_Lines(stream), **kwargs)
