@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from model.feature_prior import CORESET_SIZE, STRIDE, FeaturePrior, PriorFusion, TailEvidence, grow_bank
@@ -92,7 +91,7 @@ def new_images(folder, teachings):
     for f in files:
         try:
             data = f.read_bytes()
-            w, h = check_pixels(f, np.frombuffer(data, np.uint8), float("inf"))
+            w, h = check_pixels(f, data, float("inf"))
         except (OSError, ValueError) as e:
             raise UsageError(f"--add_good: cannot read {display_name(f)} ({getattr(e, 'strerror', None) or e}); "
                              f"nothing taught") from None
@@ -153,7 +152,7 @@ def size_reference(held_files, teachings):
     sides = [s for t in teachings for s in t["sides"]]
     for f in held_files:
         try:
-            sides.append(max(check_pixels(f, np.fromfile(f, np.uint8), float("inf"))))
+            sides.append(max(check_pixels(f, f.read_bytes(), float("inf"))))
         except (OSError, ValueError):
             continue
     return (min(sides), max(sides)) if sides else None
