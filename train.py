@@ -98,11 +98,13 @@ def add_optimisation_flags(p, d):
     g = p.add_argument_group("Optimisation")
     g.add_argument("--lr", type=positive_float, default=d.lr, help="Adam learning rate")
     g.add_argument("--bs", type=positive_int, default=d.bs, help="batch size")
-    g.add_argument("--epochs", type=positive_int, default=d.epochs,
-                   help="passes over the training images; lr x0.2 at 80%% and 90%%")
+    # SUPPRESS: absent unless given, so that --max_minutes without --epochs can fill its minutes
+    g.add_argument("--epochs", type=positive_int, default=argparse.SUPPRESS,
+                   help=f"passes over the training images; lr x0.2 at 80%% and 90%% (default: {d.epochs}; with "
+                        "--max_minutes: as many as fit). The checkpoint pair is named after it")
     g.add_argument("--max_minutes", type=positive_float, default=d.max_minutes,
                    help="the run's length in minutes (decoding, bank fit and validations included): as many "
-                        "steps as fit, at most --epochs, with the lr decays at 80%% and 90%% of them")
+                        "steps as fit, at most --epochs when given, with the lr decays at 80%% and 90%% of them")
     g.add_argument("--amp", choices=AMP_CHOICES, default=d.amp,
                    help="mixed precision: auto = bf16 on CPUs with native bf16 and on GPUs, else fp32")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed (data order, synthesis, init)")
@@ -138,8 +140,9 @@ def parse_args(argv=None):
     first = build_parser(Config(), add_help=False).parse_known_args(argv)[0]
     preset = resolve_preset(first)
     args = build_parser(Config.build(preset, first.recipe)).parse_args(argv)
-    return Config.build(preset, args.recipe, **{k: v for k, v in vars(args).items() if k in FIELDS and
-                                                k not in ("preset", "recipe")})
+    fill_budget = args.max_minutes is not None and "epochs" not in vars(args)  # the minutes alone end the run
+    return Config.build(preset, args.recipe, fill_budget=fill_budget,
+                        **{k: v for k, v in vars(args).items() if k in FIELDS and k not in ("preset", "recipe")})
 
 
 def run_demo_evaluation(settings, base, class_dir):
@@ -175,8 +178,9 @@ def run(cfg, command, stop):
     if demo:
         cfg.data_path = str(make_demo_dataset(DEMO_ROOT))
     if rank == 0:
-        log.info("device: %s, preset: %s (size %d, widths %d/%d, bs %d, epochs %d)", device, cfg.preset,
-                 cfg.size, cfg.rec_base_width, cfg.seg_base_width, cfg.bs, cfg.epochs)
+        epochs = f"as many epochs as fit in {cfg.max_minutes:g} minutes" if cfg.fill_budget else f"epochs {cfg.epochs}"
+        log.info("device: %s, preset: %s (size %d, widths %d/%d, bs %d, %s)", device, cfg.preset,
+                 cfg.size, cfg.rec_base_width, cfg.seg_base_width, cfg.bs, epochs)
     if cfg.anomaly_source_path is not None and not Path(cfg.anomaly_source_path).is_dir():
         raise UsageError(f"--anomaly_source_path {cfg.anomaly_source_path} is not a folder")
     for out in ("checkpoint_path", "log_path", "preview"):  # plots and pictures there would join the training images

@@ -1,9 +1,10 @@
 """How long a run is: Adam with the paper's two decays, and --max_minutes turned into a number of steps.
 
-    optimizer, scheduler = make_optimizer(model, 1e-4, total_steps)   # x0.2 at 80% and 90% of total_steps
+    optimizer, scheduler = make_optimizer(model, 1e-4, step_cap(settings, len(loader)))   # x0.2 at 80%, 90%
     replan(run, state)   # a --max_minutes run: total_steps from the measured time per step and per checkpoint
 """
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -31,6 +32,20 @@ def make_optimizer(model, lr, total_steps):
 
 
 PLAN_AFTER_STEPS = 20  # the first plan of a --max_minutes run, from the time of its first steps
+UNBOUNDED = 2 ** 62  # the step cap of a run that fills its --max_minutes: its plan ends it
+
+
+def step_cap(settings, steps_per_epoch):
+    """The most steps a run may take: --epochs of them, or UNBOUNDED when the budget alone ends it
+    (settings.fill_budget: --max_minutes without --epochs; the pair is still named after settings.epochs)."""
+    if settings.fill_budget and settings.max_minutes:
+        return UNBOUNDED
+    return settings.epochs * steps_per_epoch
+
+
+def planned_epochs(total_steps, steps_per_epoch):
+    """The epochs `total_steps` take (the last one partial), or None while a budget-filling run has no plan yet."""
+    return None if total_steps >= UNBOUNDED else math.ceil(total_steps / steps_per_epoch)
 
 
 @dataclass
