@@ -12,10 +12,12 @@ Folder mode also writes index.html, the results page (utils/outputs/page.py), wi
 image under thumbs/. --save_maps adds, beside each picture, the raw anomaly map (16-bit PNG at the input's size),
 the defect mask at the stored threshold (0/255) and the overlay alone (utils/outputs/maps.py).
 """
-from utils.cli import add_inference_flags, add_max_pixels_flag, exit_quietly_on_signals, run_script
+from utils.cli import (add_inference_flags, add_max_pixels_flag, be_a_fair_neighbour, exit_quietly_on_signals,
+                       run_script)
 from utils.runtime import UsageError, display_name, progress, resolve_amp, select_device
 
 exit_quietly_on_signals("detect.py", __name__)  # a signal during the imports below: one line
+be_a_fair_neighbour(__name__)  # before torch: OpenMP threads that sleep while they wait
 
 import argparse
 import contextlib
@@ -26,13 +28,13 @@ import sys
 from pathlib import Path
 
 from utils.data_loader import list_images
-from utils.images.reading import NATIVE, read_image
+from utils.images.reading import NATIVE, read_image, special_file_kind
 from utils.inference.detector import Detector
 from utils.outputs.maps import MAP_FILES, map_output_paths, save_map_outputs
-from utils.outputs.page import PAGE_NAME, write_results_page, write_scored_image
+from utils.outputs.page import PAGE_NAME, thumb_path, write_results_page, write_scored_image
 from utils.storage.atomic import atomic_open, tidy_output_folders
 from utils.storage.output_rules import check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside
-from utils.storage.pairs import newest_complete_pair
+from utils.storage.pairs import find_pair, newest_complete_pair
 from utils.synthesis.demo_data import DEMO_ROOT
 
 log = logging.getLogger("detect")
@@ -77,6 +79,8 @@ def resolve_inputs(args):
             raise UsageError(f"--image_path {path}: no images in this folder")
         out = Path("detect_results" if args.output_path == DEFAULT_OUTPUT else args.output_path)
         return files, base, out, True
+    if special_file_kind(path) is not None:  # never opened: a FIFO would block, /dev/zero never end
+        raise UsageError(f"--image_path {path} is {special_file_kind(path)}, not an image file")
     if not path.is_file():
         raise UsageError(f"--image_path {path} does not exist")
     return [path], base, Path(args.output_path), False
@@ -93,18 +97,33 @@ def picture_name(rel):
     return rel.with_name(display_name(rel.name) + ".png")
 
 
-def check_outputs(files, root, output, folder_mode, save_maps):
-    """Before any work: the outputs can be written and replace no input."""
+def planned_outputs(files, root, output, folder_mode, save_maps):
+    """Every file this run may write: the picture and its maps (save_maps); in folder mode report.csv and the
+    results page first, then each image's picture, thumbnail (and maps)."""
     if not folder_mode:
-        extra = list(map_output_paths(output).values()) if save_maps else []
-        refuse_input_overwrite([output, *extra], files)
-        for path in (output, *extra):
-            check_output_file(path, "--output_path")
-        return
-    check_output_dir(output, "--output_path")
-    refuse_inside(output, root)
-    for name in ("report.csv", PAGE_NAME):
-        check_output_file(output / name, "--output_path")
+        return [output, *(map_output_paths(output).values() if save_maps else ())]
+    outs = [output / "report.csv", output / PAGE_NAME]
+    for f in files:
+        picture = output / picture_name(f.relative_to(root))
+        outs += [picture, thumb_path(output, display_name(f.relative_to(root)))]
+        outs += map_output_paths(picture).values() if save_maps else []
+    return outs
+
+
+def check_outputs(args, files, output, folder_mode, pair):
+    """Before any work: the outputs can be written and replace no input (an image, either file of the pair)."""
+    inputs = {"--image_path": files, "--checkpoint_path": pair}
+    root = Path(args.image_path) if folder_mode else None
+    if folder_mode:
+        check_output_dir(output, "--output_path")
+        refuse_inside(output, root)
+    outputs = planned_outputs(files, root, output, folder_mode, args.save_maps)
+    refuse_input_overwrite(outputs, inputs)
+    for path in outputs[:2] if folder_mode else outputs:  # report.csv and the page, or the picture and its maps
+        check_output_file(path, "--output_path")
+    if args.export_onnx:
+        refuse_input_overwrite([args.export_onnx], inputs, "--export_onnx")
+        check_output_file(args.export_onnx, "--export_onnx")
 
 
 def report(row, threshold, as_json, teaching=0):
@@ -203,10 +222,7 @@ def write_csv(path, rows, save_maps=False):
 def run(args, stop):
     """Check the outputs, load the pair once, score the image or the folder, write the pictures (and report)."""
     files, base, output, folder_mode = resolve_inputs(args)
-    check_outputs(files, args.image_path, output, folder_mode, args.save_maps)
-    if args.export_onnx:
-        refuse_input_overwrite([args.export_onnx], files, "--export_onnx")
-        check_output_file(args.export_onnx, "--export_onnx")
+    check_outputs(args, files, output, folder_mode, find_pair(args.checkpoint_path, base))
     device = select_device(args.gpu_id)
     detector = Detector.from_checkpoint(args.checkpoint_path, base, device, resolve_amp(args.amp, device),
                                         bs=args.bs, max_pixels=args.max_pixels)

@@ -24,11 +24,12 @@ Recalibrate the threshold on the line's own good images (written into both files
     python evaluate.py --base_model_name ... --recalibrate line3/good/ [--defect_path line3/bad/] \
         [--target_false_reject 0.02 | --threshold_rule f1] [--data_path path/to/class]
 """
-from utils.cli import (add_inference_flags, add_max_pixels_flag, add_target_flag, exit_quietly_on_signals, given,
-                       run_script)
+from utils.cli import (add_inference_flags, add_max_pixels_flag, add_target_flag, be_a_fair_neighbour,
+                       exit_quietly_on_signals, given, run_script)
 from utils.runtime import UsageError, resolve_amp, select_device, warn_ignored
 
 exit_quietly_on_signals("evaluate.py", __name__)  # a signal during the imports below: one line
+be_a_fair_neighbour(__name__)  # before torch: OpenMP threads that sleep while they wait
 
 import argparse
 import json
@@ -45,7 +46,7 @@ from utils.evaluation.thresholds import describe, f1_threshold, fit_threshold, r
 from utils.inference.detector import Detector
 from utils.outputs.page import write_results_page
 from utils.storage.atomic import tidy_output_folders
-from utils.storage.output_rules import check_output_dir, refuse_inside
+from utils.storage.output_rules import check_output_dir, refuse_input_overwrite, refuse_inside
 from utils.storage.pairs import find_pair, newest_complete_pair
 
 log = logging.getLogger("evaluate")
@@ -106,9 +107,11 @@ def _folder_images(flag, folder):
 
 def recalibrate(args, detector):
     """Score --recalibrate (and --defect_path), fit the new threshold, write it into the pair; print a report."""
-    good = detector.score_files(_folder_images("--recalibrate", args.recalibrate))
-    bad = detector.score_files(_folder_images("--defect_path", args.defect_path)) \
-        if args.defect_path else None
+    images = {"--recalibrate": _folder_images("--recalibrate", args.recalibrate),
+              "--defect_path": _folder_images("--defect_path", args.defect_path) if args.defect_path else []}
+    refuse_input_overwrite(find_pair(args.checkpoint_path, args.base_model_name), images, "--checkpoint_path")
+    good = detector.score_files(images["--recalibrate"])
+    bad = detector.score_files(images["--defect_path"]) if args.defect_path else None
     if args.threshold_rule == "f1":
         calib = f1_threshold(good, bad)
     else:
@@ -189,8 +192,7 @@ def evaluate_all(args, device, classes):
     bases = {c: pair_name(args.base_model_name, c) if args.base_model_name
              else newest_complete_pair(args.checkpoint_path, obj_name=c) for c in classes}
     for c in classes:  # before any work: every output folder and every pair
-        check_outputs(out / c)
-        find_pair(args.checkpoint_path, bases[c])
+        check_outputs(out / c, find_pair(args.checkpoint_path, bases[c]), root / c if args.save_images else None)
     overall = {c: evaluate_one(args, load_detector(args, bases[c], device), bases[c], root / c, out / c)
                for c in classes}
     mean = mean_metrics(overall.values())
@@ -205,7 +207,11 @@ def run(args):
         raise UsageError(f"--data_path {args.data_path} is not a folder")
     if args.data_path is not None:
         check_output_dir(args.output_path, "--output_path")
-        refuse_inside(args.output_path, args.data_path, in_flag="--data_path")
+        read = (("--data_path", args.data_path), ("--recalibrate", args.recalibrate),
+                ("--defect_path", args.defect_path))
+        for flag, folder in read:  # pictures written there would join what is read
+            if folder is not None:
+                refuse_inside(args.output_path, folder, in_flag=flag)
     if args.recalibrate:  # the pair is rewritten: refused before any scoring when it cannot be
         check_output_dir(args.checkpoint_path, "--checkpoint_path")
     classes = None if args.data_path is None else class_names(args.data_path, args.obj_id)
@@ -224,9 +230,10 @@ def main(argv=None):
 
 def evaluate_single(args, device):
     """One pair: recalibrate (when asked), then evaluate --data_path (when given); its overall metrics or None."""
-    if args.data_path is not None:
-        check_outputs(args.output_path)
     base = args.base_model_name or class_pair(args.checkpoint_path, Path(args.data_path).name)
+    if args.data_path is not None:
+        check_outputs(args.output_path, find_pair(args.checkpoint_path, base),
+                      args.data_path if args.save_images else None)
     detector = load_detector(args, base, device)
     if args.recalibrate:
         recalibrate(args, detector)

@@ -13,11 +13,13 @@ validation), the pair ..._last.pt / ..._last_seg.pt, a resumable state ..._resum
 <name>taught<k>_. This file holds the flags and main; the defaults are utils/config.py, the run itself is
 utils/training/engine.py.
 """
-from utils.cli import (AMP_CHOICES, SCALE_HELP, add_max_pixels_flag, add_target_flag, exit_quietly_on_signals, fraction,
-                       given, positive_float, positive_int, run_script, scale_arg, size_arg)
+from utils.cli import (AMP_CHOICES, SCALE_HELP, add_max_pixels_flag, add_target_flag, be_a_fair_neighbour,
+                       exit_quietly_on_signals, fraction, given, positive_float, positive_int, run_script, scale_arg,
+                       size_arg)
 from utils.runtime import UsageError, distributed_env, init_distributed, select_device
 
 exit_quietly_on_signals("train.py", __name__)  # a signal during the imports below: one line
+be_a_fair_neighbour(__name__)  # before torch: OpenMP threads that sleep while they wait
 
 import argparse
 import contextlib
@@ -101,11 +103,13 @@ def add_optimisation_flags(p, d):
     g = p.add_argument_group("Optimisation")
     g.add_argument("--lr", type=positive_float, default=d.lr, help="Adam learning rate")
     g.add_argument("--bs", type=positive_int, default=d.bs, help="batch size")
-    g.add_argument("--epochs", type=positive_int, default=d.epochs,
-                   help="passes over the training images; lr x0.2 at 80%% and 90%%")
+    # SUPPRESS: absent unless given, so that --max_minutes without --epochs can fill its minutes
+    g.add_argument("--epochs", type=positive_int, default=argparse.SUPPRESS,
+                   help=f"passes over the training images; lr x0.2 at 80%% and 90%% (default: {d.epochs}; with "
+                        "--max_minutes: as many as fit). The checkpoint pair is named after it")
     g.add_argument("--max_minutes", type=positive_float, default=d.max_minutes,
                    help="the run's length in minutes (decoding, bank fit and validations included): as many "
-                        "steps as fit, at most --epochs, with the lr decays at 80%% and 90%% of them")
+                        "steps as fit, at most --epochs when given, with the lr decays at 80%% and 90%% of them")
     g.add_argument("--amp", choices=AMP_CHOICES, default=d.amp,
                    help="mixed precision: auto = bf16 on CPUs with native bf16 and on GPUs, else fp32")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed (data order, synthesis, init)")
@@ -182,8 +186,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.base_model_name is not None and args.add_good is None:
         parser.error("argument --base_model_name: only with --add_good (the pair to teach)")
-    return Config.build(preset, args.recipe, **{k: v for k, v in vars(args).items() if k in FIELDS and
-                                                k not in ("preset", "recipe")})
+    fill_budget = args.max_minutes is not None and "epochs" not in vars(args)  # the minutes alone end the run
+    return Config.build(preset, args.recipe, fill_budget=fill_budget,
+                        **{k: v for k, v in vars(args).items() if k in FIELDS and k not in ("preset", "recipe")})
 
 
 def run_demo_evaluation(settings, base, class_dir):
@@ -223,8 +228,9 @@ def run(cfg, command, stop):
     if demo:
         cfg.data_path = str(make_demo_dataset(DEMO_ROOT))
     if rank == 0:
-        log.info("device: %s, preset: %s (size %d, widths %d/%d, bs %d, epochs %d)", device, cfg.preset,
-                 cfg.size, cfg.rec_base_width, cfg.seg_base_width, cfg.bs, cfg.epochs)
+        epochs = f"as many epochs as fit in {cfg.max_minutes:g} minutes" if cfg.fill_budget else f"epochs {cfg.epochs}"
+        log.info("device: %s, preset: %s (size %d, widths %d/%d, bs %d, %s)", device, cfg.preset,
+                 cfg.size, cfg.rec_base_width, cfg.seg_base_width, cfg.bs, epochs)
     if cfg.anomaly_source_path is not None and not Path(cfg.anomaly_source_path).is_dir():
         raise UsageError(f"--anomaly_source_path {cfg.anomaly_source_path} is not a folder")
     for out in ("checkpoint_path", "log_path", "preview"):  # plots and pictures there would join the training images

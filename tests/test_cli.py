@@ -1,7 +1,14 @@
 """Tests for utils/cli.py: progress bars in a log (not a terminal) write plain lines, throttled; the quiet start."""
 import io
+import re
+from pathlib import Path
 
+import pytest
+
+from utils.cli import be_a_fair_neighbour
 from utils.runtime import LOG_INTERVAL_S, progress
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Terminal(io.StringIO):
@@ -41,3 +48,26 @@ def test_a_terminal_gets_tqdm_unchanged():
     assert bar.mininterval == 0.1 and bar.maxinterval == 10.0  # tqdm's defaults
     list(bar)
     assert "\r" in tty.getvalue()
+
+
+def test_a_script_sets_a_passive_wait_policy_unless_the_user_chose_one():
+    env = {}
+    be_a_fair_neighbour("__main__", env)
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    be_a_fair_neighbour("__main__", env)
+    assert env == {"OMP_WAIT_POLICY": "ACTIVE"}
+    env = {}
+    be_a_fair_neighbour("detect", env)  # imported (a test): the environment is left alone
+    assert env == {}
+
+
+@pytest.mark.parametrize("script", ["train.py", "detect.py", "evaluate.py", "bench.py"])
+def test_each_script_sets_the_policy_before_torch_can_be_imported(script):
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads it: the call comes before every import but the
+    standard-library-only utils.cli and utils.runtime."""
+    lines = (ROOT / script).read_text().splitlines()
+    call = lines.index("be_a_fair_neighbour(__name__)  # before torch: OpenMP threads that sleep while they wait")
+    imports = [i for i, line in enumerate(lines) if re.match(r"(import|from) ", line)
+               and not line.startswith(("from utils.cli import", "from utils.runtime import"))]
+    assert imports and call < min(imports)

@@ -523,3 +523,153 @@ def test_row_23_target_false_reject_without_recalibrate_is_warned_about(pair, tm
                                "--output_path", tmp_path / "eval", "--target_false_reject", "0.05"], capsys, caplog)
     assert_clean_success(res)
     assert "--target_false_reject" in res.said, res.said[-2000:]
+
+
+# ---------------------------------------------------------------- 24-27: inputs are never replaced nor skipped
+def _routes(ck, tmp_path, target):
+    """Ways an output path can name `target` (a file in the folder `ck`): itself, through `..`, a symlink, a hard
+    link."""
+    (tmp_path / "sub").mkdir(exist_ok=True)
+    link, hard = tmp_path / "link.png", tmp_path / "hard.png"
+    link.symlink_to(target)
+    os.link(target, hard)
+    return {"itself": target, "dotdot": ck / "sub" / ".." / target.name, "symlink": link, "hardlink": hard}
+
+
+@pytest.mark.parametrize("route", ["itself", "dotdot", "symlink", "hardlink"])
+@pytest.mark.parametrize("flag,half", [("--output_path", "_seg.pt"), ("--output_path", ".pt"),
+                                       ("--export_onnx", "_seg.pt")])
+def test_row_24_detect_never_replaces_the_pair_it_loads(ck, tmp_path, image, capsys, caplog, route, flag, half):
+    """The reported case: --output_path ck/<base>_seg.pt exited 0 and drew the picture over the model."""
+    target = ck / (BASE + half)
+    out = _routes(ck, tmp_path, target)[route]
+    before = snapshot(ck)
+    argv = detect_argv(ck, image, tmp_path / "o.png")
+    argv[argv.index("--output_path") + 1] = out if flag == "--output_path" else tmp_path / "o.png"
+    res = call(detect.main, [*argv, *(["--export_onnx", out] if flag == "--export_onnx" else [])], capsys, caplog)
+    assert_refused(res, flag, out, target)
+    assert snapshot(ck) == before and not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("case", ["image-hardlink", "map-symlink", "folder-report", "folder-picture"])
+def test_row_24_detect_never_replaces_its_images(pair, tmp_path, image, capsys, caplog, case):
+    """An output that is the image (a hard link), a --save_maps file linked to it, or a folder-mode file planted as
+    a link to the pair: refused naming both, nothing written."""
+    src, out = tmp_path / "imgs", tmp_path / "out"
+    write_images(src, 2, size=40)
+    if case == "image-hardlink":
+        os.link(image, tmp_path / "same.png")
+        argv, named = detect_argv(pair, image, tmp_path / "same.png"), image
+    elif case == "map-symlink":
+        (tmp_path / "o.map.png").symlink_to(image)
+        argv, named = detect_argv(pair, image, tmp_path / "o.png", BASE, "--save_maps"), image
+    else:
+        out.mkdir()
+        planted = out / ("report.csv" if case == "folder-report" else "000.png.png")
+        planted.symlink_to(pair / (BASE + "_seg.pt"))
+        argv, named = detect_argv(pair, src, out), pair / (BASE + "_seg.pt")
+    before = snapshot(tmp_path)
+    res = call(detect.main, argv, capsys, caplog)
+    assert_refused(res, named)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("case", ["metrics-link", "picture-link", "inside-recalibrate", "taught-pair"])
+def test_row_25_evaluate_never_replaces_what_it_reads(ck, tmp_path, capsys, caplog, case):
+    """metrics.json or a --save_images picture linked to the pair; the output folder inside the --recalibrate
+    folder; a recalibration whose pair is one of the good images it reads (a hard link): refused naming both,
+    nothing written."""
+    cls, good = make_class(tmp_path / "widget"), tmp_path / "line_good"
+    write_images(good, 4, size=40)
+    out = tmp_path / "eval"
+    argv = ["--checkpoint_path", ck, "--base_model_name", BASE, "--output_path", out]
+    if case == "metrics-link":
+        out.mkdir()
+        (out / "metrics.json").symlink_to(ck / (BASE + "_seg.pt"))
+        argv, named = [*argv, "--data_path", cls], ["--checkpoint_path", BASE + "_seg.pt"]
+    elif case == "picture-link":
+        (out / "images" / "spot").mkdir(parents=True)
+        (out / "images" / "spot" / "001.png.png").symlink_to(ck / (BASE + ".pt"))
+        argv, named = [*argv, "--data_path", cls, "--save_images"], ["--checkpoint_path", BASE + ".pt"]
+    elif case == "inside-recalibrate":
+        argv = ["--checkpoint_path", ck, "--base_model_name", BASE, "--output_path", good / "eval"]
+        argv, named = [*argv, "--data_path", cls, "--recalibrate", good], ["--recalibrate", good]
+    else:
+        os.link(ck / (BASE + ".pt"), good / "model.png")
+        argv, named = [*argv, "--recalibrate", good], ["--recalibrate", good / "model.png"]
+    before = snapshot(tmp_path)
+    res = call(evaluate.main, argv, capsys, caplog)
+    assert_refused(res, *named)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("route", ["symlink", "dotdot"])
+def test_row_26_train_never_writes_into_the_folder_it_reads(space, tmp_path, capsys, caplog, route):
+    """--checkpoint_path reaching into --data_path through a symlink or `..`: refused naming both, nothing made."""
+    data = tmp_path / "widget"
+    shutil.copytree(space / "widget", data)
+    if route == "symlink":
+        (tmp_path / "ck").symlink_to(data / "train" / "good", target_is_directory=True)
+        ck = tmp_path / "ck"
+    else:
+        ck = tmp_path / "logs" / ".." / "widget" / "train" / "good"
+    before = snapshot(data)
+    res = call(train.main, ["--data_path", data, "--checkpoint_path", ck, "--log_path", tmp_path / "logs", *TRAIN],
+               capsys, caplog)
+    assert_refused(res, "--checkpoint_path", "--data_path")
+    assert snapshot(data) == before
+
+
+@pytest.fixture
+def deadline():
+    """A blocking open (a FIFO with no writer) raises instead of hanging the suite (not a timed assertion)."""
+    def expire(signum, frame):
+        raise TimeoutError("an input that is a special file was opened")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(SUBPROCESS_LIMIT_S)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def plant_special_files(folder):
+    """A FIFO named pipe.png and a link zero_dev.png -> /dev/zero in `folder`; skip where there are none."""
+    if not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"):
+        pytest.skip("no FIFOs or no /dev/zero on this system")
+    os.mkfifo(folder / "pipe.png")
+    (folder / "zero_dev.png").symlink_to("/dev/zero")
+    return ["pipe.png", "zero_dev.png"]
+
+
+def test_row_27_detect_names_special_files_and_counts_them(pair, tmp_path, capsys, caplog, deadline):
+    src, out = tmp_path / "imgs", tmp_path / "out"
+    write_images(src, 2, size=40)
+    specials = plant_special_files(src)
+    res = call(detect.main, detect_argv(pair, src, out), capsys, caplog)
+    assert_clean_success(res)
+    assert len(list(csv.DictReader(open(out / "report.csv")))) == 2
+    assert all(name in res.said for name in specials), res.said[-2000:]
+    assert "2 of 4 images inspected" in res.said, res.said[-2000:]
+
+
+def test_row_27_evaluate_names_special_files_in_the_test_split_and_the_good_images(ck, tmp_path, capsys, caplog,
+                                                                                  deadline):
+    cls, good = make_class(tmp_path / "widget", n=2), tmp_path / "line_good"
+    write_images(good, 4, size=40)
+    specials = plant_special_files(cls / "test" / "good") + plant_special_files(good)
+    res = call(evaluate.main, ["--data_path", cls, "--checkpoint_path", ck, "--base_model_name", BASE,
+                               "--recalibrate", good, "--output_path", tmp_path / "eval"], capsys, caplog)
+    assert_clean_success(res)
+    assert all(res.said.count(name) >= 2 for name in set(specials)), res.said[-2000:]  # in both folders
+    assert "4 of 6 test images inspected" in res.said and "4 of 6 images inspected" in res.said, res.said[-2000:]
+
+
+def test_row_27_training_names_special_files(space, tmp_path, capsys, caplog, deadline):
+    data = tmp_path / "widget"
+    shutil.copytree(space / "widget", data)
+    specials = plant_special_files(data / "train" / "good")
+    res = call(train.main, ["--data_path", data, "--checkpoint_path", tmp_path / "ck", "--log_path",
+                            tmp_path / "logs", *TRAIN], capsys, caplog)
+    assert_clean_success(res)
+    assert all(name in res.said for name in specials), res.said[-2000:]
+    assert "unreadable" in res.said, res.said[-2000:]

@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from utils.evaluation.metrics import (METRIC_NAMES, aupro, compute_all, format_table, image_ap, image_auroc,
-                                      per_type_metrics, pixel_ap, pixel_auroc, pro_curve)
+                                      per_type_metrics, pixel_ap, pixel_auroc, pro_curve, reconstruction_r2)
 
 
 def random_case(seed=0, n=6, size=16):
@@ -245,3 +245,16 @@ def test_maps_of_different_sizes():
     assert pixel_auroc(masks, maps) == pytest.approx(roc_auc_score(np.concatenate([m.ravel() for m in masks]), flat))
     res = per_type_metrics(["good", "cut"], [0, 1], [0.1, 0.9], masks, maps)
     assert res["cut"]["aupro"] == pytest.approx(res["overall"]["aupro"])
+
+
+def test_reconstruction_r2_is_the_share_of_each_images_variance_explained():
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 3, 8, 8))
+    flat = np.broadcast_to(images.mean(axis=(1, 2, 3), keepdims=True), images.shape)
+    assert np.allclose(reconstruction_r2(images, images), 1.0)
+    assert np.allclose(reconstruction_r2(flat, images), 0.0)  # the image's own mean explains nothing
+    half = flat + 0.5 * (images - flat)  # half the contrast: a quarter of the variance left unexplained
+    assert np.allclose(reconstruction_r2(half, images), 0.75)
+    assert np.allclose(reconstruction_r2(flat + 2 * (images - flat), images), 0.0)  # double contrast: as bad
+    grey = np.full((1, 3, 4, 4), 0.5)
+    assert np.isnan(reconstruction_r2(grey, grey)).all()  # a flat image has nothing to explain

@@ -46,7 +46,10 @@ def test_short_run_writes_seed_named_pair_csv_and_png(tmp_path):
     assert logits.shape == (1, 2, 32, 32)
     run_dir = next((tmp_path / "logs").iterdir())
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
-    assert len(rows) == 2 and {"l2", "ssim", "focal", "loss", "lr", "val_image_auroc"} <= set(rows[0])
+    assert len(rows) == 2 and {"l2", "ssim", "focal", "loss", "lr", "val_image_auroc", "val_rec_r2",
+                               "val_rec_r2_min"} <= set(rows[0])
+    last_calibration = load_pair(tmp_path / "ckpt", base + "last")[1]["calibration"]
+    assert last_calibration["val_rec_r2"] == pytest.approx(float(rows[-1]["val_rec_r2"]))
     assert (run_dir / "loss_curve.png").stat().st_size > 1000
     assert (run_dir / "config.json").is_file() and (run_dir / "command.txt").is_file()
     assert pair_paths(tmp_path / "ckpt", base + "last")[1].is_file()
@@ -146,6 +149,13 @@ def test_presets_give_the_defaults_and_flags_override_them():
     cfg = train.parse_args(["--data_path", ".", "--preset", "cpu"])
     assert cfg.preset == "cpu" and cfg.bs == PRESETS["cpu"]["bs"] and cfg.size == PRESETS["cpu"]["size"]
     assert train.parse_args([]).preset == "cpu"  # the demo
+
+
+def test_max_minutes_without_epochs_fills_the_budget_and_keeps_the_pair_name():
+    cfg = train.parse_args(["--data_path", ".", "--preset", "cpu", "--max_minutes", "10"])
+    assert cfg.fill_budget and cfg.epochs == PRESETS["cpu"]["epochs"]  # the name: ..._20_bs8_..., as before
+    for argv in (["--max_minutes", "10", "--epochs", "20"], ["--max_minutes", "10", "--epochs=3"], []):
+        assert not train.parse_args(["--data_path", ".", *argv]).fill_budget  # an explicit --epochs caps it
 
 
 def test_help_shows_the_real_defaults_of_the_preset(capsys):

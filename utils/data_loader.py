@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from utils.images.reading import DEFAULT_MAX_PIXELS, SQUARE, decode_image_file, read_image
+from utils.images.reading import DEFAULT_MAX_PIXELS, SQUARE, decode_image_file, read_image, special_file_kind
 from utils.images.tiles import pad_to_tile
 from utils.runtime import UsageError, display_name, seed_worker, warn_ignored
 
@@ -25,13 +25,37 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 def list_images(folder):
-    """All image files below `folder` (any depth, symlinked folders not followed), sorted for reproducibility.
-    A folder that cannot be read is named in a warning: nothing is skipped silently."""
+    """Every file below `folder` named as an image (any depth, symlinked folders not followed), sorted for
+    reproducibility. Nothing is skipped silently: a folder that cannot be read is named in a warning, and what
+    is not a regular image file (a FIFO, a device, a dangling link) is listed, so that the reader refuses it by
+    name (utils/images/reading.py `decode_image_file`, which never opens it) and it counts as not inspected."""
     def unreadable(err):
         log.warning("cannot read folder %s (%s): its images are not inspected", display_name(err.filename),
                     err.strerror)
+    # os.walk puts folders (and links to folders) in its second list: `names` are the rest
     files = (Path(root) / name for root, _, names in os.walk(folder, onerror=unreadable) for name in names)
-    return sorted(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    return sorted(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def list_test_images(test_dir):
+    """[(defect type, image file)] of an MVTec-style test/ folder: test/<type>/..., sorted."""
+    types = sorted(p for p in Path(test_dir).iterdir() if p.is_dir())
+    return [(t.name, f) for t in types for f in list_images(t)]
+
+
+def _without_special_files(files, what):
+    """`files` less the FIFOs, devices and sockets among them (links followed), each named in a warning and never
+    opened: for a labelled split, where an image that cannot be read otherwise ends the run."""
+    kept = []
+    for f in files:
+        kind = special_file_kind(f)
+        if kind is None:
+            kept.append(f)
+        else:
+            log.warning("skipping %s: %s, not an image file (not opened)", display_name(f), kind)
+    if len(kept) < len(files):
+        log.warning("%d of %d %s inspected (warnings above)", len(kept), len(files), what)
+    return kept
 
 
 def read_mask(path, size):
@@ -116,7 +140,11 @@ def load_images_at_scale(files, size, workers, scale=SQUARE, max_pixels=DEFAULT_
     sizes cannot be stacked). Unreadable files are skipped with one warning each."""
     loader = DataLoader(Uint8Images(files, size, scale, max_pixels), batch_size=32 if scale == SQUARE else 4,
                         num_workers=workers, worker_init_fn=seed_worker, collate_fn=_keep_readable)
-    return [x for batch in loader for x in batch]
+    images = [x for batch in loader for x in batch]
+    if len(images) < len(files):
+        log.warning("%d of %d images read, %d unreadable (warnings above)", len(images), len(files),
+                    len(files) - len(images))
+    return images
 
 
 def load_images(files, size, workers, max_pixels=DEFAULT_MAX_PIXELS):
@@ -142,12 +170,15 @@ class MVTecTestDataset(Dataset):
             raise FileNotFoundError(f"no test folder in {class_dir} (expected MVTec layout: test/<type>/*)")
         self.samples = []  # (path, type, mask path or None)
         missing = []
-        for type_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
-            for f in list_images(type_dir):
-                mask = None if type_dir.name == "good" else self._find_mask(type_dir.name, f)
-                if type_dir.name != "good" and mask is None:
-                    missing.append(f)
-                self.samples.append((f, type_dir.name, mask))
+        listed = list_test_images(test_dir)
+        readable = set(_without_special_files([f for _, f in listed], "test images"))
+        for defect_type, f in listed:
+            if f not in readable:
+                continue
+            mask = None if defect_type == "good" else self._find_mask(defect_type, f)
+            if defect_type != "good" and mask is None:
+                missing.append(f)
+            self.samples.append((f, defect_type, mask))
         if not self.samples:
             raise FileNotFoundError(f"no test images in {test_dir}")
         # defect types with an image lacking its mask: their pixel metrics (and the overall ones) do not exist

@@ -5,7 +5,7 @@ Layout::
     <log_root>/<run_name>[_N]/
         config.json      the run's settings (sorted keys)
         command.txt      the command line that started the run
-        metrics.csv      one row per epoch; the header widens when new columns appear
+        metrics.csv      one row per epoch (losses, val_* validation metrics); new columns widen the header
         loss_curve.png   losses per epoch (left) and validation metrics in [0, 1] (right), refreshed each epoch
 """
 import csv
@@ -187,9 +187,11 @@ class TrainingLogger:
             ax.legend(loc="upper right")
 
     def _draw_val(self, ax, epochs, val_keys) -> None:
+        lowest = 0.0
         for key in val_keys:
-            self._plot(ax, epochs, key, label=key[len(VAL_PREFIX):], marker="o", linewidth=1.6)
-        ax.set_ylim(0.0, 1.02)
+            values = self._plot(ax, epochs, key, label=key[len(VAL_PREFIX):], marker="o", linewidth=1.6)
+            lowest = min([lowest, *values])
+        ax.set_ylim(max(-1.0, lowest), 1.02)  # a reconstruction's R2 can be below 0 (shown down to -1)
         ax.set_title("Validation")
         ax.set_xlabel("epoch")
         ax.set_ylabel("metric")

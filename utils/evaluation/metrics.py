@@ -6,7 +6,8 @@ Pure functions on numpy arrays (CPU torch tensors also work through ``np.asarray
 * pixel level: AUROC and average precision over all pixels of all images, flattened (the values of
   scikit-learn's functions, computed faster);
 * AUPRO: the area under the per-region-overlap curve of Bergmann et al. (IJCV 2021), up to a false
-  positive rate limit, normalised so that a perfect detector scores 1.0.
+  positive rate limit, normalised so that a perfect detector scores 1.0;
+* reconstruction: R² of each good image's reconstruction (training logs it on the held-out good images).
 
 Undefined cases (only one class present, e.g. no anomalous pixel at all) give ``float("nan")`` instead of
 raising, so an evaluation over a subset of the test set never crashes.
@@ -270,6 +271,18 @@ def aupro(masks, maps, fpr_limit: float = 0.3, num_thresholds: int | None = None
         return float("nan")
     fpr, pro = pro_curve(masks, maps, num_thresholds)
     return _area_up_to(fpr, pro, fpr_limit) / fpr_limit
+
+
+def reconstruction_r2(reconstructions, images) -> np.ndarray:
+    """Per image, the share of its variance that its reconstruction explains: 1 - MSE(rec, image) / Var(image),
+    over all its pixels and channels. Stacks (N, C, H, W) -> (N,): 1 is exact, 0 no better than the image's flat
+    mean, below 0 worse than it; nan for a flat image (no variance to explain)."""
+    rec = np.asarray(reconstructions, dtype=np.float64).reshape(len(reconstructions), -1)
+    img = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
+    var = img.var(axis=1)
+    mse = ((rec - img) ** 2).mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(var > 1e-12, 1.0 - mse / var, np.nan)
 
 
 # --------------------------------------------------------------------------------------------------------

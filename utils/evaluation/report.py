@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import DataLoader
 
-from utils.data_loader import MVTecTestDataset
+from utils.data_loader import MVTecTestDataset, list_test_images
 from utils.evaluation.metrics import METRIC_NAMES, drop_pixel_metrics, format_table, per_type_metrics
 from utils.evaluation.thresholds import _scores, verdict_metrics
-from utils.outputs.page import write_scored_image
+from utils.outputs.page import PAGE_NAME, thumb_path, write_scored_image
 from utils.runtime import display_name, progress
 from utils.storage.atomic import atomic_open, atomic_write_bytes
-from utils.storage.output_rules import check_output_dir, check_output_file
+from utils.storage.output_rules import check_output_dir, check_output_file, refuse_input_overwrite
 
 VERDICTS = ("threshold", "false_reject_rate", "defect_recall", "best_recall_at_same_frr")  # overall, in --json
 
@@ -48,12 +48,22 @@ def evaluate_class(detector, class_dir, save_images_dir=None, workers=0, page=No
     return add_verdicts(results, types, labels, scores, detector.threshold)
 
 
+def panel_name(image_path):
+    """How a test image is named on the results page and under thumbs/: <type>/<file name>."""
+    return f"{image_path.parent.name}/{image_path.name}"
+
+
+def panel_path(folder, image_path):
+    """Where the 4-panel picture of a test image goes: <folder>/<type>/<file name>.png."""
+    return folder / image_path.parent.name / f"{image_path.name}.png"
+
+
 def save_batch_panels(detector, batch, out, folder):
     """The 4-panel picture and overlay thumbnail of each image of a batch; returns their PageRows."""
     rows = []
     for i, path in enumerate(batch["path"]):
         p = Path(path)
-        name, picture = f"{p.parent.name}/{p.name}", folder / p.parent.name / f"{p.name}.png"
+        name, picture = panel_name(p), panel_path(folder, p)
         image, rec = batch["image"][i].permute(1, 2, 0).numpy(), out["reconstruction"][i].permute(1, 2, 0).cpu().numpy()
         rows.append(write_scored_image(picture, image, rec, out["anomaly_map"][i].cpu().numpy(), float(out["score"][i]),
                                        detector.threshold, display_name(p.name), folder.parent, name, p.parent.name,
@@ -90,13 +100,18 @@ def write_results(results, folder, meta):
     atomic_write_bytes(folder / "metrics.json", text.encode("utf-8"))
 
 
-def check_outputs(output_path):
-    """Before any work: a writable folder (checked, nothing created)."""
+def check_outputs(output_path, pair, pictures_of=None):
+    """Before any work: a writable folder (checked, nothing created) whose files replace neither file of the
+    checkpoint pair being read. pictures_of: the class folder whose test images get pictures (--save_images)."""
+    folder = Path(output_path)
+    outputs = [folder / "metrics.csv", folder / "metrics.json", folder / PAGE_NAME]
+    if pictures_of is not None and (Path(pictures_of) / "test").is_dir():
+        for _, f in list_test_images(Path(pictures_of) / "test"):
+            outputs += [panel_path(folder / "images", f), thumb_path(folder, panel_name(f))]
+    refuse_input_overwrite(outputs, {"--checkpoint_path": pair})
     check_output_dir(output_path, "--output_path")
-    check_output_file(Path(output_path) / "metrics.csv", "--output_path")
-    check_output_file(Path(output_path) / "metrics.json", "--output_path")
-
-
+    check_output_file(folder / "metrics.csv", "--output_path")
+    check_output_file(folder / "metrics.json", "--output_path")
 
 
 def add_verdicts(results, types, labels, scores, threshold):

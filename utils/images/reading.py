@@ -1,7 +1,10 @@
 """Reading images: the one reader (`read_image`: 8/16 bit, grey/RGB/RGBA, refused from its header when it has
 more pixels than allowed), the working shape (square, native, or longer side N) and the conversion to tensors.
-Training, detection, evaluation and the texture bank all read through here."""
+Training, detection, evaluation and the texture bank all read through here. A special file (a FIFO, a device) is
+never opened."""
 import io
+import os
+import stat
 
 import cv2
 import numpy as np
@@ -32,7 +35,24 @@ def working_shape(height, width, scale, size):
     return max(1, round(height * ratio)), max(1, round(width * ratio))
 
 
+SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                 (stat.S_ISSOCK, "a socket"))
+
+
+def special_file_kind(path):
+    """What special file `path` is (links followed: x.png -> /dev/zero), e.g. "a FIFO"; None for a regular file.
+    Opening one could block forever (a FIFO) or never end (/dev/zero), so such files are never opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None  # missing or unreachable: opening it fails at once, and says so
+    return next((kind for is_kind, kind in SPECIAL_FILES if is_kind(mode)), None)
+
+
 def decode_image_file(path, flags, max_pixels):
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise ValueError(f"{path}: {kind}, not an image file (not opened)")
     # cv2.imread cannot open non-ASCII paths on some platforms; decoding the bytes always works.
     try:
         data = np.fromfile(str(path), dtype=np.uint8)

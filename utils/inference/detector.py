@@ -103,4 +103,7 @@ class Detector:
         scores = []
         for group in self.batches(files):
             scores += [float(x) for x in self.predict([im for _, im in group], with_reconstruction=False)["score"]]
+        if len(scores) < len(files):
+            log.warning("%d of %d images inspected, %d unreadable (warnings above)", len(scores), len(files),
+                        len(files) - len(scores))
         return np.array(scores)

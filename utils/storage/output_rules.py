@@ -53,13 +53,30 @@ def check_output_file(path, flag):
     check_output_dir(path.parent, flag, shown=path)
 
 
-def refuse_input_overwrite(outputs, inputs, out_flag="--output_path", in_flag="--image_path"):
-    """UsageError naming both when an output path is one of the input files."""
-    inputs = {os.path.realpath(p): p for p in inputs}
+def _identity(path):
+    """(device, inode) of the file `path` names, links followed; None when there is none."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):  # missing, a dangling link, an embedded NUL
+        return None
+    return st.st_dev, st.st_ino
+
+
+def refuse_input_overwrite(outputs, inputs, out_flag="--output_path"):
+    """UsageError naming both paths when an output is, or resolves to (a symlink, `..`, a hard link: the same
+    inode), a file the command reads. inputs: {input flag: the files read under it}, e.g. the images and the
+    checkpoint pair being loaded. Writes are atomic (a link is replaced, not written through), but a command
+    never even seems to replace its input."""
+    by_path, by_inode = {}, {}
+    for flag, paths in inputs.items():
+        for p in paths:
+            by_path.setdefault(os.path.realpath(p), (flag, p))
+            if (key := _identity(p)) is not None:
+                by_inode.setdefault(key, (flag, p))
     for out in outputs:
-        hit = inputs.get(os.path.realpath(out))
+        hit = by_path.get(os.path.realpath(out)) or by_inode.get(_identity(out))
         if hit is not None:
-            raise UsageError(f"{out_flag} {out} would replace the input {in_flag} {hit}; choose another output")
+            raise UsageError(f"{out_flag} {out} would replace the input {hit[0]} {hit[1]}; choose another output")
 
 
 def refuse_inside(output, folder, out_flag="--output_path", in_flag="--image_path"):

@@ -1,9 +1,10 @@
 """How long a run is: Adam with the paper's two decays, and --max_minutes turned into a number of steps.
 
-    optimizer, scheduler = make_optimizer(model, 1e-4, total_steps)   # x0.2 at 80% and 90% of total_steps
+    optimizer, scheduler = make_optimizer(model, 1e-4, step_cap(settings, len(loader)))   # x0.2 at 80%, 90%
     replan(run, state)   # a --max_minutes run: total_steps from the measured time per step and per checkpoint
 """
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -31,6 +32,20 @@ def make_optimizer(model, lr, total_steps):
 
 
 PLAN_AFTER_STEPS = 20  # the first plan of a --max_minutes run, from the time of its first steps
+UNBOUNDED = 2 ** 62  # the step cap of a run that fills its --max_minutes: its plan ends it
+
+
+def step_cap(settings, steps_per_epoch):
+    """The most steps a run may take: --epochs of them, or UNBOUNDED when the budget alone ends it
+    (settings.fill_budget: --max_minutes without --epochs; the pair is still named after settings.epochs)."""
+    if settings.fill_budget and settings.max_minutes:
+        return UNBOUNDED
+    return settings.epochs * steps_per_epoch
+
+
+def planned_epochs(total_steps, steps_per_epoch):
+    """The epochs `total_steps` take (the last one partial), or None while a budget-filling run has no plan yet."""
+    return None if total_steps >= UNBOUNDED else math.ceil(total_steps / steps_per_epoch)
 
 
 @dataclass
@@ -41,6 +56,8 @@ class Budget:
     seconds: float | None  # None: no budget
     clock: object = time.monotonic
     start: float = 0.0
+    max_steps: int = 0  # the step cap: --epochs of steps (step_cap: UNBOUNDED when the minutes alone end the run)
+    total_steps: int = 0  # where the run ends: max_steps, or the steps --max_minutes allows (replan)
     train_start: float | None = None  # clock when the first step of this process began
     first_step: int = 0
     checkpoint_s: float = 0.0  # the last checkpoint's duration
@@ -64,7 +81,7 @@ def set_milestones(scheduler, total, step):
 
 
 def replan(run, state):
-    """Fix run.total_steps so the run ends within --max_minutes with its decays done; rank 0 decides under DDP."""
+    """Fix run.budget.total_steps so the run ends within --max_minutes with its decays done; rank 0 decides under DDP."""
     b = run.budget
     if not b.seconds or b.train_start is None or state.step <= b.first_step:
         return
@@ -74,15 +91,15 @@ def replan(run, state):
     step_s = (now - b.train_start - b.checkpoints_s) / (state.step - b.first_step)
     every = run.settings.val_every or len(run.loader)
     left = steps_that_fit(b.seconds - (now - b.start), step_s, b.checkpoint_s, every)
-    total = min(run.max_steps, state.step + left)
+    total = min(b.max_steps, state.step + left)
     if run.world > 1:
         t = torch.tensor([float(total)], device=run.device)
         dist.broadcast(t, 0)
         total = int(t.item())
-    before, run.total_steps = run.total_steps, set_milestones(state.scheduler, total, state.step)
-    if run.total_steps != before:
+    before, b.total_steps = b.total_steps, set_milestones(state.scheduler, total, state.step)
+    if b.total_steps != before:
         log.info("--max_minutes %s: %d steps in all (%.2fs a step, %.1fs a checkpoint)",
-                 run.settings.max_minutes, run.total_steps, step_s, b.checkpoint_s)
+                 run.settings.max_minutes, b.total_steps, step_s, b.checkpoint_s)
 
 
 def should_stop(run, state):
@@ -90,7 +107,7 @@ def should_stop(run, state):
     or the ranks stop at different steps and hang."""
     b = run.budget
     over = bool(b.seconds) and b.clock() - b.start > b.seconds  # only when the plan was badly off
-    planned_end = run.total_steps < run.max_steps and state.step >= run.total_steps  # else the epochs end it
+    planned_end = b.total_steps < b.max_steps and state.step >= b.total_steps  # else the epochs end it
     flags = [planned_end or over, run.stop is not None and run.stop.requested]
     if run.world > 1:
         t = torch.tensor([float(f) for f in flags], device=run.device)
