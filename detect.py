@@ -39,7 +39,7 @@ from utils.synthesis.demo_data import DEMO_ROOT
 
 log = logging.getLogger("detect")
 DEFAULT_OUTPUT = "single_test_result.png"
-REPORT_HEADER = "file,picture,score,verdict"
+REPORT_HEADER = "file,picture,score,verdict,pair"
 
 
 def parse_args(argv=None):
@@ -126,12 +126,12 @@ def check_outputs(args, files, output, folder_mode, pair):
         check_output_file(args.export_onnx, "--export_onnx")
 
 
-def report(row, threshold, as_json):
-    """One line per image: text, or a JSON object naming the files written for it."""
+def report(row, threshold, as_json, teaching=0):
+    """One line per image: text, or a JSON object naming the files written for it and the pair that scored it."""
     if as_json:
         files = {k: row[k] for k in ("picture", *MAP_FILES) if k in row}
         print(json.dumps({"file": row["file"], "score": round(row["score"], 6), "threshold": threshold,
-                          "verdict": row["verdict"], **files}))
+                          "verdict": row["verdict"], **files, "pair": row["pair"], "teaching": teaching}))
     else:
         print(f"{row['file']}: score {row['score']:.4f}  {row['verdict']}"
               + ("" if threshold is None else f" (threshold {threshold:.4f})"))
@@ -143,9 +143,10 @@ def image_outputs(detector, path, picture, folder, title, pred, save_maps, page_
     picture, score, verdict (and map, mask, overlay), the names relative to `folder`; its PageRow or None)."""
     image, out, j = pred
     score = float(out["score"][j])
-    page_row = write_scored_image(folder / picture, *panel_args(image, out, j), detector.threshold, title,
-                                  folder if page_name else None, page_name)
-    row = {"file": display_name(path), "picture": str(picture), "score": score, "verdict": detector.verdict(score)}
+    page_row = write_scored_image(folder / picture, *panel_args(image, out, j), detector.threshold,
+                                  f"{title}  ·  {detector.pair_label()}", folder if page_name else None, page_name)
+    row = {"file": display_name(path), "picture": str(picture), "score": score, "verdict": detector.verdict(score),
+           "pair": detector.name}
     if save_maps:
         original = read_image(path, None, NATIVE, detector.max_pixels).permute(1, 2, 0).numpy()  # (H, W, 3)
         written = save_map_outputs(folder / picture, original, out["anomaly_map"][j].cpu().numpy(),
@@ -159,7 +160,7 @@ def detect_single(detector, path, output, as_json, save_maps):
     image = detector.read(path)  # (3, H, W) at the checkpoint's working scale
     out = detector.predict([image])
     row, _ = image_outputs(detector, path, output, Path(), display_name(Path(path).name), (image, out, 0), save_maps)
-    report(row, detector.threshold, as_json)
+    report(row, detector.threshold, as_json, detector.teaching)
     return [row]
 
 
@@ -187,7 +188,8 @@ def detect_folder(detector, files, root, output, flags, stop):
         raise UsageError(f"--image_path {display_name(root)}: none of its {len(files)} images could be read "
                          f"(warnings above)")
     write_csv(output / "report.csv", rows, flags[1])
-    write_results_page(output, page, detector.threshold, title=f"DRAEM results: {display_name(root)}")
+    write_results_page(output, page, detector.threshold,
+                       title=f"DRAEM results: {display_name(root)} · scored by {detector.pair_label()}")
     if len(rows) < len(files):
         log.warning("%d of %d images inspected, %d unreadable (warnings above)", len(rows), len(files),
                     len(files) - len(rows))
@@ -206,7 +208,7 @@ def detect_batch(detector, group, root, output, flags, rows, page):
         row["file"] = name
         rows.append(row)
         page.append(page_row)
-        report(row, detector.threshold, as_json)
+        report(row, detector.threshold, as_json, detector.teaching)
 
 
 def write_csv(path, rows, save_maps=False):
@@ -224,7 +226,7 @@ def run(args, stop):
     device = select_device(args.gpu_id)
     detector = Detector.from_checkpoint(args.checkpoint_path, base, device, resolve_amp(args.amp, device),
                                         bs=args.bs, max_pixels=args.max_pixels)
-    log.info("device: %s, model: %s (%d px, scale %s%s)", device, base, detector.size, detector.scale,
+    log.info("device: %s, model: %s (%d px, scale %s%s)", device, detector.pair_label(), detector.size, detector.scale,
              "" if detector.threshold is not None else ", no calibrated threshold")
     if args.export_onnx:
         from utils.inference.export import export_onnx

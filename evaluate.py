@@ -10,9 +10,11 @@ to --output_path.
 With --save_images, also the 4-panel picture of every test image and index.html, the results page (overlay
 thumbnails, a threshold slider showing the false-reject rate and recall at its value).
 
-Every class of an MVTec-style root at once (as the authors' test script): --base_model_name is then the prefix to
-which "_<class>_" is appended (a trailing "_" of the prefix is not doubled), so DRAEM_test_0.0001_700_bs8 loads
-DRAEM_test_0.0001_700_bs8_bottle_ for bottle/; one table per class, then one row per class and their mean:
+Without --base_model_name each class is scored by its newest complete pair in --checkpoint_path (as detect.py picks
+one; a taught pair, train.py --add_good, included). Every class of an MVTec-style root at once (as the authors' test
+script): --base_model_name is then the prefix to which "_<class>_" is appended (a trailing "_" of the prefix is not
+doubled), so DRAEM_test_0.0001_700_bs8 loads DRAEM_test_0.0001_700_bs8_bottle_ for bottle/; one table per class,
+then one row per class and their mean:
 
     python evaluate.py --data_path ./datasets/mvtec/ --obj_id -1 --base_model_name DRAEM_test_0.0001_700_bs8 \
         --output_path ./eval_results/   # eval_results/<class>/metrics.csv, metrics.json (, index.html)
@@ -45,7 +47,7 @@ from utils.inference.detector import Detector
 from utils.outputs.page import write_results_page
 from utils.storage.atomic import tidy_output_folders
 from utils.storage.output_rules import check_output_dir, refuse_input_overwrite, refuse_inside
-from utils.storage.pairs import find_pair
+from utils.storage.pairs import find_pair, newest_complete_pair
 
 log = logging.getLogger("evaluate")
 
@@ -62,8 +64,7 @@ def parse_args(argv=None):
     p.add_argument("--output_path", default="./eval_results/", help="folder for metrics.csv / metrics.json")
     add_inference_flags(p, bs_help="tiles per forward pass (a square image is one tile)",
                         pair_help=", e.g. DRAEM_test_0.0001_700_bs8_bottle_; with --obj_id the prefix, e.g. "
-                                  "DRAEM_test_0.0001_700_bs8",
-                        pair_required=True)
+                                  "DRAEM_test_0.0001_700_bs8; omit to use each class's newest complete pair")
     p.add_argument("--save_images", action="store_true",
                    help="also write the 4-panel PNG of every test image and index.html, the results page")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object of the overall metrics "
@@ -83,6 +84,8 @@ def parse_args(argv=None):
         p.error("give --data_path (evaluate), --recalibrate GOOD_DIR (new threshold), or both")
     if args.defect_path is not None and args.recalibrate is None:
         p.error("argument --defect_path: only with --recalibrate")
+    if args.recalibrate is not None and args.base_model_name is None:
+        p.error("argument --recalibrate: needs --base_model_name (the pair it rewrites)")
     if args.obj_id is not None and args.recalibrate is not None:
         p.error("argument --recalibrate: one pair at a time, not with --obj_id")
     if args.threshold_rule == "f1" and args.defect_path is None:
@@ -160,7 +163,7 @@ def evaluate_one(args, detector, base, class_dir, output):
     print(results_text(results, title=f"{base} on {class_dir}\n{describe(calibration)}"))
     write_results(results, output, {"base_model_name": base, **detector.meta["config"], "calibration": calibration})
     if page is not None:
-        write_results_page(output, page, detector.threshold, title=f"{base} on {class_dir}")
+        write_results_page(output, page, detector.threshold, title=f"{detector.pair_label()} on {class_dir}")
     return {k: results["overall"][k] for k in (*METRIC_NAMES, *VERDICTS)}
 
 
@@ -186,13 +189,14 @@ def evaluate_all(args, device, classes):
     """Each class with its pair, into <output>/<class>/; then a table of the classes and their mean.
     Returns {"classes": {class: overall}, "mean": {...}}."""
     root, out = Path(args.data_path), Path(args.output_path)
-    bases = {c: pair_name(args.base_model_name, c) for c in classes}
+    bases = {c: pair_name(args.base_model_name, c) if args.base_model_name
+             else newest_complete_pair(args.checkpoint_path, obj_name=c) for c in classes}
     for c in classes:  # before any work: every output folder and every pair
         check_outputs(out / c, find_pair(args.checkpoint_path, bases[c]), root / c if args.save_images else None)
     overall = {c: evaluate_one(args, load_detector(args, bases[c], device), bases[c], root / c, out / c)
                for c in classes}
     mean = mean_metrics(overall.values())
-    print(f"\n{args.base_model_name} on {root}: {len(classes)} classes\n"
+    print(f"\n{args.base_model_name or 'the newest pairs'} on {root}: {len(classes)} classes\n"
           f"{format_table({**overall, 'mean': mean}, row_label='class')}\n{format_mean_verdicts(mean)}")
     return {"classes": overall, "mean": mean}
 
@@ -226,15 +230,27 @@ def main(argv=None):
 
 def evaluate_single(args, device):
     """One pair: recalibrate (when asked), then evaluate --data_path (when given); its overall metrics or None."""
+    base = args.base_model_name or class_pair(args.checkpoint_path, Path(args.data_path).name)
     if args.data_path is not None:
-        check_outputs(args.output_path, find_pair(args.checkpoint_path, args.base_model_name),
+        check_outputs(args.output_path, find_pair(args.checkpoint_path, base),
                       args.data_path if args.save_images else None)
-    detector = load_detector(args, args.base_model_name, device)
+    detector = load_detector(args, base, device)
     if args.recalibrate:
         recalibrate(args, detector)
     if args.data_path is None:
         return None
-    return evaluate_one(args, detector, args.base_model_name, args.data_path, args.output_path)
+    return evaluate_one(args, detector, base, args.data_path, args.output_path)
+
+
+def class_pair(checkpoint_path, obj_name):
+    """The newest complete pair of the class `obj_name`, else (a class folder named otherwise than at training)
+    the newest complete pair in the folder, as detect.py takes it."""
+    try:
+        return newest_complete_pair(checkpoint_path, obj_name=obj_name)
+    except UsageError:
+        base = newest_complete_pair(checkpoint_path)
+        log.warning("no pair of the class %s in %s: using the newest pair, %s", obj_name, checkpoint_path, base)
+        return base
 
 
 if __name__ == "__main__":

@@ -5,13 +5,17 @@
     python train.py --gpu_id 0 --obj_id -1 --lr 0.0001 --bs 8 --epochs 700 --data_path ./datasets/mvtec/ \
         --anomaly_source_path ./datasets/dtd/images/ --checkpoint_path ./checkpoints/ --log_path ./logs/
     torchrun --nproc_per_node=4 train.py ...          # several GPUs (DistributedDataParallel)
+    python train.py --add_good line3/ok --base_model_name DRAEM_test_0.0001_20_bs8_part_   # teach, no training
 
 Writes the checkpoint pair DRAEM_test_{lr}_{epochs}_bs{bs}_{obj}_.pt / ..._seg.pt (best by synthetic
 validation), the pair ..._last.pt / ..._last_seg.pt, a resumable state ..._resume.pt, and a run folder of logs.
-This file holds the flags and main; the defaults are utils/config.py, the run itself is utils/training/engine.py.
+--add_good teaches a trained pair confirmed-good images in seconds (utils/training/teach.py): a new pair
+<name>taught<k>_. This file holds the flags and main; the defaults are utils/config.py, the run itself is
+utils/training/engine.py.
 """
-from utils.cli import (AMP_CHOICES, SCALE_HELP, add_target_flag, be_a_fair_neighbour, exit_quietly_on_signals,
-                       fraction, positive_float, positive_int, run_script, scale_arg, size_arg)
+from utils.cli import (AMP_CHOICES, SCALE_HELP, add_max_pixels_flag, add_target_flag, be_a_fair_neighbour,
+                       exit_quietly_on_signals, fraction, given, positive_float, positive_int, run_script, scale_arg,
+                       size_arg)
 from utils.runtime import UsageError, distributed_env, init_distributed, select_device
 
 exit_quietly_on_signals("train.py", __name__)  # a signal during the imports below: one line
@@ -32,10 +36,11 @@ from utils.evaluation.report import evaluate_class, results_text
 from utils.inference.detector import Detector
 from utils.storage.locks import hold_checkpoint_names
 from utils.storage.output_rules import check_output_dir, check_output_file, refuse_inside
-from utils.storage.pairs import base_model_name
+from utils.storage.pairs import base_model_name, newest_complete_pair
 from utils.synthesis.demo_data import DEMO_ROOT, make_demo_dataset
 from utils.synthesis.simulation import parse_kinds
 from utils.training.engine import Diverged, preview_synthesis, train_class
+from utils.training.teach import Lesson, teach
 
 log = logging.getLogger("train")
 
@@ -124,12 +129,50 @@ def add_output_flags(p, d):
                    help="CUDA device index (CPU when CUDA is absent; -1 forces CPU)")
 
 
+TEACH_FLAG = "--add_good"
+
+
+def add_teach_flags(g):
+    g.add_argument(TEACH_FLAG, default=None, metavar="FOLDER",
+                   help="teach a trained pair this folder of confirmed-good images (any depth) instead of training: "
+                        "their features join its memory bank and the threshold is recalibrated, in seconds; writes "
+                        "a new pair <name>taught<k>_ (docs/thresholds.md). Its flags: train.py --add_good X --help")
+    g.add_argument("--base_model_name", default=None,
+                   help="with --add_good: the pair to teach; omit to use the newest complete pair in --checkpoint_path")
+
+
+def parse_teach_args(argv):
+    """train.py --add_good FOLDER [--base_model_name NAME]: the teaching's own flags (others are refused)."""
+    d = Config()
+    p = argparse.ArgumentParser(prog="train.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="Teach a trained pair confirmed-good images, no training "
+                                            "(utils/training/teach.py, docs/thresholds.md)")
+    add_teach_flags(p)
+    p.add_argument("--checkpoint_path", default=d.checkpoint_path, help="folder of the pair; the new pair goes there")
+    p.add_argument("--log_path", default=d.log_path, help="folder for the teaching's run folder")
+    add_target_flag(p, ", on the held-out and the new images")
+    p.add_argument("--gpu_id", type=int, default=d.gpu_id, help="CUDA device index (CPU when CUDA is absent)")
+    add_max_pixels_flag(p)
+    return p.parse_args(argv)
+
+
+def teach_pair(args, command):
+    """Check the output folders, find the pair, teach it (utils/training/teach.py); the new pair's name."""
+    check_output_dir(args.checkpoint_path, "--checkpoint_path")
+    check_output_dir(args.log_path, "--log_path")
+    base = args.base_model_name or newest_complete_pair(args.checkpoint_path)
+    device = select_device(args.gpu_id)
+    return teach(Lesson(args.checkpoint_path, base, args.add_good, args.log_path, args.target_false_reject,
+                        str(device), args.max_pixels, argv=tuple(command)))
+
+
 def build_parser(d, add_help=True):
-    """train.py's flags, their defaults from the Config `d`."""
+    """train.py's flags, their defaults from the Config `d` (and --add_good's two, which train nothing)."""
     p = argparse.ArgumentParser(description="Train DRAEM (reconstructive + discriminative network) on good images.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, add_help=add_help)
     for add in (add_data_flags, add_model_flags, add_optimisation_flags, add_output_flags):
         add(p, d)
+    add_teach_flags(p.add_argument_group("Teaching a trained pair (no training)"))
     return p
 
 
@@ -139,7 +182,10 @@ def parse_args(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     first = build_parser(Config(), add_help=False).parse_known_args(argv)[0]
     preset = resolve_preset(first)
-    args = build_parser(Config.build(preset, first.recipe)).parse_args(argv)
+    parser = build_parser(Config.build(preset, first.recipe))
+    args = parser.parse_args(argv)
+    if args.base_model_name is not None and args.add_good is None:
+        parser.error("argument --base_model_name: only with --add_good (the pair to teach)")
     fill_budget = args.max_minutes is not None and "epochs" not in vars(args)  # the minutes alone end the run
     return Config.build(preset, args.recipe, fill_budget=fill_budget,
                         **{k: v for k, v in vars(args).items() if k in FIELDS and k not in ("preset", "recipe")})
@@ -158,8 +204,12 @@ def run_demo_evaluation(settings, base, class_dir):
 
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = ["train.py", *argv]
+    if given(argv, TEACH_FLAG):
+        args = parse_teach_args(argv)
+        return run_script("train.py", lambda stop: teach_pair(args, command), (UsageError, OSError))
     cfg = parse_args(argv)
-    command = ["train.py", *(sys.argv[1:] if argv is None else argv)]
     try:  # 2: bad input; 1: a failed write (checkpoints stay whole), nan; 130/143: a signal (the epoch loop arms
         # the stop: Ctrl-C / SIGTERM stop after a step)
         return run_script("train.py", lambda stop: run(cfg, command, stop), (UsageError, OSError, Diverged))

@@ -142,6 +142,53 @@ def greedy_coreset(features, k, per_image, seed=0, dim=PROJECTION_DIM, candidate
     return pool[_greedy(z[pool][None], k)[0]]
 
 
+def pick_radii(z, chunk=1024):
+    """(N,) distance of each row of z (N, d) to the nearest row before it (inf for the first): for a bank in
+    greedy k-centre order, the radius at which each entry was picked (non-increasing)."""
+    sq = (z * z).sum(1)  # (N,)
+    out = torch.full((z.shape[0],), float("inf"))
+    for start in range(1, z.shape[0], chunk):
+        rows = torch.arange(start, min(start + chunk, z.shape[0]))
+        d2 = sq[rows, None] + sq[None, :start + len(rows)] - 2 * z[rows] @ z[:start + len(rows)].T  # (c, <=end)
+        d2[torch.arange(len(rows))[:, None] <= torch.arange(d2.shape[1])[None] - start] = float("inf")  # j >= i
+        out[rows] = d2.amin(1).clamp_min(0).sqrt()
+    return out
+
+
+def grow_bank(bank, features, per_image, capacity=CORESET_SIZE, seed=0, dim=PROJECTION_DIM):
+    """Indices into cat([bank, features]) of the grown bank, at most `capacity` rows, in greedy k-centre order.
+
+    The greedy of `greedy_coreset` continued from the bank (N, C), whose rows are in the order it picked them:
+    each image's own k-centre candidates (`per_image` rows of `features` an image, at most capacity / images of
+    each), then the candidate farthest from every kept entry joins while the bank has room, or while it is farther
+    than the pick radius of the bank's last kept entry, which then leaves (the coarse cover stays, the finest
+    detail goes). In the same seeded projection as the bank's own coreset, so an old bank is its own first picks."""
+    n_old, images = bank.shape[0], features.shape[0] // per_image
+    if n_old + features.shape[0] <= capacity:
+        return torch.arange(n_old + features.shape[0])
+    proj = torch.randn(features.shape[1], dim, generator=torch.Generator().manual_seed(seed))  # greedy_coreset's
+    z_old, z_new = bank.float() @ proj, features.float() @ proj  # (N, dim), (M, dim)
+    m = min(per_image, math.ceil(capacity / images))
+    local = _greedy(z_new.view(images, per_image, dim), m)  # (images, m) each image's own picks
+    candidates = (local + torch.arange(images)[:, None] * per_image).flatten()  # rows of features
+    z = z_new[candidates]  # (P, dim)
+    radii, nearest = pick_radii(z_old), nearest_distance(z, z_old)  # (N,), (P,)
+    kept, picks, pick_radius = n_old, [], []
+    while len(picks) < len(candidates):
+        i = int(nearest.argmax())
+        r = float(nearest[i])
+        if r <= 0 or (kept + len(picks) >= capacity and not r > float(radii[kept - 1])):
+            break
+        if kept + len(picks) >= capacity:
+            kept -= 1  # the old entry of the smallest pick radius leaves
+        picks.append(i)
+        pick_radius.append(r)
+        torch.minimum(nearest, (z - z[i]).pow(2).sum(1).sqrt(), out=nearest)
+    rows = torch.cat([torch.arange(kept), n_old + candidates[torch.tensor(picks, dtype=torch.long)]])
+    order = torch.cat([radii[:kept], torch.tensor(pick_radius)]).argsort(descending=True, stable=True)
+    return rows[order]
+
+
 def nearest_distance(queries, bank, chunk=2048):
     """Euclidean distance (M,) of each query (M, C) to its nearest bank row (N, C), chunked over the queries.
     Exporting to ONNX: one chunk, since a traced loop would fix the number of queries (the batch)."""
@@ -193,10 +240,14 @@ class FeaturePrior(nn.Module):
     def forward(self, images):
         """Novelty map (B, H, W) float32 of images (B, 3, H, W) in [0, 1]: nearest-bank distance per location,
         upsampled bilinearly to the input's size."""
-        f = self.features(images)  # (B, C, h, w)
+        return self.novelty(self.features(images), images.shape[-2:])
+
+    @torch.no_grad()
+    def novelty(self, f, size):
+        """The novelty map (B, H, W) of `features` (B, C, h, w) upsampled to size (H, W)."""
         b, c, h, w = f.shape
         d = nearest_distance(f.permute(0, 2, 3, 1).reshape(-1, c), self.bank).view(b, 1, h, w)
-        return F.interpolate(d, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        return F.interpolate(d, size=size, mode="bilinear", align_corners=False)[:, 0]
 
     def bank_state(self):
         """What a checkpoint stores: tensors and ints only (loads with weights_only=True)."""

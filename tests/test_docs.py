@@ -91,17 +91,17 @@ def test_script_commands_split_as_a_shell_would():
     assert script_commands("pip install onnx") == []
 
 
-@pytest.mark.parametrize("page, script, args", COMMANDS, ids=[f"{p}:{s}" for p, s, _ in COMMANDS])
-def test_every_command_parses(page, script, args, monkeypatch):
+@pytest.mark.parametrize("doc, script, args", COMMANDS, ids=[f"{p}:{s}" for p, s, _ in COMMANDS])
+def test_every_command_parses(doc, script, args, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # GPU commands parse as on a GPU machine
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
             SCRIPTS[script].parse_args(args)
         except SystemExit as e:
-            assert e.code == 0, f"{page}: {script} {' '.join(args)}\n{err.getvalue()}"
+            assert e.code == 0, f"{doc}: {script} {' '.join(args)}\n{err.getvalue()}"
     spelt = {a.split("=")[0] for a in args if a.startswith("--")}  # argparse also takes prefixes: not in docs
-    assert spelt <= flags_of(script), f"{page}: {script} has no {sorted(spelt - flags_of(script))}"
+    assert spelt <= flags_of(script), f"{doc}: {script} has no {sorted(spelt - flags_of(script))}"
 
 
 @functools.cache
@@ -112,11 +112,11 @@ def flags_of(script):
     return set(re.findall(r"--\w+", out.getvalue()))
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_flag_named_in_the_prose_exists(page):
+@pytest.mark.parametrize("doc", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_flag_named_in_the_prose_exists(doc):
     known = set().union(*(flags_of(s) for s in SCRIPTS), OTHER_FLAGS)
-    named = {f for span in INLINE.findall(prose(page.read_text())) for f in re.findall(r"(?<![\w-])--\w+", span)}
-    assert not named - known, f"{page.name}: flags no script has: {sorted(named - known)}"
+    named = {f for span in INLINE.findall(prose(doc.read_text())) for f in re.findall(r"(?<![\w-])--\w+", span)}
+    assert not named - known, f"{doc.name}: flags no script has: {sorted(named - known)}"
 
 
 def slug(heading):
@@ -135,14 +135,14 @@ def anchors(page):
     return {slug(h) for h in HEADING.findall(prose(text))} | set(HTML_ID.findall(text))
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_relative_link_resolves(page):
-    text = INLINE.sub("", prose(page.read_text()))
+@pytest.mark.parametrize("doc", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves(doc):
+    text = INLINE.sub("", prose(doc.read_text()))
     for target in LINK.findall(text):
         if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
             continue
         path, _, anchor = target.partition("#")
-        dest = (page.parent / path).resolve() if path else page
-        assert dest.exists(), f"{page.name}: link to {target}: no such file"
+        dest = (doc.parent / path).resolve() if path else doc
+        assert dest.exists(), f"{doc.name}: link to {target}: no such file"
         if anchor and dest.suffix == ".md":
-            assert anchor in anchors(dest), f"{page.name}: link to {target}: no such heading in {dest.name}"
+            assert anchor in anchors(dest), f"{doc.name}: link to {target}: no such heading in {dest.name}"

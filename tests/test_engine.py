@@ -60,7 +60,7 @@ def test_max_minutes_fixes_the_steps_so_the_run_ends_in_time_with_its_decays(tmp
     clock = FakeClock(0.01)  # a budget of 60 readings: about 40 steps
     run, state = setup_run(cfg, "widget", data, torch.device("cpu"), ["train.py"], clock=clock)
     run_epochs(run, state)
-    assert state.step == run.total_steps < run.max_steps  # the budget ended it, not the epochs
+    assert state.step == run.budget.total_steps < run.budget.max_steps  # the budget ended it, not the epochs
     assert 0.45 < clock.t <= 0.6 + 0.02  # it used most of its budget and no more (a reading past the check)
     assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.04)  # both decays done
 
@@ -80,10 +80,10 @@ def test_max_minutes_without_epochs_fills_the_budget_past_the_presets_epochs(tmp
     run, state = _budget_run(tmp_path, clock, epochs=2, fill_budget=True)
     assert epoch_label(run, 1) == "epoch 1"  # no plan yet: no made-up total
     run_epochs(run, state)
-    assert state.step == run.total_steps > 2 * len(run.loader)  # past the named epochs, ended by its plan
+    assert state.step == run.budget.total_steps > 2 * len(run.loader)  # past the named epochs, ended by its plan
     assert 0.45 < clock.t <= 0.6 + 0.02  # most of its budget and no more (a reading past the check)
     assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.04)  # both decays done
-    planned = planned_epochs(run.total_steps, len(run.loader))
+    planned = planned_epochs(run.budget.total_steps, len(run.loader))
     assert state.epoch + 1 == planned and epoch_label(run, planned) == f"epoch {planned}/{planned}"
     assert run.base == "DRAEM_test_1.0_2_bs2_widget_"  # named after the preset's epochs, as before
 
@@ -92,7 +92,7 @@ def test_an_explicit_epochs_still_caps_a_budgeted_run(tmp_path):
     clock = FakeClock(0.001)  # a budget of 600 readings: the 2 epochs end first
     run, state = _budget_run(tmp_path, clock, epochs=2)
     run_epochs(run, state)
-    assert state.step == run.max_steps == 2 * len(run.loader) and state.epoch == 2
+    assert state.step == run.budget.max_steps == 2 * len(run.loader) and state.epoch == 2
     assert epoch_label(run, 2) == "epoch 2/2"
 
 

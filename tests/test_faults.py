@@ -274,7 +274,7 @@ def test_os_errors_while_writing_exit_1_naming_the_file(tmp_path, model_dir, cap
     assert code == 1 and len(err) == 1 and "000.png.png" in err[0] and ".tmp" not in err[0]
     assert not [p for p in out.rglob("*") if TEMP_RE.match(p.name)]
     if fault == "EFBIG":
-        assert (out / "report.csv").read_text().splitlines() == ["file,picture,score,verdict"]
+        assert (out / "report.csv").read_text().splitlines() == [detect.REPORT_HEADER]
 
 
 def test_a_245_character_output_name_is_written(tmp_path, model_dir):

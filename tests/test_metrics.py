@@ -8,8 +8,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from utils.evaluation.metrics import (METRIC_NAMES, aupro, compute_all, format_table, image_ap, image_auroc,
-                                      per_type_metrics, pixel_ap, pixel_auroc, pro_curve,
-                                      reconstruction_r2)
+                                      per_type_metrics, pixel_ap, pixel_auroc, pro_curve, reconstruction_r2)
 
 
 def random_case(seed=0, n=6, size=16):

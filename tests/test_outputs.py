@@ -46,8 +46,8 @@ def test_folder_save_maps_names_every_file(trained, tmp_path, capsys):
                         str(ckpt), "--output_path", str(out), "--save_maps", "--json"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     rows = list(csv.DictReader(open(out / "report.csv")))
-    assert len(rows) == len(lines) == 8 and list(rows[0]) == ["file", "picture", "score", "verdict", "map", "mask",
-                                                             "overlay"]
+    assert len(rows) == len(lines) == 8 and list(rows[0]) == ["file", "picture", "score", "verdict", "pair", "map",
+                                                             "mask", "overlay"]
     for row, line in zip(rows, lines):
         assert row["map"] == line["map"] == row["file"] + ".map.png" and line["file"] == row["file"]
         assert row["mask"] == line["mask"] == row["file"] + ".mask.png"

@@ -1,14 +1,11 @@
-"""Tests for utils/outputs/page.py and maps.py (the page and the per-image maps): the page's data and escaping, the per-image PNGs,
-and the page itself in headless Chromium (skipped when no browser is installed): a mouse drag on the slider must
-change the NG count and the verdict colours exactly as the scores say."""
-import base64
+"""Tests for utils/outputs/page.py and maps.py (the page and the per-image maps): the page's data and escaping, the
+per-image PNGs, and the page itself in headless Chromium driven by Playwright (skipped without pytest-playwright or a
+chromium binary): a mouse drag on the slider must change the NG count and the verdict colours exactly as the scores
+say."""
 import json
 import os
 import re
-import select
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import cv2
@@ -149,7 +146,7 @@ def test_overlay_colours_and_outline():
     np.testing.assert_array_equal(overlay(image, amap, 0.95), plain)  # nothing above the threshold: no outline
 
 
-# --- the page in a real browser -------------------------------------------------------------------------------
+# --- the page in a real browser: Playwright (pytest-playwright) on the system's Chromium -----------------------
 
 def find_chromium():
     for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
@@ -159,105 +156,54 @@ def find_chromium():
     return None
 
 
-class Browser:
-    """Headless Chromium driven over the DevTools protocol on a pipe (--remote-debugging-pipe: JSON messages
-    ending in NUL on fds 3 and 4), so the standard library suffices."""
-
-    def __init__(self, binary, profile):
-        to_chrome, self.cmd_w = os.pipe()
-        self.out_r, from_chrome = os.pipe()
-
-        def fds():  # in the child: commands in on fd 3, replies out on fd 4
-            high = os.dup(to_chrome), os.dup(from_chrome)  # copies first: dup2 onto 3 must not close from_chrome
-            for fd, target in zip(high, (3, 4)):
-                os.dup2(fd, target)
-                os.set_inheritable(target, True)  # (dup2 of an fd onto itself changes nothing, keeps CLOEXEC)
-        args = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
-                f"--user-data-dir={profile}", "--no-first-run", "--allow-file-access-from-files", "about:blank"]
-        self.proc = subprocess.Popen(args, preexec_fn=fds, close_fds=False, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        os.close(to_chrome)
-        os.close(from_chrome)
-        self.buffer, self.next_id, self.session = b"", 0, None
-        page = next(t for t in self.send("Target.getTargets")["targetInfos"] if t["type"] == "page")
-        self.session = self.send("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
-
-    def _message(self, deadline):
-        while b"\0" not in self.buffer:
-            if not select.select([self.out_r], [], [], max(0.0, deadline - time.monotonic()))[0]:
-                raise TimeoutError("no answer from chromium")
-            chunk = os.read(self.out_r, 1 << 20)
-            if not chunk:
-                raise ConnectionError("chromium closed its pipe")
-            self.buffer += chunk
-        message, self.buffer = self.buffer.split(b"\0", 1)
-        return json.loads(message)
-
-    def send(self, method, **params):
-        self.next_id += 1
-        message = {"id": self.next_id, "method": method, "params": params}
-        if self.session:
-            message["sessionId"] = self.session
-        os.write(self.cmd_w, json.dumps(message).encode() + b"\0")
-        deadline = time.monotonic() + 60  # a hang guard, not a timing assertion
-        while True:
-            reply = self._message(deadline)
-            if reply.get("id") == self.next_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply["result"]
-
-    def js(self, expression):
-        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def open(self, url, width=1280, height=900):
-        self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
-        self.send("Page.navigate", url=url)
-        for _ in range(600):  # until the page's script says it is ready (or the hang guard of send trips)
-            if self.js("document.readyState === 'complete' && document.body.dataset.ready === '1'"):
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"{url} never became ready")
-
-    def drag(self, x0, x1, y):
-        """A real mouse drag (press, moves, release), as a user moves the slider's knob."""
-        self.send("Input.dispatchMouseEvent", type="mousePressed", x=x0, y=y, button="left", buttons=1, clickCount=1)
-        for k in range(1, 11):
-            self.send("Input.dispatchMouseEvent", type="mouseMoved", x=x0 + (x1 - x0) * k / 10, y=y,
-                      button="left", buttons=1)
-        self.send("Input.dispatchMouseEvent", type="mouseReleased", x=x1, y=y, button="left", buttons=0,
-                  clickCount=1)
-
-    def wait_for_images(self):
-        """Until the (lazy) thumbnails in view have loaded or failed."""
-        self.js("Promise.all([...document.images].filter(i => { const r = i.getBoundingClientRect(); "
-                "return r.bottom > 0 && r.top < innerHeight; }).map(i => i.decode().catch(() => 0)))")
-
-    def screenshot(self, path):
-        self.wait_for_images()
-        Path(path).write_bytes(base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"]))
-
-    def close(self):
-        self.proc.kill()
-        self.proc.wait()
-        os.close(self.cmd_w)
-        os.close(self.out_r)
-
-
-@pytest.fixture
-def browser(tmp_path):
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """pytest-playwright's launch options, on the Chromium that .ci/run installs with apt: Playwright's own
+    browsers are never downloaded. No sandbox (Playwright's default, stated): CI runs as root."""
     binary = find_chromium()
     if binary is None:
         pytest.skip("no chromium binary found (Debian: apt-get install chromium)")
-    b = Browser(binary, tmp_path / "profile")
-    yield b
-    b.close()
+    return {**browser_type_launch_args, "executable_path": binary, "chromium_sandbox": False}
 
 
-STATE_JS = """(() => {
+@pytest.fixture(scope="session")
+def base_url():
+    """No server: the pages open from file:// addresses. (Also spares pytest-playwright's fallback `base_url`, a
+    session fixture written as a method, which pytest 9 warns about.)"""
+    return None
+
+
+@pytest.fixture
+def tab(request):
+    """pytest-playwright's `page`, 1280x900; looked up here so that the test skips when the plugin is absent."""
+    pytest.importorskip("pytest_playwright", reason="pytest-playwright is not installed (requirements-test.txt)")
+    if not request.config.pluginmanager.has_plugin("playwright"):
+        pytest.skip("the pytest-playwright plugin is not loaded (PYTEST_DISABLE_PLUGIN_AUTOLOAD or -p no:playwright)")
+    page = request.getfixturevalue("page")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    return page
+
+
+def open_page(tab, url):
+    tab.goto(url)
+    tab.wait_for_function("document.body.dataset.ready === '1'")  # the page's script has drawn the rows
+
+
+def wait_for_images(tab):
+    """Until the (lazy) thumbnails in view have loaded or failed."""
+    tab.evaluate("() => Promise.all([...document.images].filter(i => { const r = i.getBoundingClientRect(); "
+                 "return r.bottom > 0 && r.top < innerHeight; }).map(i => i.decode().catch(() => 0)))")
+
+
+def drag(tab, x0, x1, y):
+    """A real mouse drag (press, moves, release), as a user moves the slider's knob."""
+    tab.mouse.move(x0, y)
+    tab.mouse.down()
+    tab.mouse.move(x1, y, steps=10)
+    tab.mouse.up()
+
+
+STATE_JS = """() => {
   const trs = [...document.querySelectorAll('#rows tr')];
   return {value: Number(document.getElementById('threshold').value),
           ng: Number(document.getElementById('ng-count').textContent),
@@ -267,10 +213,10 @@ STATE_JS = """(() => {
                                 label: tr.querySelector('.label').textContent,
                                 colour: getComputedStyle(tr.querySelector('.verdict')).backgroundColor,
                                 thumb: tr.querySelector('img').naturalWidth}))};
-})()"""
-SLIDER_JS = "(() => { const r = document.getElementById('threshold').getBoundingClientRect(); " \
-            "return [r.left, r.width, r.top + r.height / 2]; })()"
-RGB = {"NG": "rgb(255, 65, 54)", "OK": "rgb(46, 204, 64)"}  # visualize.py's COLOR_NG, COLOR_OK
+}"""
+SLIDER_JS = "() => { const r = document.getElementById('threshold').getBoundingClientRect(); " \
+            "return [r.left, r.width, r.top + r.height / 2]; }"
+RGB = {"NG": "rgb(255, 65, 54)", "OK": "rgb(46, 204, 64)"}  # utils/outputs/picture.py's COLOR_NG, COLOR_OK
 
 
 def check_verdicts(state, scores, threshold):
@@ -283,50 +229,44 @@ def check_verdicts(state, scores, threshold):
                 assert ("wrong" in row["cls"]) == ((verdict == "NG") != (row["label"] == "defect"))
 
 
-def test_slider_recolours_verdicts_in_headless_chromium(five, browser, tmp_path):
+def test_slider_recolours_verdicts_in_headless_chromium(five, tab):
     folder, rows, scores = five
-    page = write_results_page(folder, rows, 0.5)
-    browser.open(page.as_uri())
-    browser.wait_for_images()
-    state = browser.js(STATE_JS)
+    open_page(tab, write_results_page(folder, rows, 0.5).as_uri())
+    wait_for_images(tab)
+    state = tab.evaluate(STATE_JS)
     assert state["value"] == 0.5 and state["ng"] == 2  # starts at the stored threshold: 0.93 and 0.58
     check_verdicts(state, scores, 0.5)
     assert [r["score"] for r in state["rows"]] == sorted(scores, reverse=True)  # highest score first
     assert [r["thumb"] for r in state["rows"]] == [96] * 5  # all loaded (the non-UTF-8 name's too), not enlarged
     assert state["rates"] == "false-reject rate 0/2 (0.0%) \u00b7 recall 2/3 (66.7%)"
-    left, width, y = browser.js(SLIDER_JS)
+    left, width, y = tab.evaluate(SLIDER_JS)
     knob = left + 8 + (0.5 - 0.12) / (0.93 - 0.12) * (width - 16)
-    browser.drag(knob, left + 0.2 * width, y)  # to about 0.27: 0.31 and 0.47 become NG too
-    moved = browser.js(STATE_JS)
+    drag(tab, knob, left + 0.2 * width, y)  # to about 0.27: 0.31 and 0.47 become NG too
+    moved = tab.evaluate(STATE_JS)
     assert 0.12 < moved["value"] < 0.31 and moved["ng"] == 4
     check_verdicts(moved, scores, moved["value"])
     assert moved["rates"] == "false-reject rate 1/2 (50.0%) \u00b7 recall 3/3 (100.0%)"
-    browser.screenshot(tmp_path / "page.png")
-    shot = cv2.imread(str(tmp_path / "page.png"))
+    wait_for_images(tab)
+    shot = cv2.imdecode(np.frombuffer(tab.screenshot(), np.uint8), cv2.IMREAD_COLOR)
     assert shot.shape == (900, 1280, 3) and shot.std() > 10  # something was drawn
 
 
-def test_address_sets_the_threshold_and_filter_hides_rows(five, browser):
+def test_address_sets_the_threshold_and_filter_hides_rows(five, tab):
     folder, rows, scores = five
-    page = write_results_page(folder, rows, 0.5)
-    browser.open(page.as_uri() + "#threshold=0.9")
-    state = browser.js(STATE_JS)
+    open_page(tab, write_results_page(folder, rows, 0.5).as_uri() + "#threshold=0.9")
+    state = tab.evaluate(STATE_JS)
     assert state["value"] == 0.9 and state["ng"] == 1
     check_verdicts(state, scores, 0.9)
-    shown = browser.js("(() => { const f = document.getElementById('verdict-filter'); f.value = 'NG'; "
-                       "f.dispatchEvent(new Event('change')); "
-                       "return [...document.querySelectorAll('#rows tr')].filter(tr => !tr.hidden).length; })()")
-    assert shown == 1
+    tab.select_option("#verdict-filter", "NG")  # as a user picks it: input and change events
+    assert tab.evaluate("() => [...document.querySelectorAll('#rows tr')].filter(tr => !tr.hidden).length") == 1
 
 
-def test_clicking_a_row_opens_its_picture(five, browser):
+def test_clicking_a_row_opens_its_picture(five, tab):
     folder, rows, _ = five
-    browser.open(write_results_page(folder, rows, 0.5).as_uri())
-    x, y = browser.js("(() => { const r = document.querySelector('#rows tr .name').getBoundingClientRect(); "
-                      "return [r.left + 5, r.top + r.height / 2]; })()")
-    browser.send("Input.dispatchMouseEvent", type="mousePressed", x=x, y=y, button="left", buttons=1, clickCount=1)
-    browser.send("Input.dispatchMouseEvent", type="mouseReleased", x=x, y=y, button="left", buttons=0, clickCount=1)
-    browser.js("document.getElementById('viewer-img').decode().catch(() => 0)")
-    opened = browser.js("(() => { const v = document.getElementById('viewer'), "
-                        "i = document.getElementById('viewer-img'); return [v.className, i.getAttribute('src'), i.naturalWidth]; })()")
+    open_page(tab, write_results_page(folder, rows, 0.5).as_uri())
+    tab.locator("#rows tr .name").first.click()  # a real mouse click on the top row's name
+    tab.evaluate("() => document.getElementById('viewer-img').decode().catch(() => 0)")
+    opened = tab.evaluate("() => { const v = document.getElementById('viewer'), "
+                          "i = document.getElementById('viewer-img'); "
+                          "return [v.className, i.getAttribute('src'), i.naturalWidth]; }")
     assert opened == ["open", "pictures/crack/%3C/script%3E%3Cscript%3Ealert%281%29%3C/script%3E.png.png", 96]

@@ -66,9 +66,9 @@ def positive_int(s):
     return v
 
 
-def add_inference_flags(parser, bs_help, pair_help, pair_required=False):
+def add_inference_flags(parser, bs_help, pair_help):
     """The flags detect.py and evaluate.py share: which pair and where, the device, precision and batch size."""
-    parser.add_argument("--base_model_name", default=None, required=pair_required,
+    parser.add_argument("--base_model_name", default=None,
                         help="checkpoint pair name without extension (loads <name>.pt and <name>_seg.pt)" + pair_help)
     parser.add_argument("--checkpoint_path", default=Config.checkpoint_path, help="folder holding the checkpoint pair")
     parser.add_argument("--gpu_id", type=int, default=Config.gpu_id, help="CUDA device index (CPU when CUDA is absent)")

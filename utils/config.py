@@ -59,8 +59,7 @@ class Config:
     bs: int = _PRESET["bs"]
     epochs: int = _PRESET["epochs"]
     max_minutes: float | None = None
-    fill_budget: bool = False  # no flag: derived, True when --max_minutes is given without --epochs (the minutes
-    # alone end the run; epochs still names the pair)
+    fill_budget: bool = False  # no flag: --max_minutes without --epochs, the minutes alone end the run
     amp: str = "auto"
     channels_last: bool = False  # no flag: a memory layout for GPU users of the API (Config(channels_last=True))
     seed: int = 0

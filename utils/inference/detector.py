@@ -29,11 +29,30 @@ class Detector:
         self.size = int(meta["config"]["size"])
         self.scale = scale_of(meta["config"])  # "square" (whole image resized), "native" or a longer side N
         self.threshold = meta["calibration"].get("threshold")
+        self.name = None  # the pair's name, when loaded from files
 
     @classmethod
     def from_checkpoint(cls, checkpoint_path, base_model_name, device="cpu", amp_dtype=None, **kwargs):
         model, meta = load_pair(checkpoint_path, base_model_name)
-        return cls(model, meta, device, amp_dtype, **kwargs)
+        detector = cls(model, meta, device, amp_dtype, **kwargs)
+        detector.name = base_model_name
+        return detector
+
+    @property
+    def teaching(self):
+        """The number of the pair's last teaching (utils/training/teach.py, `train.py --add_good`), 0: never
+        taught."""
+        teachings = (self.meta.get("prior") or {}).get("teachings") or []
+        return teachings[-1]["teaching"] if teachings else 0
+
+    def pair_label(self):
+        """Which pair scores, for pictures and reports: its name and, when taught, its last teaching."""
+        teachings = (self.meta.get("prior") or {}).get("teachings") or []
+        label = self.name or "the pair"
+        if teachings:
+            t = teachings[-1]
+            label += f" (teaching {t['teaching']}: +{t['n_images']} good images, {t['time'][:16].replace('T', ' ')})"
+        return label
 
     def read(self, path):
         """An image file as (3, H, W) in [0, 1] at this checkpoint's working scale."""

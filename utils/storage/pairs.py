@@ -8,6 +8,7 @@ A pair is written as one atomic group (utils/storage/atomic.py); readers see a c
 """
 import logging
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -28,6 +29,12 @@ EXTENSIONS = (".pt", ".pckl", ".pth")
 def base_model_name(lr, epochs, bs, obj_name, suffix=""):
     """The seed's name, e.g. DRAEM_test_0.0001_700_bs8_bottle_ (files: <name>.pt and <name>_seg.pt)."""
     return f"DRAEM_test_{lr}_{epochs}_bs{bs}_{obj_name}_{suffix}"
+
+
+def is_pair_of(base, obj_name):
+    """True when `base` is a pair train.py writes for the class `obj_name`: its best or last pair, or a teaching of
+    either (utils/training/teach.py `<name>taught<k>_`)."""
+    return re.fullmatch(rf"DRAEM_test_.+_bs\d+_{re.escape(obj_name)}_(last)?(taught\d+_)?", base) is not None
 
 
 def pair_paths(checkpoint_path, base, ext=".pt"):
@@ -51,13 +58,15 @@ def save_pair(model, checkpoint_path, base, config, calibration, pair_id, run_id
     return paths
 
 
-def newest_complete_pair(checkpoint_path, contains=""):
+def newest_complete_pair(checkpoint_path, contains="", obj_name=None):
     """Name of the most recently written complete pair in the folder (best-by-validation pairs first); a half
-    pair (one file missing, or two files not written together) is skipped with a warning."""
+    pair (one file missing, or two files not written together) is skipped with a warning. obj_name: only the
+    pairs of that class (`is_pair_of`)."""
     d = Path(checkpoint_path)
     if not d.is_dir():
         raise UsageError(f"--checkpoint_path {d} is not a folder")
-    segs = [p for p in d.iterdir() if p.suffix in EXTENSIONS and p.stem.endswith("_seg") and contains in p.stem]
+    segs = [p for p in d.iterdir() if p.suffix in EXTENSIONS and p.stem.endswith("_seg") and contains in p.stem
+            and (obj_name is None or is_pair_of(p.stem[: -len("_seg")], obj_name))]
     best = [p for p in segs if not p.stem.endswith("last_seg")]
     for group in (best, [p for p in segs if p not in best]):
         for seg in sorted(group, key=lambda p: p.stat().st_mtime, reverse=True):
@@ -66,8 +75,8 @@ def newest_complete_pair(checkpoint_path, contains=""):
             if (rec.is_file() if seg.suffix != ".pt" else pair_is_complete(d, base)):
                 return base
             log.warning("skipping the incomplete checkpoint pair %s in %s", base, d)
-    raise UsageError(f"no complete checkpoint pair in {d}{' for the demo' if contains else ''}; "
-                     f"train one first (python train.py)")
+    what = " for the demo" if contains else f" for the class {obj_name}" if obj_name else ""
+    raise UsageError(f"no complete checkpoint pair in {d}{what}; train one first (python train.py)")
 
 
 def safe_load(path):

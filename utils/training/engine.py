@@ -1,11 +1,12 @@
 """The training engine: one class's run from its folder of good images to checkpoint pairs.
 
-    run, state = setup_run(settings, "bottle", good_dir, device, "cpu", command)
-    run_epochs(run, state)                  # epochs of train_step, a checkpoint() after each (or every N steps)
+    run, state = setup_run(settings, "bottle", good_dir, device, ["train.py"])
+    run_epochs(run, state)            # epochs of train_step, a checkpoint() after each (or every N steps)
 
-`Run` is what a run builds once (data, synthesiser, loader, validation set, logger); `TrainState` is what changes
-and what `--resume` restores (model, optimizer, schedule, generators, step, best score), saved by
-utils/training/resume.py (`save_resume_state`). `settings` is a utils.config.Config.
+`Run` is what a run builds once and never changes (data, synthesiser, loader, validation set, logger, prior);
+`TrainState` is what changes and what `--resume` restores (model, optimizer, schedule, generators, step, best
+score), saved by utils/training/resume.py; `run.budget` (utils/training/schedule.py) is the run's length and its
+--max_minutes plan. `settings` is a utils.config.Config.
 """
 import logging
 import math
@@ -97,9 +98,10 @@ class TrainState:
     run_dir: str | None = None  # the run folder of logs
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class Run:
-    """What a run builds once and does not change."""
+    """What a run builds once and never changes (frozen; built by keyword in setup_run): the settings, the data,
+    the networks' training wrapper, the prior. What changes is the TrainState and the Budget's plan."""
     settings: Config
     obj_name: str
     base: str  # checkpoint pair name
@@ -117,12 +119,10 @@ class Run:
     whole_val: list | None  # --scale native / N: held-out uint8 images (3, H, W), the threshold's calibration set
     train_model: torch.nn.Module  # the model, DDP-wrapped when distributed
     logger: TrainingLogger
+    budget: Budget  # the run's length: its step cap and plan, and the clock of --max_minutes (changes as it runs)
     stop: object = None  # utils.runtime.StopOnSignal: Ctrl-C / SIGTERM end the run after a step
     run_id: str = field(default_factory=lambda: secrets.token_hex(8))  # in every pair_id this run writes
     prior: PriorFusion | None = None  # --prior features: bank and novelty tail fixed, DRAEM's tail refitted
-    budget: Budget = None
-    max_steps: int = 0  # --epochs of steps (utils/training/schedule.py step_cap: UNBOUNDED when the budget alone ends it)
-    total_steps: int = 0  # where the run ends: max_steps, or the steps --max_minutes allows
     val_novelty: torch.Tensor | None = None  # the prior's novelty maps of val["images"] (N, S, S)
 
     @property
@@ -209,7 +209,7 @@ def build_state(settings, data, device, rank, world):
 def setup_run(settings, obj_name, good_dir, device, command, stop=None, clock=time.monotonic):
     """Everything one class's training needs: (Run, TrainState), the state resumed when --resume is set.
     clock: seconds for the --max_minutes budget (a fake one in tests)."""
-    budget = Budget(settings.max_minutes * 60 if settings.max_minutes else None, clock, clock())
+    start = clock()
     rank, _, world = distributed_env()
     amp_dtype = resolve_amp(settings.amp, device)
     (train_set, val_images, whole_val), grayscale, synthesizer = load_class_data(settings, good_dir, device)
@@ -232,12 +232,16 @@ def setup_run(settings, obj_name, good_dir, device, command, stop=None, clock=ti
     state.run_dir = str(logger.run_dir)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     train_model = DDP(state.model) if world > 1 else state.model
-    run = Run(settings, obj_name, base, config, device, amp_dtype, rank, world, loader, sampler, synthesizer,
-              DraemLoss().to(device), scaler, val, whole_val, train_model, logger, stop)
-    if settings.prior == "features":
-        run.prior, run.val_novelty = fit_run_prior(settings, train_set, val, whole_val, device)
-    run.budget, run.max_steps = budget, step_cap(settings, len(loader))
-    run.total_steps = run.max_steps
+    criterion = DraemLoss().to(device)
+    prior, val_novelty = fit_run_prior(settings, train_set, val, whole_val, device) \
+        if settings.prior == "features" else (None, None)
+    cap = step_cap(settings, len(loader))
+    budget = Budget(settings.max_minutes * 60 if settings.max_minutes else None, clock, start, max_steps=cap,
+                    total_steps=cap)
+    run = Run(settings=settings, obj_name=obj_name, base=base, config=config, device=device, amp_dtype=amp_dtype,
+              rank=rank, world=world, loader=loader, sampler=sampler, synthesizer=synthesizer, criterion=criterion,
+              scaler=scaler, val=val, whole_val=whole_val, train_model=train_model, logger=logger, budget=budget,
+              stop=stop, prior=prior, val_novelty=val_novelty)
     return run, state
 
 
@@ -324,7 +328,7 @@ def checkpoint(run, state, row):
         save_checkpoints(run, state, calib, row)
     run.budget.checkpoint_s = run.budget.clock() - t0
     run.budget.checkpoints_s += run.budget.checkpoint_s
-    if state.step < run.total_steps:
+    if state.step < run.budget.total_steps:
         replan(run, state)
 
 
@@ -357,7 +361,7 @@ class OutOfTime(Exception):
 def epoch_label(run, epoch):
     """'epoch 3/20': the 1-based epoch of the epochs the run's plan takes now ('epoch 3' before a budget-filling
     run's first plan)."""
-    planned = planned_epochs(run.total_steps, len(run.loader))
+    planned = planned_epochs(run.budget.total_steps, len(run.loader))
     return f"epoch {epoch}" if planned is None else f"epoch {epoch}/{max(planned, epoch)}"
 
 
@@ -400,7 +404,7 @@ def train_epoch(run, state, t0):
 def run_epochs(run, state):
     """Train from state.epoch to --epochs (or --stop_after_epoch, or --max_minutes), checkpointing as set."""
     settings, t0 = run.settings, time.time()
-    end_epoch = math.ceil(run.max_steps / len(run.loader))  # --epochs, or a budget-filling run's UNBOUNDED
+    end_epoch = math.ceil(run.budget.max_steps / len(run.loader))  # --epochs, or a budget-filling run's UNBOUNDED
     end_epoch = min(end_epoch, settings.stop_after_epoch or end_epoch)
     if run.stop is not None:
         run.stop.armed = True  # from now on a signal ends the run after the current step, resumable

@@ -57,6 +57,8 @@ class Budget:
     seconds: float | None  # None: no budget
     clock: object = time.monotonic
     start: float = 0.0
+    max_steps: int = 0  # the step cap: --epochs of steps (step_cap: UNBOUNDED when the minutes alone end the run)
+    total_steps: int = 0  # where the run ends: max_steps, or the steps --max_minutes allows (replan)
     train_start: float | None = None  # clock when the first step of this process began
     first_step: int = 0
     checkpoint_s: float = 0.0  # the last checkpoint's duration
@@ -92,7 +94,7 @@ def set_milestones(scheduler, total, step):
 
 
 def replan(run, state):
-    """Fix run.total_steps so the run ends within --max_minutes with its decays done; rank 0 decides under DDP."""
+    """Fix run.budget.total_steps so the run ends within --max_minutes with its decays done; rank 0 decides under DDP."""
     b = run.budget
     if not b.seconds or b.train_start is None or state.step <= b.first_step:
         return
@@ -103,15 +105,15 @@ def replan(run, state):
     b.marks.append((now, state.step, b.checkpoints_s))
     every = run.settings.val_every or len(run.loader)
     left = steps_that_fit(b.seconds - (now - b.start), step_s, b.checkpoint_s, every)
-    total = min(run.max_steps, state.step + left)
+    total = min(b.max_steps, state.step + left)
     if run.world > 1:
         t = torch.tensor([float(total)], device=run.device)
         dist.broadcast(t, 0)
         total = int(t.item())
-    before, run.total_steps = run.total_steps, set_milestones(state.scheduler, total, state.step)
-    if run.total_steps != before:
+    before, b.total_steps = b.total_steps, set_milestones(state.scheduler, total, state.step)
+    if b.total_steps != before:
         log.info("--max_minutes %s: %d steps in all (%.2fs a step, %.1fs a checkpoint)",
-                 run.settings.max_minutes, run.total_steps, step_s, b.checkpoint_s)
+                 run.settings.max_minutes, b.total_steps, step_s, b.checkpoint_s)
 
 
 def should_stop(run, state):
@@ -119,7 +121,7 @@ def should_stop(run, state):
     or the ranks stop at different steps and hang."""
     b = run.budget
     over = bool(b.seconds) and b.clock() - b.start > b.seconds  # only when the plan was badly off
-    planned_end = run.total_steps < run.max_steps and state.step >= run.total_steps  # else the epochs end it
+    planned_end = b.total_steps < b.max_steps and state.step >= b.total_steps  # else the epochs end it
     flags = [planned_end or over, run.stop is not None and run.stop.requested]
     if run.world > 1:
         t = torch.tensor([float(f) for f in flags], device=run.device)

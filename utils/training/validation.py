@@ -1,6 +1,5 @@
 """Training's synthetic validation: held-out good images with simulated defects (built once, the same in every
-run), scored with the one tiled scoring path; image AUROC, pixel AP, the reconstruction's R2 and the threshold on
-the good ones."""
+run), scored with the one tiled scoring path; image AUROC, pixel AP and the threshold on the good ones."""
 
 import numpy as np
 import torch
@@ -26,8 +25,7 @@ def build_validation(images, synthesizer, device, seed):
 
 def validate(scorer, val, bs, target_false_reject, prior=None, novelty=None):
     """Image AUROC and pixel AP on the synthetic validation set, the reconstruction's R² on its good images (mean
-    and min, utils/evaluation/metrics.py `reconstruction_r2`, from the same pass), plus the calibration from its
-    normal half.
+    and min, utils/evaluation/metrics.py `reconstruction_r2`), plus the calibration from its normal half.
 
     Scored in fp32 whatever the training precision: the threshold must fit the scores detect.py computes.
     scorer: DRAEM alone; prior (PriorFusion) and novelty (its maps of val["images"], which are fixed, so computed
