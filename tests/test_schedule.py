@@ -1,9 +1,12 @@
 """utils/training/schedule.py: the decays of the learning rate and the --max_minutes plan's arithmetic (the plan inside a
 run: tests/test_engine.py)."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from utils.training.schedule import Budget, make_optimizer, recent_step_s, set_milestones, steps_that_fit
+from utils.training.schedule import (Budget, make_optimizer, recent_step_s, set_milestones, should_stop,
+                                     steps_that_fit)
 
 
 def test_schedule_decays_at_80_and_90_percent_of_the_steps():
@@ -35,3 +38,11 @@ def test_recent_step_s_measures_the_pace_since_a_plan_at_least_20_steps_back_wit
     assert recent_step_s(b, 15.0, 10) == pytest.approx(1.5)  # no plan far enough: since the first step
     b.checkpoints_s = 4.0  # a checkpoint since step 40 is not a step's time
     assert recent_step_s(b, 60.0, 60) == pytest.approx(0.3)
+
+
+def test_should_stop_while_the_budget_still_pays_the_last_checkpoint():
+    b = Budget(100.0, clock=lambda: 95.0, start=0.0, max_steps=1000, total_steps=1000, checkpoint_s=4.0)
+    run, state = SimpleNamespace(budget=b, stop=None, world=1), SimpleNamespace(step=10)
+    assert should_stop(run, state) == [False, False]  # 95 s + a 4 s checkpoint end within 100 s
+    b.checkpoint_s = 6.0
+    assert should_stop(run, state) == [True, False]  # a 6 s checkpoint would end past 100 s: stop now
