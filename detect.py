@@ -12,8 +12,8 @@ Folder mode also writes index.html, the results page (utils/outputs/page.py), wi
 image under thumbs/. --save_maps adds, beside each picture, the raw anomaly map (16-bit PNG at the input's size),
 the defect mask at the stored threshold (0/255) and the overlay alone (utils/outputs/maps.py).
 """
-from utils.cli import (add_inference_flags, add_max_pixels_flag, be_a_fair_neighbour, exit_quietly_on_signals,
-                       run_script)
+from utils.cli import (ScriptExit, add_inference_flags, add_max_pixels_flag, be_a_fair_neighbour,
+                       exit_quietly_on_signals)
 from utils.runtime import UsageError, display_name, progress, resolve_amp, select_device
 
 exit_quietly_on_signals("detect.py", __name__)  # a signal during the imports below: one line
@@ -243,7 +243,9 @@ def run(args, stop):
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    return run_script("detect.py", lambda stop: run(args, stop))  # bad input: 2; a failed write: 1; a signal
+    with ScriptExit("detect.py") as outcome:  # bad input: 2; a failed write: 1; a signal: 128 + n
+        run(args, outcome.stop)
+    return outcome.code
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ Recalibrate the threshold on the line's own good images (written into both files
     python evaluate.py --base_model_name ... --recalibrate line3/good/ [--defect_path line3/bad/] \
         [--target_false_reject 0.02 | --threshold_rule f1] [--data_path path/to/class]
 """
-from utils.cli import (add_inference_flags, add_max_pixels_flag, add_target_flag, be_a_fair_neighbour,
-                       exit_quietly_on_signals, given, run_script)
+from utils.cli import (ScriptExit, add_inference_flags, add_max_pixels_flag, add_target_flag, be_a_fair_neighbour,
+                       exit_quietly_on_signals, given)
 from utils.runtime import UsageError, resolve_amp, select_device, warn_ignored
 
 exit_quietly_on_signals("evaluate.py", __name__)  # a signal during the imports below: one line
@@ -225,7 +225,9 @@ def run(args):
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    return run_script("evaluate.py", lambda stop: run(args))  # bad input: 2; a failed write: 1; a signal
+    with ScriptExit("evaluate.py") as outcome:  # bad input: 2; a failed write: 1; a signal: 128 + n
+        run(args)
+    return outcome.code
 
 
 def evaluate_single(args, device):

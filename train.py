@@ -13,9 +13,8 @@ validation), the pair ..._last.pt / ..._last_seg.pt, a resumable state ..._resum
 <name>taught<k>_. This file holds the flags and main; the defaults are utils/config.py, the run itself is
 utils/training/engine.py.
 """
-from utils.cli import (AMP_CHOICES, SCALE_HELP, add_max_pixels_flag, add_target_flag, be_a_fair_neighbour,
-                       exit_quietly_on_signals, fraction, given, positive_float, positive_int, run_script, scale_arg,
-                       size_arg)
+from utils.cli import (AMP_CHOICES, SCALE_HELP, ScriptExit, add_max_pixels_flag, add_target_flag, be_a_fair_neighbour,
+                       exit_quietly_on_signals, fraction, given, positive_float, positive_int, scale_arg, size_arg)
 from utils.runtime import UsageError, distributed_env, init_distributed, select_device
 
 exit_quietly_on_signals("train.py", __name__)  # a signal during the imports below: one line
@@ -208,11 +207,15 @@ def main(argv=None):
     command = ["train.py", *argv]
     if given(argv, TEACH_FLAG):
         args = parse_teach_args(argv)
-        return run_script("train.py", lambda stop: teach_pair(args, command), (UsageError, OSError))
+        with ScriptExit("train.py", (UsageError, OSError)) as outcome:
+            teach_pair(args, command)
+        return outcome.code
     cfg = parse_args(argv)
     try:  # 2: bad input; 1: a failed write (checkpoints stay whole), nan; 130/143: a signal (the epoch loop arms
         # the stop: Ctrl-C / SIGTERM stop after a step)
-        return run_script("train.py", lambda stop: run(cfg, command, stop), (UsageError, OSError, Diverged))
+        with ScriptExit("train.py", (UsageError, OSError, Diverged)) as outcome:
+            run(cfg, command, outcome.stop)
+        return outcome.code
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -48,6 +48,7 @@ def _crash_at(k, fn):
     when the child got that far (False: fn finished with fewer than k such calls)."""
     pid = os.fork()
     if pid == 0:  # child
+        torch.set_num_threads(1)  # the parent's OpenMP thread pool is not in the child: a parallel region would hang
         calls = {"n": 0}
 
         def dying(real):

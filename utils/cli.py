@@ -157,15 +157,28 @@ def false_reject_rate(s):
     return v
 
 
-def run_script(script, work, errors=(UsageError, OSError, ValueError)):
-    """The exit code of `work(stop)` run under StopOnSignal (unarmed; `work` may arm it): 0 when it returns; one
-    line for an error of `errors` (report_error) or a signal (128 + n), never a traceback."""
-    try:
-        with StopOnSignal(armed=False) as stop:
-            work(stop)
-    except errors as e:
-        return report_error(script, e)
-    except Interrupted as e:
-        print(f"{script}: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
+class ScriptExit:
+    """A script's main as a block, and its exit code after it:
+
+        with ScriptExit("detect.py") as outcome:   # bad input: 2; a failed write: 1; a signal: 128 + n
+            run(args, outcome.stop)
+        return outcome.code
+
+    The block runs under StopOnSignal (unarmed; the work may arm it). It ends with code 0, or one line for an
+    error of `errors` (report_error) or a signal (Interrupted), never a traceback; other exceptions pass."""
+
+    def __init__(self, script, errors=(UsageError, OSError, ValueError)):
+        self.script, self.errors, self.code, self.stop = script, errors, 0, StopOnSignal(armed=False)
+
+    def __enter__(self):
+        self.stop.__enter__()
+        return self
+
+    def __exit__(self, kind, e, tb):
+        self.stop.__exit__(kind, e, tb)
+        if isinstance(e, self.errors):
+            self.code = report_error(self.script, e)
+        elif isinstance(e, Interrupted):
+            print(f"{self.script}: {e}", file=sys.stderr)
+            self.code = e.exit_code
+        return e is None or self.code != 0
