@@ -8,14 +8,12 @@ import pytest
 import torch
 
 from model import DRAEM
-from model.model_unet import Scorer
-from utils.evaluation.metrics import METRIC_NAMES, reconstruction_r2
+from utils.evaluation.metrics import METRIC_NAMES
 from utils.evaluation.report import VERDICTS, add_verdicts, format_verdicts, json_safe, results_text, write_results
 from utils.evaluation.thresholds import (RULE_ORDER, RULE_TAIL, best_recall_at, calibrate_threshold, describe,
                                          f1_threshold, fit_threshold, recalibration_report, verdict_metrics,
                                          write_calibration)
 from utils.storage.pairs import load_pair, pair_paths, save_pair
-from utils.training.validation import validate
 
 RESULTS = {"crack": dict.fromkeys(METRIC_NAMES, 0.5), "overall": {**dict.fromkeys(METRIC_NAMES, 0.75),
                                                                    "aupro": math.nan}}
