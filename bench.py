@@ -6,11 +6,10 @@ detection (--scale native) of a (2 size) x (8 size) image; peak memory. Per conf
 largest |score fp32 - bf16|, the feature prior (fp32: bank fit s per 1000 images = features per image x 1000 + the
 coreset once; bank MB; detect ms against DRAEM alone, target <= 2). Once: synthesis samples/s. Medians after
 warm-up, e2e and bare steps interleaved so that a change of machine load hits both."""
-from utils.cli import be_a_fair_neighbour, exit_quietly_on_signals, positive_int, size_arg
+from utils.cli import exit_quietly_on_signals, positive_int, size_arg
 from utils.runtime import cpu_has_native_bf16, resolve_amp, seed_everything
 
 exit_quietly_on_signals("bench.py", __name__)  # a signal during the imports below: one line
-be_a_fair_neighbour(__name__)  # before torch: OpenMP threads that sleep while they wait
 
 import argparse
 import copy

@@ -12,12 +12,10 @@ Folder mode also writes index.html, the results page (utils/outputs/page.py), wi
 image under thumbs/. --save_maps adds, beside each picture, the raw anomaly map (16-bit PNG at the input's size),
 the defect mask at the stored threshold (0/255) and the overlay alone (utils/outputs/maps.py).
 """
-from utils.cli import (ScriptExit, add_inference_flags, add_max_pixels_flag, be_a_fair_neighbour,
-                       exit_quietly_on_signals)
+from utils.cli import ScriptExit, add_inference_flags, add_max_pixels_flag, exit_quietly_on_signals
 from utils.runtime import UsageError, display_name, progress, resolve_amp, select_device
 
 exit_quietly_on_signals("detect.py", __name__)  # a signal during the imports below: one line
-be_a_fair_neighbour(__name__)  # before torch: OpenMP threads that sleep while they wait
 
 import argparse
 import contextlib

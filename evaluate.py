@@ -24,12 +24,11 @@ Recalibrate the threshold on the line's own good images (written into both files
     python evaluate.py --base_model_name ... --recalibrate line3/good/ [--defect_path line3/bad/] \
         [--target_false_reject 0.02 | --threshold_rule f1] [--data_path path/to/class]
 """
-from utils.cli import (ScriptExit, add_inference_flags, add_max_pixels_flag, add_target_flag, be_a_fair_neighbour,
-                       exit_quietly_on_signals, given)
+from utils.cli import (ScriptExit, add_inference_flags, add_max_pixels_flag, add_target_flag, exit_quietly_on_signals,
+                       given)
 from utils.runtime import UsageError, resolve_amp, select_device, warn_ignored
 
 exit_quietly_on_signals("evaluate.py", __name__)  # a signal during the imports below: one line
-be_a_fair_neighbour(__name__)  # before torch: OpenMP threads that sleep while they wait
 
 import argparse
 import json

@@ -13,12 +13,11 @@ validation), the pair ..._last.pt / ..._last_seg.pt, a resumable state ..._resum
 <name>taught<k>_. This file holds the flags and main; the defaults are utils/config.py, the run itself is
 utils/training/engine.py.
 """
-from utils.cli import (AMP_CHOICES, SCALE_HELP, ScriptExit, add_max_pixels_flag, add_target_flag, be_a_fair_neighbour,
+from utils.cli import (AMP_CHOICES, SCALE_HELP, ScriptExit, add_max_pixels_flag, add_target_flag,
                        exit_quietly_on_signals, fraction, given, positive_float, positive_int, scale_arg, size_arg)
 from utils.runtime import UsageError, distributed_env, init_distributed, select_device
 
 exit_quietly_on_signals("train.py", __name__)  # a signal during the imports below: one line
-be_a_fair_neighbour(__name__)  # before torch: OpenMP threads that sleep while they wait
 
 import argparse
 import contextlib

@@ -1,14 +1,13 @@
-"""Tests for utils/cli.py: progress bars in a log (not a terminal) write plain lines, throttled; the quiet start."""
+"""Tests for utils/cli.py and utils/runtime.py: progress bars in a log (not a terminal) write plain lines, throttled;
+the quiet start; the threads of a fair neighbour."""
 import io
-import re
-from pathlib import Path
+import os
+import time
 
 import pytest
+import torch
 
-from utils.cli import be_a_fair_neighbour
-from utils.runtime import LOG_INTERVAL_S, progress
-
-ROOT = Path(__file__).resolve().parents[1]
+from utils.runtime import LOG_INTERVAL_S, FairThreads, busy_cpu_seconds, progress
 
 
 class Terminal(io.StringIO):
@@ -50,24 +49,51 @@ def test_a_terminal_gets_tqdm_unchanged():
     assert "\r" in tty.getvalue()
 
 
-def test_a_script_sets_a_passive_wait_policy_unless_the_user_chose_one():
-    env = {}
-    be_a_fair_neighbour("__main__", env)
-    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
-    env = {"OMP_WAIT_POLICY": "ACTIVE"}
-    be_a_fair_neighbour("__main__", env)
-    assert env == {"OMP_WAIT_POLICY": "ACTIVE"}
-    env = {}
-    be_a_fair_neighbour("detect", env)  # imported (a test): the environment is left alone
-    assert env == {}
+class Machine:
+    """A fake clock and /proc/stat: `others` cores busy besides this process (busy() adds our own CPU time)."""
+
+    def __init__(self, others):
+        self.t, self.others, self.elsewhere, self.ours0 = 0.0, others, 0.0, time.process_time()
+
+    def advance(self, seconds):
+        self.t += seconds
+        self.elsewhere += self.others * seconds
+
+    def clock(self):
+        return self.t
+
+    def busy(self):
+        return self.elsewhere + (time.process_time() - self.ours0)
 
 
-@pytest.mark.parametrize("script", ["train.py", "detect.py", "evaluate.py", "bench.py"])
-def test_each_script_sets_the_policy_before_torch_can_be_imported(script):
-    """OpenMP reads OMP_WAIT_POLICY once, when torch loads it: the call comes before every import but the
-    standard-library-only utils.cli and utils.runtime."""
-    lines = (ROOT / script).read_text().splitlines()
-    call = lines.index("be_a_fair_neighbour(__name__)  # before torch: OpenMP threads that sleep while they wait")
-    imports = [i for i, line in enumerate(lines) if re.match(r"(import|from) ", line)
-               and not line.startswith(("from utils.cli import", "from utils.runtime import"))]
-    assert imports and call < min(imports)
+def test_fair_threads_leave_other_programs_their_cores_and_come_back():
+    start = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        machine = Machine(others=2.0)
+        fair = FairThreads(machine.clock, machine.busy, cores=2)
+        machine.advance(1.0)
+        assert fair.adjust() == 2  # within the first CHECK_S seconds: unchanged
+        machine.advance(FairThreads.CHECK_S)
+        assert fair.adjust() == 1 and torch.get_num_threads() == 1  # two busy jobs on 2 cores: one thread
+        machine.others = 0.0  # the jobs end
+        machine.advance(FairThreads.CHECK_S)
+        assert fair.adjust() == 2  # an idle machine gets every thread back, never more than the run began with
+        torch.set_num_threads(1)
+        fair.restore()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(start)
+
+
+def test_fair_threads_without_proc_stat_change_nothing():
+    start = torch.get_num_threads()
+    fair = FairThreads(lambda: 100.0, lambda: None, cores=2)
+    assert fair.adjust() == start
+
+
+def test_busy_cpu_seconds_reads_the_cpu_line(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\n")
+    assert busy_cpu_seconds(stat) == pytest.approx(150 / os.sysconf("SC_CLK_TCK"))  # idle and iowait left out
+    assert busy_cpu_seconds(tmp_path / "none") is None

@@ -37,17 +37,6 @@ def exit_quietly_on_signals(script, module_name):
         signal.signal(s, stop)
 
 
-def be_a_fair_neighbour(module_name, environ=os.environ):
-    """OMP_WAIT_POLICY=PASSIVE unless the user set a policy; called by a script before torch is imported (OpenMP
-    reads it once, when it loads). Only when run as a script: importing one in a test changes no environment.
-
-    By default OpenMP threads spin while they wait for work, taking the time slices other programs on a busy
-    machine need: beside two busy single-core jobs on 2 cores, training took 3.0x its idle time instead of the
-    fair 2x. Passive threads sleep instead (docs/speed.md, "A busy machine")."""
-    if module_name == "__main__":
-        environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def report_error(script, e):
     """Print an error that ends a script as one line; returns the exit code: 2 for bad input (UsageError, a
     missing file, a bad value), 1 for an OS error while writing (disk full, file-size limit, permissions ...)."""

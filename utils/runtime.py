@@ -10,6 +10,7 @@ import random
 import signal
 import sys
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,59 @@ def resolve_amp(amp, device):
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def busy_cpu_seconds(stat="/proc/stat"):
+    """CPU seconds all programs have spent busy since boot (Linux: the "cpu" line of /proc/stat, in USER_HZ
+    ticks), or None where there is no such file."""
+    try:
+        with open(stat) as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class FairThreads:
+    """A fair neighbour on a shared machine: every CHECK_S seconds (`adjust`, called once a step), the CPU threads
+    become the cores other programs leave free, from one up to the threads the run started with.
+
+    OpenMP's threads spin while they wait for work; beside two busy single-core jobs on 2 cores, the demo's
+    training with 2 threads took x6.2 its idle time, with 1 thread x2.3 (docs/speed.md, "A busy machine"). Others'
+    use is all busy CPU time (busy_cpu_seconds) less this process's, over the last interval: no sampling pause."""
+
+    CHECK_S = 5.0
+
+    def __init__(self, clock=time.monotonic, busy=busy_cpu_seconds, cores=None):
+        import torch
+        self.most, self.clock, self.busy = torch.get_num_threads(), clock, busy
+        self.cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+        self.last = self._sample()
+
+    def _sample(self):
+        return self.clock(), self.busy(), time.process_time()
+
+    def adjust(self):
+        """Set torch's threads for the next CHECK_S seconds; returns the count (unchanged between checks)."""
+        import torch
+        now = self._sample()
+        seconds = now[0] - self.last[0]
+        if seconds < self.CHECK_S or now[1] is None or self.last[1] is None:
+            return torch.get_num_threads()
+        others = max(0.0, (now[1] - self.last[1]) - (now[2] - self.last[2])) / seconds  # cores busy elsewhere
+        self.last = now
+        threads = max(1, min(self.most, round(self.cores - others)))
+        if threads != torch.get_num_threads():
+            log.info("%d CPU thread%s: other programs use %.1f of %d cores", threads, "s"[:threads != 1], others,
+                     self.cores)
+            torch.set_num_threads(threads)
+        return threads
+
+    def restore(self):
+        """The threads the run started with (the process goes on: a test, the demo's evaluation)."""
+        import torch
+        torch.set_num_threads(self.most)
 
 
 def cpu_has_native_bf16():

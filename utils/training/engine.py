@@ -30,7 +30,8 @@ from utils.evaluation.thresholds import calibrate_threshold
 from utils.images.reading import SQUARE
 from utils.images.tiles import image_scores, raw_maps
 from utils.loss import DraemLoss
-from utils.runtime import UsageError, display_name, distributed_env, progress, resolve_amp, seed_everything
+from utils.runtime import (FairThreads, UsageError, display_name, distributed_env, progress, resolve_amp,
+                           seed_everything)
 from utils.storage.atomic import atomic_write_bytes
 from utils.storage.pairs import base_model_name, save_pair
 from utils.synthesis.simulation import jitter_images, make_synthesizer, samples_picture
@@ -124,6 +125,7 @@ class Run:
     run_id: str = field(default_factory=lambda: secrets.token_hex(8))  # in every pair_id this run writes
     prior: PriorFusion | None = None  # --prior features: bank and novelty tail fixed, DRAEM's tail refitted
     val_novelty: torch.Tensor | None = None  # the prior's novelty maps of val["images"] (N, S, S)
+    threads: FairThreads | None = None  # on a CPU: the threads follow what other programs leave free
 
     @property
     def is_main(self):
@@ -210,6 +212,7 @@ def setup_run(settings, obj_name, good_dir, device, command, stop=None, clock=ti
     """Everything one class's training needs: (Run, TrainState), the state resumed when --resume is set.
     clock: seconds for the --max_minutes budget (a fake one in tests)."""
     start = clock()
+    threads = FairThreads() if device.type == "cpu" else None  # its first interval: the data loading
     rank, _, world = distributed_env()
     amp_dtype = resolve_amp(settings.amp, device)
     (train_set, val_images, whole_val), grayscale, synthesizer = load_class_data(settings, good_dir, device)
@@ -241,7 +244,7 @@ def setup_run(settings, obj_name, good_dir, device, command, stop=None, clock=ti
     run = Run(settings=settings, obj_name=obj_name, base=base, config=config, device=device, amp_dtype=amp_dtype,
               rank=rank, world=world, loader=loader, sampler=sampler, synthesizer=synthesizer, criterion=criterion,
               scaler=scaler, val=val, whole_val=whole_val, train_model=train_model, logger=logger, budget=budget,
-              stop=stop, prior=prior, val_novelty=val_novelty)
+              stop=stop, prior=prior, val_novelty=val_novelty, threads=threads)
     return run, state
 
 
@@ -373,6 +376,8 @@ def train_epoch(run, state, t0):
     for (batch,) in bar:
         if run.budget.train_start is None:
             run.budget.train_start, run.budget.first_step = run.budget.clock(), state.step
+        if run.threads is not None:
+            run.threads.adjust()
         batch = prepare_batch(batch, run.device, settings.channels_last)
         if settings.jitter:  # the jittered good image is the input and the reconstruction target alike
             batch = jitter_images(batch, state.synth_gen, settings.jitter)
@@ -429,6 +434,8 @@ def run_epochs(run, state):
     finally:
         if run.stop is not None:
             run.stop.armed = False
+        if run.threads is not None:
+            run.threads.restore()
 
 
 def train_class(settings, obj_name, good_dir, device, command, stop=None):
