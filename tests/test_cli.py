@@ -71,7 +71,7 @@ def test_fair_threads_leave_other_programs_their_cores_and_come_back():
     torch.set_num_threads(2)
     try:
         machine = Machine(others=2.0)
-        fair = FairThreads(machine.clock, machine.busy, cores=2)
+        fair = FairThreads(machine.clock, machine.busy, cores=2, first_look_s=0)
         machine.advance(1.0)
         assert fair.adjust() == 2  # within the first CHECK_S seconds: unchanged
         machine.advance(FairThreads.CHECK_S)
@@ -88,7 +88,7 @@ def test_fair_threads_leave_other_programs_their_cores_and_come_back():
 
 def test_fair_threads_without_proc_stat_change_nothing():
     start = torch.get_num_threads()
-    fair = FairThreads(lambda: 100.0, lambda: None, cores=2)
+    fair = FairThreads(lambda: 100.0, lambda: None, cores=2, first_look_s=0)
     assert fair.adjust() == start
 
 

@@ -104,22 +104,27 @@ class FairThreads:
     use is all busy CPU time (busy_cpu_seconds) less this process's, over the last interval: no sampling pause."""
 
     CHECK_S = 5.0
+    FIRST_LOOK_S = 0.25  # at the start, while this process is idle: the data loading and the bank fit follow too
 
-    def __init__(self, clock=time.monotonic, busy=busy_cpu_seconds, cores=None):
+    def __init__(self, clock=time.monotonic, busy=busy_cpu_seconds, cores=None, first_look_s=FIRST_LOOK_S):
         import torch
         self.most, self.clock, self.busy = torch.get_num_threads(), clock, busy
         self.cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
         self.last = self._sample()
+        if first_look_s:
+            time.sleep(first_look_s)
+            self.adjust(every_s=0.0)
 
     def _sample(self):
         return self.clock(), self.busy(), time.process_time()
 
-    def adjust(self):
-        """Set torch's threads for the next CHECK_S seconds; returns the count (unchanged between checks)."""
+    def adjust(self, every_s=None):
+        """Set torch's threads for the next `every_s` seconds; returns the count (unchanged between checks)."""
         import torch
+        every_s = self.CHECK_S if every_s is None else every_s
         now = self._sample()
         seconds = now[0] - self.last[0]
-        if seconds < self.CHECK_S or now[1] is None or self.last[1] is None:
+        if seconds <= 0 or seconds < every_s or now[1] is None or self.last[1] is None:
             return torch.get_num_threads()
         others = max(0.0, (now[1] - self.last[1]) - (now[2] - self.last[2])) / seconds  # cores busy elsewhere
         self.last = now
