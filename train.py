@@ -15,7 +15,7 @@ utils/training/engine.py.
 """
 from utils.cli import (AMP_CHOICES, SCALE_HELP, ScriptExit, add_max_pixels_flag, add_target_flag,
                        exit_quietly_on_signals, fraction, given, positive_float, positive_int, scale_arg, size_arg)
-from utils.runtime import UsageError, distributed_env, init_distributed, select_device
+from utils.runtime import FairThreads, UsageError, distributed_env, init_distributed, select_device
 
 exit_quietly_on_signals("train.py", __name__)  # a signal during the imports below: one line
 
@@ -246,9 +246,12 @@ def run(cfg, command, stop):
     names = [base_model_name(cfg.lr, cfg.epochs, cfg.bs, obj_name) for obj_name, _ in classes]
     held = hold_checkpoint_names(cfg.checkpoint_path, names, cfg.log_path) if rank == 0 \
         else contextlib.nullcontext()  # other DDP ranks write nothing
-    with held:
+    threads = FairThreads() if device.type == "cpu" else None  # the cores other programs leave free
+    with held, contextlib.ExitStack() as restore:
+        if threads is not None:
+            restore.callback(threads.restore)  # the process goes on (a test): its threads as they were
         for obj_name, good_dir in classes:
-            base, _ = train_class(cfg, obj_name, good_dir, device, command, stop)
+            base, _ = train_class(cfg, obj_name, good_dir, device, command, stop, threads)
         if demo and rank == 0:
             run_demo_evaluation(cfg, base, Path(cfg.data_path))
 

@@ -125,7 +125,7 @@ class Run:
     run_id: str = field(default_factory=lambda: secrets.token_hex(8))  # in every pair_id this run writes
     prior: PriorFusion | None = None  # --prior features: bank and novelty tail fixed, DRAEM's tail refitted
     val_novelty: torch.Tensor | None = None  # the prior's novelty maps of val["images"] (N, S, S)
-    threads: FairThreads | None = None  # on a CPU: the threads follow what other programs leave free
+    threads: FairThreads | None = None  # on a CPU: the threads follow the cores other programs leave free
 
     @property
     def is_main(self):
@@ -208,11 +208,10 @@ def build_state(settings, data, device, rank, world):
     return TrainState(model, optimizer, scheduler, loader_gen, synth_gen), loader, sampler
 
 
-def setup_run(settings, obj_name, good_dir, device, command, stop=None, clock=time.monotonic):
+def setup_run(settings, obj_name, good_dir, device, command, stop=None, clock=time.monotonic, threads=None):
     """Everything one class's training needs: (Run, TrainState), the state resumed when --resume is set.
     clock: seconds for the --max_minutes budget (a fake one in tests)."""
     start = clock()
-    threads = FairThreads() if device.type == "cpu" else None  # its first interval: the data loading
     rank, _, world = distributed_env()
     amp_dtype = resolve_amp(settings.amp, device)
     (train_set, val_images, whole_val), grayscale, synthesizer = load_class_data(settings, good_dir, device)
@@ -434,13 +433,11 @@ def run_epochs(run, state):
     finally:
         if run.stop is not None:
             run.stop.armed = False
-        if run.threads is not None:
-            run.threads.restore()
 
 
-def train_class(settings, obj_name, good_dir, device, command, stop=None):
+def train_class(settings, obj_name, good_dir, device, command, stop=None, threads=None):
     """Train one class; returns (checkpoint pair name, the trained model). stop: see Run.stop."""
-    run, state = setup_run(settings, obj_name, good_dir, device, command, stop)
+    run, state = setup_run(settings, obj_name, good_dir, device, command, stop, threads=threads)
     run_epochs(run, state)
     if run.is_main:
         log.info("checkpoints: %s (+_seg.pt), logs: %s", Path(settings.checkpoint_path) / f"{run.base}.pt",
