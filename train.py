@@ -158,6 +158,8 @@ def teach_pair(args, command):
     """Check the output folders, find the pair, teach it (utils/training/teach.py); the new pair's name."""
     check_output_dir(args.checkpoint_path, "--checkpoint_path")
     check_output_dir(args.log_path, "--log_path")
+    for out in ("checkpoint_path", "log_path"):  # the taught pair and its record never join the images taught
+        refuse_inside(getattr(args, out), args.add_good, f"--{out}", "--add_good")
     base = args.base_model_name or newest_complete_pair(args.checkpoint_path)
     device = select_device(args.gpu_id)
     return teach(Lesson(args.checkpoint_path, base, args.add_good, args.log_path, args.target_false_reject,

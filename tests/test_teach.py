@@ -232,3 +232,13 @@ def test_a_picture_title_names_the_taught_pair(pair, tmp_path, monkeypatch):
     assert detect.main(["--image_path", str(cls / "test" / "good" / "000.png"), "--checkpoint_path", str(folder),
                         "--output_path", str(tmp_path / "x.png")]) == 0
     assert len(titles) == 1 and titles[0].startswith(f"000.png  ·  {TAUGHT} (teaching 1: +2 good images, ")
+
+
+def test_the_taught_pair_never_lands_inside_the_folder_it_teaches(pair, capsys):
+    folder, _ = pair
+    write_images(folder / "new", 2, size=64, seed=19)  # the good images inside the checkpoint folder
+    before = listing(folder)
+    assert teach_cli(folder, folder) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--checkpoint_path" in err[0] and "--add_good" in err[0]
+    assert listing(folder) == before
