@@ -163,7 +163,11 @@ def evaluate_one(args, detector, base, class_dir, output):
     write_results(results, output, {"base_model_name": base, **detector.meta["config"], "calibration": calibration})
     if page is not None:
         write_results_page(output, page, detector.threshold, title=f"{detector.pair_label()} on {class_dir}")
-    return {k: results["overall"][k] for k in (*METRIC_NAMES, *VERDICTS)}
+    overall = results["overall"]
+    summary = {k: overall[k] for k in (*METRIC_NAMES, *VERDICTS)}
+    if "halves" in overall:  # the three rows of a pair with a prior: DRAEM alone, the novelty alone, fused
+        summary["halves"] = overall["halves"]
+    return summary
 
 
 def mean_metrics(rows):

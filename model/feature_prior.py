@@ -124,21 +124,37 @@ def _greedy(z, k):
     return picked
 
 
+def local_candidates(z, cells, total):
+    """Rows of z (N, d) that stay candidates: each image's own greedy k-centre picks, about `total` in all, shared
+    in proportion to the images' rows (an image of P rows keeps ceil(total * P / N) of them, all when fewer).
+    cells: rows per image, an int (every image alike) or one count per image, in the order of z's rows."""
+    n = z.shape[0]
+    cells = [cells] * (n // cells) if isinstance(cells, int) else list(cells)
+    starts = torch.tensor([0] + cells[:-1]).cumsum(0)  # (images,) first row of each image
+    by_count = {}  # images of the same row count are picked together, as one batch of groups
+    for i, p in enumerate(cells):
+        by_count.setdefault(p, []).append(i)
+    picks = [None] * len(cells)  # each image's rows, in image order
+    for p, images in by_count.items():
+        m = min(p, -(-total * p // n))  # ceil
+        first = starts[images]  # (G,)
+        local = _greedy(z[first[:, None] + torch.arange(p)], m) if m < p else torch.arange(p).expand(len(images), p)
+        for i, rows in zip(images, first[:, None] + local):  # (m,) rows of z each
+            picks[i] = rows
+    return torch.cat(picks)
+
+
 def greedy_coreset(features, k, per_image, seed=0, dim=PROJECTION_DIM, candidates=4):
-    """Indices (k,) of a greedy k-centre coreset of `features` (N, C), N = images x per_image, as PatchCore, with
-    distances in a seeded random projection to `dim` dimensions. For speed the global search runs over about
-    `candidates` x k points: each image's own k-centre coreset first (so its rare patches stay candidates)."""
+    """Indices (k,) of a greedy k-centre coreset of `features` (N, C), as PatchCore, with distances in a seeded
+    random projection to `dim` dimensions. per_image: rows per image, an int or one count per image. For speed
+    the global search runs over about `candidates` x k points: each image's own k-centre coreset first (so its
+    rare patches stay candidates)."""
     n = features.shape[0]
     if k >= n:
         return torch.arange(n)
     g = torch.Generator().manual_seed(seed)
     z = features.float() @ torch.randn(features.shape[1], dim, generator=g)  # (N, dim)
-    images = n // per_image
-    m = min(per_image, math.ceil(candidates * k / images))  # candidates per image
-    pool = torch.arange(n)
-    if m < per_image:
-        local = _greedy(z.view(images, per_image, dim), m)  # (images, m)
-        pool = (local + torch.arange(images)[:, None] * per_image).flatten()  # (images * m,) rows of z
+    pool = local_candidates(z, per_image, candidates * k)
     return pool[_greedy(z[pool][None], k)[0]]
 
 
@@ -159,18 +175,16 @@ def grow_bank(bank, features, per_image, capacity=CORESET_SIZE, seed=0, dim=PROJ
     """Indices into cat([bank, features]) of the grown bank, at most `capacity` rows, in greedy k-centre order.
 
     The greedy of `greedy_coreset` continued from the bank (N, C), whose rows are in the order it picked them:
-    each image's own k-centre candidates (`per_image` rows of `features` an image, at most capacity / images of
-    each), then the candidate farthest from every kept entry joins while the bank has room, or while it is farther
+    each image's own k-centre candidates (`per_image`: rows of `features` an image, an int or one count per image;
+    about capacity in all, `local_candidates`), then the candidate farthest from every kept entry joins while the bank has room, or while it is farther
     than the pick radius of the bank's last kept entry, which then leaves (the coarse cover stays, the finest
     detail goes). In the same seeded projection as the bank's own coreset, so an old bank is its own first picks."""
-    n_old, images = bank.shape[0], features.shape[0] // per_image
+    n_old = bank.shape[0]
     if n_old + features.shape[0] <= capacity:
         return torch.arange(n_old + features.shape[0])
     proj = torch.randn(features.shape[1], dim, generator=torch.Generator().manual_seed(seed))  # greedy_coreset's
     z_old, z_new = bank.float() @ proj, features.float() @ proj  # (N, dim), (M, dim)
-    m = min(per_image, math.ceil(capacity / images))
-    local = _greedy(z_new.view(images, per_image, dim), m)  # (images, m) each image's own picks
-    candidates = (local + torch.arange(images)[:, None] * per_image).flatten()  # rows of features
+    candidates = local_candidates(z_new, per_image, capacity)  # rows of features: each image's own picks
     z = z_new[candidates]  # (P, dim)
     radii, nearest = pick_radii(z_old), nearest_distance(z, z_old)  # (N,), (P,)
     kept, picks, pick_radius = n_old, [], []
@@ -206,15 +220,19 @@ def nearest_distance(queries, bank, chunk=2048):
 
 
 class FeaturePrior(nn.Module):
-    """Feature novelty map of images; `bank` (N, 152) fp16 is its only state (`bank_state` / `from_bank_state`).
-    All 152 channels: averaging them down to 64 (PatchCore) searched ~1.5x faster but cost MTD 0.015 image and
-    0.03 pixel AUROC."""
+    """Feature novelty map of images; `bank` (N, 152) fp16 is its only learnt state (`bank_state` /
+    `from_bank_state`). All 152 channels: averaging them down to 64 (PatchCore) searched ~1.5x faster but cost MTD
+    0.015 image and 0.03 pixel AUROC.
 
-    def __init__(self, bank, size=PRIOR_SIZE, backbone=None):
+    Where the backbone looks: `zoom` None (pairs before the aspect-kept default) resizes every input to the square
+    `size`; a float keeps the input's aspect and resizes it by `zoom` to multiples of 16 (`input_shape`), so the
+    prior sees the part as it is, and a whole working image is one input."""
+
+    def __init__(self, bank, size=PRIOR_SIZE, backbone=None, zoom=None):
         super().__init__()
         if size % 16:
             raise ValueError(f"the prior's size must be a multiple of 16, got {size}")
-        self.size = size
+        self.size, self.zoom = size, None if zoom is None else float(zoom)
         self.backbone = load_backbone() if backbone is None else backbone
         self.register_buffer("bank", bank.half())
         self.eval()
@@ -226,14 +244,26 @@ class FeaturePrior(nn.Module):
         self.backbone.eval()
         return self
 
+    def input_shape(self, height, width):
+        """(h, w) the backbone sees for an input of height x width: the square `size`, or the input zoomed with
+        its aspect kept, each side rounded to a multiple of 16 (at least 16)."""
+        if self.zoom is None:
+            return self.size, self.size
+        return tuple(max(16, int(round(side * self.zoom / 16)) * 16) for side in (height, width))
+
+    def cells(self, height, width):
+        """Bank rows one input of height x width gives (its novelty grid, stride 8)."""
+        h, w = self.input_shape(height, width)
+        return (h // STRIDE) * (w // STRIDE)
+
     @torch.no_grad()  # not inference_mode: the maps may feed a network in training
     def features(self, images):
-        """(B, 3, H, W) in [0, 1], any size -> (B, 152, size/8, size/8), resized to the prior's square side."""
-        if images.shape[-2:] != (self.size, self.size):
+        """(B, 3, H, W) in [0, 1], any size -> (B, 152, h/8, w/8) at `input_shape(H, W)`."""
+        shape = self.input_shape(*images.shape[-2:])
+        if images.shape[-2:] != shape:
             # antialiasing only when shrinking (where it matters; it does not export to ONNX)
-            shrink = max(images.shape[-2:]) > self.size
-            images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", antialias=shrink,
-                                   align_corners=False)
+            shrink = images.shape[-2] > shape[0] or images.shape[-1] > shape[1]
+            images = F.interpolate(images, size=shape, mode="bilinear", antialias=shrink, align_corners=False)
         return self.backbone.patch_features(images)  # (B, 152, h, w)
 
     @torch.no_grad()
@@ -250,23 +280,28 @@ class FeaturePrior(nn.Module):
         return F.interpolate(d, size=size, mode="bilinear", align_corners=False)[:, 0]
 
     def bank_state(self):
-        """What a checkpoint stores: tensors and ints only (loads with weights_only=True)."""
-        return {"bank": self.bank.cpu(), "size": self.size}
+        """What a checkpoint stores: tensors and plain numbers only (loads with weights_only=True)."""
+        state = {"bank": self.bank.cpu(), "size": self.size}
+        return state if self.zoom is None else {**state, "zoom": self.zoom}
 
     @classmethod
     def from_bank_state(cls, state, backbone=None):
-        return cls(state["bank"], state["size"], backbone)
+        return cls(state["bank"], state["size"], backbone, state.get("zoom"))
 
 
 @torch.no_grad()
-def fit_prior(batches, size=PRIOR_SIZE, coreset=CORESET_SIZE, seed=0, backbone=None, device="cpu"):
+def fit_prior(batches, size=PRIOR_SIZE, coreset=CORESET_SIZE, seed=0, backbone=None, device="cpu", zoom=None):
     """A FeaturePrior on `device` whose bank is a coreset of the patch features of good images; `batches` yields
-    (B, 3, H, W) tensors in [0, 1]. Deterministic for a given seed."""
-    prior, c = FeaturePrior(torch.zeros(0, FEATURE_CHANNELS), size, backbone).to(device), FEATURE_CHANNELS
-    feats = [prior.features(x.to(device)).permute(0, 2, 3, 1).reshape(-1, c).half().cpu() for x in batches]
+    (B, 3, H, W) tensors in [0, 1] (with `zoom`, whole working images, of one shape per batch). Deterministic for
+    a given seed."""
+    prior, c = FeaturePrior(torch.zeros(0, FEATURE_CHANNELS), size, backbone, zoom).to(device), FEATURE_CHANNELS
+    feats, cells = [], []
+    for x in batches:
+        f = prior.features(x.to(device))  # (B, C, h, w)
+        feats.append(f.permute(0, 2, 3, 1).reshape(-1, c).half().cpu())
+        cells += [f.shape[-2] * f.shape[-1]] * f.shape[0]
     feats = torch.cat(feats) if feats else torch.zeros(0, c, dtype=torch.half)
-    per_image = (size // STRIDE) ** 2
-    prior.bank = feats[greedy_coreset(feats, coreset, per_image, seed)].to(device)
+    prior.bank = feats[greedy_coreset(feats, coreset, cells, seed)].to(device)
     return prior
 
 
@@ -337,8 +372,19 @@ class PriorFusion(nn.Module):
     def novelty(self, images):
         return self.features(images)  # (B, H, W) nearest-bank distances
 
+    @property
+    def per_tile(self):
+        """Pairs before the aspect-kept default see each tile through the square prior and fuse per tile; with a
+        zoom the prior sees the whole working image once (utils/images/tiles.py `predict`)."""
+        return self.features.zoom is None
+
     def fuse(self, novelty, draem_map):
         return fuse(self.novelty_tail(novelty), self.draem_tail(draem_map), self.gate)
+
+    def alone(self, novelty):
+        """The novelty half's own map (B, H, W) in [0, 1): the fused map where DRAEM adds nothing."""
+        evidence = self.novelty_tail(novelty)
+        return evidence / (evidence + math.log(1 / TAIL_P))
 
     def forward(self, images, draem_map):
         return self.fuse(self.novelty(images), draem_map)

@@ -271,9 +271,15 @@ class Scorer(nn.Module):
                    float(config.get("score_top_fraction", 0.0)), amp_dtype, prior)
 
     def forward(self, images):
+        rec, amap = self.networks(images)
+        return rec, with_prior(self.prior, amap, images)
+
+    def networks(self, images):
+        """DRAEM alone: reconstruction (B, 3, H, W) in [0, 1] and its anomaly map (B, H, W), fp32 (the softmax
+        in fp32 whatever the networks' precision)."""
         with autocast(images.device, self.amp_dtype):
             rec, logits = self.draem(images)
-        return rec.float().clamp(0, 1), with_prior(self.prior, anomaly_map(logits), images)  # fp32 softmax
+        return rec.float().clamp(0, 1), anomaly_map(logits)
 
     def score(self, maps):
         return image_score(maps, self.kernel, self.top_fraction)

@@ -18,11 +18,13 @@ PRESETS = {
 # Anomaly simulation, image score and init. "paper" is the method as published; "ours" adds what measurement
 # kept (docs/training.md): cracks and pits (DefectSynthesizer), photometric jitter, the mean of the hottest 0.3%
 # of the map as the image score, the mean-filter kernel scaled with the image size, the focal prior of the head,
-# and the pretrained feature prior fused with DRAEM's map (model/feature_prior.py; prior "none": DRAEM alone).
+# the pretrained feature prior fused with DRAEM's map (model/feature_prior.py; prior "none": DRAEM alone), and the
+# working scale "auto": each image at its own aspect, its area brought within auto_area (utils/images/reading.py).
 RECIPES = {
-    "paper": dict(jitter=(), score_top_fraction=0.0, scaled_kernel=False, anomaly_prior=None, prior="none"),
+    "paper": dict(jitter=(), score_top_fraction=0.0, scaled_kernel=False, anomaly_prior=None, prior="none",
+                  scale="square"),
     "ours": dict(jitter=PHOTOMETRIC, score_top_fraction=0.003, scaled_kernel=True, anomaly_prior=0.01,
-                 prior="features"),
+                 prior="features", scale="auto"),
 }
 
 
@@ -44,7 +46,10 @@ class Config:
     obj_id: int = -1
     anomaly_source_path: str | None = None  # None: procedural textures
     size: int = _PRESET["size"]
-    scale: str | int = "square"  # "square", "native" or a longer side N
+    scale: str | int = _RECIPE["scale"]  # "auto", "square", "native" or a longer side N
+    scale_factor: float | None = None  # no flag: the zoom "auto" resolves to, from the training images' sizes
+    auto_area_min: int = 36_864  # no flag: "auto" keeps the median image area within these pixels (192^2 ...
+    auto_area_max: int = 102_400  # ... 320^2), one zoom for every image (docs/large-images.md: measured)
     grayscale: str = "auto"  # no flag: grey anomalies when the images are grey ("auto"); "on"/"off" for the API
     val_fraction: float = 0.1
     target_false_reject: float = 0.02  # docs/thresholds.md: why 2%
@@ -70,6 +75,7 @@ class Config:
     scaled_kernel: bool = _RECIPE["scaled_kernel"]
     anomaly_prior: float | None = _RECIPE["anomaly_prior"]
     prior: str = _RECIPE["prior"]  # "features": ImageNet feature novelty fused with DRAEM's map; "none": DRAEM alone
+    prior_zoom: float = 1.0  # no flag: the prior sees each working image zoomed by this (not square scales)
     # output
     checkpoint_path: str = "./checkpoints/"
     log_path: str = "./logs/"

@@ -228,6 +228,7 @@ class RandomCrops(Dataset):
     """
 
     def __init__(self, images, size, seed=0):
+        self.sources = images  # the whole images, as read (the feature prior's bank sees them whole)
         self.images = [pad_to_tile(im, size) for im in images]  # a copy only for images smaller than a tile
         self.size, self.seed = size, seed
         self.index = [i for i, im in enumerate(self.images) for _ in range(crops_per_image(im, size))]

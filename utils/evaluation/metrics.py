@@ -337,6 +337,8 @@ def drop_pixel_metrics(results, types_without_masks):
     for name in [*types_without_masks, "overall"]:
         if name in results:
             results[name].update({k: None for k in PIXEL_METRICS})
+    for half in results.get("overall", {}).get("halves", {}).values():  # the three rows of a pair with a prior
+        half.update({k: None for k in PIXEL_METRICS})
     return results
 
 

@@ -8,8 +8,9 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from utils.data_loader import MVTecTestDataset, list_test_images
-from utils.evaluation.metrics import METRIC_NAMES, drop_pixel_metrics, format_table, per_type_metrics
+from utils.evaluation.metrics import METRIC_NAMES, compute_all, drop_pixel_metrics, format_table, per_type_metrics
 from utils.evaluation.thresholds import _scores, verdict_metrics
+from utils.images.tiles import HALVES
 from utils.outputs.page import PAGE_NAME, thumb_path, write_scored_image
 from utils.runtime import display_name, progress
 from utils.storage.atomic import atomic_open, atomic_write_bytes
@@ -18,9 +19,14 @@ from utils.storage.output_rules import check_output_dir, check_output_file, refu
 VERDICTS = ("threshold", "false_reject_rate", "defect_recall", "best_recall_at_same_frr")  # overall, in --json
 
 
+HALF_ROWS = {"draem": "DRAEM alone", "novelty": "novelty alone", "fused": "fused (the pair)"}
+
+
 def evaluate_class(detector, class_dir, save_images_dir=None, workers=0, page=None):
     """Score every test image; returns {type: {metric: value}, ..., "overall": {...}}, with the verdicts at the
-    detector's threshold among the metrics (`add_verdicts`).
+    detector's threshold among the metrics (`add_verdicts`). For a pair with a feature prior, "overall" also holds
+    "halves": the overall metrics of DRAEM's map alone, the novelty's alone and the fused map, from the same pass
+    (`HALF_ROWS`).
 
     Maps and masks are compared at the checkpoint's working scale (masks resized by nearest neighbour).
     save_images_dir: also write the 4-panel picture of each image there (<type>/<name>.png) and its overlay
@@ -29,12 +35,16 @@ def evaluate_class(detector, class_dir, save_images_dir=None, workers=0, page=No
     ds = MVTecTestDataset(class_dir, detector.size, detector.scale, detector.max_pixels)
     loader = DataLoader(ds, batch_size=None, num_workers=workers)  # one sample at a time, decoded by workers
     labels, scores, masks, maps, types = [], [], [], [], []
+    halves = {half: ([], []) for half in HALVES} if detector.has_halves else {}  # half: (scores, maps)
     for group in progress(detector.batches(loader, read=lambda r: r, image_of=lambda r: r["image"]),
                           desc="evaluate", leave=False):
         batch = {k: [r[k] for _, r in group] for k in ("image", "mask", "label", "type", "path")}
-        out = detector.predict(batch["image"], with_reconstruction=save_images_dir is not None)
+        out = detector.predict(batch["image"], with_reconstruction=save_images_dir is not None, halves=bool(halves))
         scores += [float(s) for s in out["score"]]
         maps += [m.cpu().numpy().astype(np.float32) for m in out["anomaly_map"]]  # (H, W) each
+        for half, (half_scores, half_maps) in halves.items():
+            half_scores += [float(s) for s in out[f"{half}_score"]]
+            half_maps += [m.cpu().numpy().astype(np.float32) for m in out[f"{half}_map"]]
         masks += [m[0].numpy().astype(np.uint8) for m in batch["mask"]]
         labels += batch["label"]
         types += batch["type"]
@@ -44,8 +54,21 @@ def evaluate_class(detector, class_dir, save_images_dir=None, workers=0, page=No
                 page.extend(rows)
     scores = np.array(scores)  # (N,)
     results = per_type_metrics(np.array(types), np.array(labels), scores, masks, maps)
+    if halves:
+        rows = {half: compute_all(labels, np.array(s), masks, m) for half, (s, m) in halves.items()}
+        rows["fused"] = {k: results["overall"][k] for k in METRIC_NAMES}
+        results["overall"]["halves"] = rows
     results = drop_pixel_metrics(results, ds.types_without_masks)
     return add_verdicts(results, types, labels, scores, detector.threshold)
+
+
+def halves_text(results):
+    """The three rows of a pair with a prior (DRAEM alone, the novelty alone, the fused map), or ""."""
+    rows = results["overall"].get("halves")
+    if not rows:
+        return ""
+    table = format_table({HALF_ROWS[k]: v for k, v in rows.items()}, row_label="each half, overall")
+    return f"{table}\n"
 
 
 def panel_name(image_path):
@@ -74,7 +97,7 @@ def save_batch_panels(detector, batch, out, folder):
 def results_text(results, title=""):
     """The results table under a title line (blank when there is no title), then the verdicts."""
     table = f"\n{title}\n{format_table(results)}" if title else f"\n{format_table(results)}"
-    return f"{table}\n{format_verdicts(results)}"
+    return f"{table}\n{halves_text(results)}{format_verdicts(results)}"
 
 
 def json_safe(results):
@@ -96,6 +119,8 @@ def write_results(results, folder, meta):
         w.writerow(["type", *columns])
         for name, m in results.items():
             w.writerow([name, *(_cell(m.get(k)) for k in columns)])
+        for half, m in results["overall"].get("halves", {}).items():  # the three rows: metrics, no verdicts
+            w.writerow([f"{half} (overall)", *(_cell(m.get(k)) for k in columns)])
     text = json.dumps({"results": json_safe(results), "checkpoint": meta}, indent=2)
     atomic_write_bytes(folder / "metrics.json", text.encode("utf-8"))
 

@@ -3,6 +3,7 @@ more pixels than allowed), the working shape (square, native, or longer side N) 
 Training, detection, evaluation and the texture bank all read through here. A special file (a FIFO, a device) is
 never opened."""
 import io
+import math
 import os
 import stat
 
@@ -16,23 +17,53 @@ from utils.config import Config
 DEFAULT_MAX_PIXELS = Config.max_pixels  # larger image files are refused from their header
 
 
-SQUARE, NATIVE = "square", "native"  # working scales; or an int N, the longer side in pixels
+SQUARE, NATIVE, AUTO = "square", "native", "auto"  # working scales; or an int N, the longer side in pixels
 
 
 def scale_of(config):
-    """The working scale a checkpoint config records ("square" for the authors' pairs)."""
+    """The working scale a checkpoint config records ("square" for the authors' pairs): "square", "native", an int
+    N (the longer side), or for "auto" the float zoom factor it resolved to (`auto_zoom`)."""
     scale = config.get("scale", SQUARE)
+    if scale == AUTO:
+        return float(config["scale_factor"])
     return scale if scale in (SQUARE, NATIVE) else int(scale)
 
 
 def working_shape(height, width, scale, size):
-    """(H, W) an image of height x width pixels has at the working scale."""
+    """(H, W) an image of height x width pixels has at the working scale (a float: that zoom factor)."""
     if scale == SQUARE:
         return size, size
     if scale == NATIVE:
         return height, width
-    ratio = scale / max(height, width)
+    ratio = scale if isinstance(scale, float) else scale / max(height, width)
     return max(1, round(height * ratio)), max(1, round(width * ratio))
+
+
+def auto_zoom(sizes, area):
+    """--scale auto: the zoom factor of the working images, from the training images' sizes [(width, height)]:
+    1 (their own pixels) when their median area lies within `area` (min, max) pixels, else the factor that brings
+    it to the nearer bound (utils/config.py auto_area_min / max). One factor for all images, their aspect kept: a
+    defect keeps its size in pixels from image to image."""
+    if not sizes:
+        return 1.0
+    median = float(np.median([w * h for w, h in sizes]))
+    return float(min(max(1.0, math.sqrt(area[0] / median)), math.sqrt(area[1] / median)))
+
+
+def image_size(path, max_pixels=DEFAULT_MAX_PIXELS):
+    """(width, height) of an image file from its header (nothing decoded), or None when it cannot be read (a
+    special file is never opened)."""
+    if special_file_kind(path) is not None:
+        return None
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # ours applies, below
+    try:
+        with Image.open(path) as im:  # lazy: reads the header only
+            w, h = im.size
+    except (OSError, ValueError, SyntaxError):
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    return (w, h) if w * h <= max_pixels else None
 
 
 SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),

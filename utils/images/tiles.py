@@ -62,9 +62,10 @@ def _axis_weights(length, tile, overlap, window):
 
 
 class _Canvas:
-    """One image's tiles and the sums their outputs are blended into (fp32 on `device`)."""
+    """One image's tiles and the sums their outputs are blended into (fp32 on `device`): one map per name in
+    `names`, and the reconstruction when asked."""
 
-    def __init__(self, image, tile, overlap, with_reconstruction, device):
+    def __init__(self, image, tile, overlap, with_reconstruction, device, names=("anomaly_map",)):
         self.h, self.w = image.shape[-2:]
         self.padded = pad_to_tile(image, tile)
         ph, pw = self.padded.shape[-2:]
@@ -75,21 +76,26 @@ class _Canvas:
         # the grid is a product of row and column starts, so the summed 2-D windows are an outer product
         self.weight = (_axis_weights(ph, tile, overlap, window)[:, None]
                        * _axis_weights(pw, tile, overlap, window)[None]).to(device)  # (pH, pW), > 0
-        self.map = torch.zeros(ph, pw, device=device)
+        self.maps = {name: torch.zeros(ph, pw, device=device) for name in names}
         self.rec = torch.zeros(3, ph, pw, device=device) if with_reconstruction else None
         self.tile = tile
 
-    def add(self, y, x, amap, rec):
+    def add(self, y, x, maps, rec):
         t = self.tile
-        self.map[y:y + t, x:x + t] += amap.float() * self.win2d
+        for name, amap in maps.items():
+            self.maps[name][y:y + t, x:x + t] += amap.float() * self.win2d
         if self.rec is not None:
             self.rec[:, y:y + t, x:x + t] += rec.float() * self.win2d
 
     def result(self):
-        self.map /= self.weight  # in place: no second image-sized copy
+        out = {}
+        for name, amap in self.maps.items():
+            amap /= self.weight  # in place: no second image-sized copy
+            out[name] = amap[:self.h, :self.w]
         if self.rec is not None:
             self.rec /= self.weight
-        return self.map[:self.h, :self.w], None if self.rec is None else self.rec[:, :self.h, :self.w]
+        out["reconstruction"] = None if self.rec is None else self.rec[:, :self.h, :self.w]
+        return out
 
 
 @torch.inference_mode()
@@ -102,33 +108,70 @@ def stitch(image, tile_fn, tile, overlap=None, tile_batch=16, with_reconstructio
     return stitch_all([image], tile_fn, tile, overlap, tile_batch, with_reconstruction, device)[0]
 
 
-def stitch_all(images, tile_fn, tile, overlap=None, tile_batch=16, with_reconstruction=False, device=None):
+def stitch_all(images, tile_fn, tile, overlap=None, tile_batch=16, with_reconstruction=False, device=None,
+               names=("anomaly_map",)):
     """`stitch` for a list of images, their tiles batched together in order (a batch of "square" images is one
-    forward pass): a list of `stitch` results."""
+    forward pass): a list of `stitch` results. names: what tile_fn's first output holds, one map per name (a dict
+    {name: (B, tile, tile)} when there are several); each is stitched under its name."""
     overlap = default_overlap(tile) if overlap is None else overlap
     device = torch.device("cpu") if device is None else device
-    canvases = [_Canvas(im, tile, overlap, with_reconstruction, device) for im in images]
+    canvases = [_Canvas(im, tile, overlap, with_reconstruction, device, names) for im in images]
     jobs = [(c, y, x) for c in canvases for y, x in c.grid]
     for i in range(0, len(jobs), tile_batch):
         chunk = jobs[i:i + tile_batch]
         tiles = torch.stack([c.padded[:, y:y + tile, x:x + tile] for c, y, x in chunk]).to(device)  # (B, 3, t, t)
         maps, recs = tile_fn(tiles)
+        maps = maps if isinstance(maps, dict) else {names[0]: maps}
         for j, (c, y, x) in enumerate(chunk):
-            c.add(y, x, maps[j], None if recs is None else recs[j])
-    return [dict(zip(("anomaly_map", "reconstruction"), c.result())) for c in canvases]
+            c.add(y, x, {name: m[j] for name, m in maps.items()}, None if recs is None else recs[j])
+    return [c.result() for c in canvases]
+
+
+HALVES = ("draem", "novelty")  # the two evidences of a pair with a feature prior, each also scored alone
+
+
+def _tile_maps(scorer):
+    """tile_fn for `stitch_all`: DRAEM's map of each tile, and with a per-tile prior (pairs before the aspect-kept
+    default) the novelty half's map and the fused one, fused per tile as those pairs were calibrated."""
+    prior = scorer.prior
+
+    def run(tiles):  # (B, 3, t, t) -> ({name: (B, t, t)}, (B, 3, t, t))
+        rec, amap = scorer.networks(tiles)
+        maps = {"draem": amap}
+        if prior is not None and prior.per_tile:
+            novelty = prior.novelty(tiles)
+            maps.update(novelty=prior.alone(novelty), anomaly_map=prior.fuse(novelty, amap))
+        return maps, rec
+    return run
 
 
 @torch.inference_mode()
-def predict(scorer, images, tile, device, tile_batch=16, with_reconstruction=True):
+def predict(scorer, images, tile, device, tile_batch=16, with_reconstruction=True, halves=False):
     """Images (3, H_i, W_i) in [0, 1] at the working scale -> dict of lists, one entry per image: reconstruction
-    (3, H, W) (None unless `with_reconstruction`), anomaly_map (H, W) and score (0-d), fp32 on `device`."""
-    def run(tiles):  # (B, 3, tile, tile) -> (B, tile, tile), (B, 3, tile, tile)
-        rec, amap = scorer(tiles)
-        return amap, rec
-    outs = stitch_all(images, run, tile, tile_batch=tile_batch, with_reconstruction=with_reconstruction,
-                      device=device)
-    return {"reconstruction": [o["reconstruction"] for o in outs], "anomaly_map": [o["anomaly_map"] for o in outs],
-            "score": [scorer.score(o["anomaly_map"][None])[0] for o in outs]}
+    (3, H, W) (None unless `with_reconstruction`), anomaly_map (H, W) and score (0-d), fp32 on `device`.
+
+    DRAEM sees tiles, stitched; a feature prior with a zoom sees each whole image once and is fused with the
+    stitched DRAEM map. halves: also each half alone (`HALVES`), as <half>_map and <half>_score: DRAEM's own map,
+    and the novelty's (model/feature_prior.py PriorFusion.alone); the novelty's are None without a prior."""
+    prior = scorer.prior
+    per_tile = prior is not None and prior.per_tile
+    names = ("draem", "novelty", "anomaly_map") if per_tile else ("draem",)
+    outs = stitch_all(images, _tile_maps(scorer), tile, tile_batch=tile_batch,
+                      with_reconstruction=with_reconstruction, device=device, names=names)
+    for out, image in zip(outs, images):
+        if prior is None:
+            out.update(anomaly_map=out["draem"], novelty=None)
+        elif not per_tile:  # the whole working image through the prior, (1, H, W)
+            novelty = prior.novelty(image[None].to(device))
+            out.update(anomaly_map=prior.fuse(novelty, out["draem"][None])[0], novelty=prior.alone(novelty)[0])
+    result = {"reconstruction": [o["reconstruction"] for o in outs], "anomaly_map": [o["anomaly_map"] for o in outs],
+              "score": [scorer.score(o["anomaly_map"][None])[0] for o in outs]}
+    if halves:
+        for half in HALVES:
+            maps = [o[half] for o in outs]
+            result[f"{half}_map"] = maps
+            result[f"{half}_score"] = [None if m is None else scorer.score(m[None])[0] for m in maps]
+    return result
 
 
 @torch.inference_mode()

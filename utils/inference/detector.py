@@ -58,9 +58,15 @@ class Detector:
         """An image file as (3, H, W) in [0, 1] at this checkpoint's working scale."""
         return read_image(path, self.size, self.scale, self.max_pixels)
 
-    def predict(self, images, with_reconstruction=True):
-        """Images from `read` -> `predict`'s dict of per-image lists, on self.device."""
-        return predict(self.scorer, list(images), self.size, self.device, self.bs, with_reconstruction)
+    def predict(self, images, with_reconstruction=True, halves=False):
+        """Images from `read` -> `predict`'s dict of per-image lists, on self.device (halves: also each half of a
+        pair with a prior alone, utils/images/tiles.py `predict`)."""
+        return predict(self.scorer, list(images), self.size, self.device, self.bs, with_reconstruction, halves)
+
+    @property
+    def has_halves(self):
+        """True for a pair with a feature prior: two evidences, DRAEM's and the novelty's, fused into its map."""
+        return self.scorer.prior is not None
 
     def verdict(self, score):
         return verdict(score, self.threshold)

@@ -8,6 +8,7 @@
 score), saved by utils/training/resume.py; `run.budget` (utils/training/schedule.py) is the run's length and its
 --max_minutes plan. `settings` is a utils.config.Config.
 """
+import dataclasses
 import logging
 import math
 import secrets
@@ -27,7 +28,7 @@ from utils.config import Config
 from utils.data_loader import (RandomCrops, is_grayscale, list_images, load_images, load_images_at_scale, split_files,
                                validation_crops)
 from utils.evaluation.thresholds import calibrate_threshold
-from utils.images.reading import SQUARE
+from utils.images.reading import AUTO, SQUARE, auto_zoom, image_size, scale_of
 from utils.images.tiles import image_scores, raw_maps
 from utils.loss import DraemLoss
 from utils.runtime import (FairThreads, UsageError, display_name, distributed_env, progress, resolve_amp,
@@ -132,22 +133,30 @@ class Run:
         return self.rank == 0
 
 
-def load_training_sets(settings, train_files, val_files):
+def load_training_sets(settings, train_files, val_files, scale):
     """(training dataset of (uint8 (3, size, size),) items, held-out uint8 (N, 3, size, size) for the synthetic
-    validation, held-out whole images for the threshold or None).
+    validation, held-out whole images for the threshold or None), at the working `scale` (`working_scale`).
 
-    --scale square: whole images resized. native / N: random crops of the images at the working scale
+    --scale square: whole images resized. auto / native / N: random crops of the images at the working scale
     (utils/data_loader.py); the synthetic validation uses fixed crops of the held-out images, and the threshold is
     calibrated on the held-out images scored whole, tiled and stitched exactly as detect.py does.
     """
-    if settings.scale == SQUARE:
+    if scale == SQUARE:
         return (TensorDataset(load_images(train_files, settings.size, settings.workers, settings.max_pixels)),
                 load_images(val_files, settings.size, settings.workers, settings.max_pixels), None)
-    held_out = load_images_at_scale(val_files, settings.size, settings.workers, settings.scale, settings.max_pixels)
-    train_images = load_images_at_scale(train_files, settings.size, settings.workers, settings.scale,
-                                        settings.max_pixels)
+    held_out = load_images_at_scale(val_files, settings.size, settings.workers, scale, settings.max_pixels)
+    train_images = load_images_at_scale(train_files, settings.size, settings.workers, scale, settings.max_pixels)
     return (RandomCrops(train_images, settings.size, settings.seed),
             validation_crops(held_out, settings.size, VAL_SEED), held_out or None)
+
+
+def working_scale(settings, train_files):
+    """The scale images are read at (utils/images/reading.py `scale_of`); "auto" is resolved here, from the
+    training images' sizes (read from their headers), into settings.scale_factor."""
+    if settings.scale == AUTO:
+        sizes = [s for s in (image_size(f, settings.max_pixels) for f in train_files) if s is not None]
+        settings.scale_factor = auto_zoom(sizes, (settings.auto_area_min, settings.auto_area_max))
+    return scale_of(dataclasses.asdict(settings))
 
 
 def load_class_data(settings, good_dir, device):
@@ -157,7 +166,8 @@ def load_class_data(settings, good_dir, device):
     if not files:
         raise UsageError(f"no images in {good_dir}")
     train_files, val_files = split_files(files, settings.val_fraction, settings.seed)
-    train_set, val_images, whole_val = load_training_sets(settings, train_files, val_files)
+    train_set, val_images, whole_val = load_training_sets(settings, train_files, val_files,
+                                                          working_scale(settings, train_files))
     if len(train_set) == 0:
         raise UsageError(f"no readable images in {good_dir}")
     sample = torch.stack([train_set[i][0] for i in range(min(64, len(train_set)))])  # (<=64, 3, S, S) uint8
@@ -175,7 +185,8 @@ def preview_synthesis(settings, good_dir, out, n=8, device="cpu"):
         raise UsageError(f"no images in {good_dir}")
     gen = torch.Generator().manual_seed(settings.seed)
     pick = torch.randperm(len(files), generator=gen)[:n].tolist()
-    picked, _, _ = load_training_sets(settings, [files[i] for i in pick], [])
+    picked_files = [files[i] for i in pick]
+    picked, _, _ = load_training_sets(settings, picked_files, [], working_scale(settings, picked_files))
     images = torch.stack([picked[i][0] for i in range(len(picked))]).float() / 255  # (n, 3, S, S)
     grayscale = {"on": True, "off": False}.get(settings.grayscale, is_grayscale(images))
     bank = load_texture_bank(settings.anomaly_source_path, settings.size) if settings.anomaly_source_path else None
@@ -248,26 +259,36 @@ def setup_run(settings, obj_name, good_dir, device, command, stop=None, clock=ti
 
 
 def bank_images(train_set, settings):
-    """uint8 (N, 3, S, S) the bank is fitted on: the training images (square), else fixed crops of them, the tiles
-    detect.py scores."""
+    """uint8 images the bank is fitted on: the training images (square: (N, 3, S, S)); else, with a zoomed prior,
+    the whole training images at the working scale (a list of (3, H_i, W_i)), as detect.py shows them to it."""
     if isinstance(train_set, RandomCrops):
-        return validation_crops(train_set.images, settings.size, settings.seed)
+        return train_set.sources
     return train_set.tensors[0]
+
+
+def prior_batches(images, bs):
+    """Float batches in [0, 1] of uint8 images: a stack (N, 3, S, S) in batches of bs, a list of images of their
+    own shapes one at a time."""
+    if isinstance(images, list):
+        return (im[None].float() / 255 for im in images)
+    return (images[i:i + bs].float() / 255 for i in range(0, len(images), bs))
 
 
 def fit_run_prior(settings, train_set, val, whole_val, device, bs=32):
     """--prior features: (PriorFusion with the bank of the training images and the novelty tail of the held-out
-    good images, its novelty maps of the validation set), or (None, None) without held-out images."""
+    good images, its novelty maps of the validation set), or (None, None) without held-out images. Square pairs
+    show the prior each image resized to its square side; the others each whole working image, zoomed by
+    settings.prior_zoom, its aspect kept (model/feature_prior.py FeaturePrior)."""
     if val is None:
         log.warning("no held-out images: the feature prior needs them for its tail tables; DRAEM alone")
         return None, None
     t0, images = time.time(), bank_images(train_set, settings)
-    batches = (images[i:i + bs].float() / 255 for i in range(0, len(images), bs))
-    features = fit_prior(batches, seed=settings.seed, device=device)
+    zoom = None if whole_val is None else settings.prior_zoom
+    features = fit_prior(prior_batches(images, bs), seed=settings.seed, device=device, zoom=zoom)
     with torch.inference_mode():
         novelty = torch.cat([features(val["images"][i:i + bs]) for i in range(0, len(val["images"]), bs)])
-    goods = whole_val if whole_val else list(val["images"][:val["n_normal"]])
-    held = novelty[:val["n_normal"]] if not whole_val else raw_maps(features, goods, settings.size, device)
+        held = novelty[:val["n_normal"]] if not whole_val else \
+            [features(im[None].float().to(device) / 255)[0] for im in whole_val]  # as detect.py: whole images
     prior = PriorFusion(features, TailEvidence.fit(torch.cat([m.flatten() for m in held])))
     log.info("feature prior: bank %d x %d from %d images in %.1fs", *features.bank.shape, len(images),
              time.time() - t0)
@@ -337,6 +358,8 @@ def checkpoint(run, state, row):
 def validation_text(row):
     """A metrics row's validation for the log: image AUROC, the reconstruction's R2 on the held-out good images."""
     text = f"val AUROC {row['val_image_auroc']:.3f}" if "val_image_auroc" in row else "val AUROC -"
+    if "val_image_auroc_draem" in row:  # a prior: each half alone too
+        text += f" (DRAEM {row['val_image_auroc_draem']:.3f}, novelty {row['val_image_auroc_novelty']:.3f})"
     if "val_rec_r2" in row:
         text += f"  reconstruction R2 {row['val_rec_r2']:.2f} (min {row['val_rec_r2_min']:.2f})"
     return text

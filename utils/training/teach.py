@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from model.feature_prior import CORESET_SIZE, STRIDE, FeaturePrior, PriorFusion, TailEvidence, grow_bank
+from model.feature_prior import CORESET_SIZE, FeaturePrior, PriorFusion, TailEvidence, grow_bank
 from model.model_unet import Scorer, with_prior
 from utils.config import Config
 from utils.data_loader import list_images, resolve_classes, split_files, validation_crops
@@ -159,24 +159,31 @@ def size_reference(held_files, teachings):
 
 
 # ------------------------------------------------------------------------------------------- the bank
-def bank_units(image, config, size):
-    """What the bank holds of one image: the image itself ("square"), else fixed tile-sized crops of it, as
-    training fits its bank (utils/training/engine.py `bank_images`): (U, 3, size, size) in [0, 1]."""
-    if scale_of(config) == SQUARE:
+def bank_units(image, config, size, zoomed):
+    """What the bank holds of one image, as training fits its bank (utils/training/engine.py `bank_images`): the
+    image itself ("square", or a zoomed prior, which sees whole working images), else (pairs from before the
+    zoomed prior) fixed tile-sized crops of it: (U, 3, H, W) in [0, 1]."""
+    if scale_of(config) == SQUARE or zoomed:
         return image[None]
     return validation_crops([image], size, int(config["seed"]))
+
+
+def same_prior(features, bank):
+    """A FeaturePrior like `features` (its size, zoom and backbone) with another bank."""
+    return FeaturePrior(bank, features.size, features.backbone, features.zoom)
 
 
 @torch.no_grad()
 def taught_bank(fusion, images, config, capacity, device):
     """(bank (N, C) fp16, source (N,) int: the new image each row came from, -1 for the rows kept of the old bank;
     each new image's features (U, C, h, w) fp16, U its bank units)."""
-    feats = [fusion.features.features(bank_units(im.image, config, int(config["size"])).to(device)).half().cpu()
+    zoomed = fusion.features.zoom is not None
+    feats = [fusion.features.features(bank_units(im.image, config, int(config["size"]), zoomed).to(device)).half().cpu()
              for im in images]
     rows = [f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f in feats]  # (U * h * w, C) each
     old = fusion.features.bank.cpu()
-    per_image = (fusion.features.size // STRIDE) ** 2  # rows of one unit
-    keep = grow_bank(old, torch.cat(rows), per_image, capacity, int(config["seed"]))
+    cells = [f.shape[-2] * f.shape[-1] for f in feats for _ in range(f.shape[0])]  # rows of each unit
+    keep = grow_bank(old, torch.cat(rows), cells, capacity, int(config["seed"]))
     bank = torch.cat([old, *rows])[keep]
     source = torch.cat([torch.full((old.shape[0],), -1), *(torch.full((len(r),), j) for j, r in enumerate(rows))])
     return bank, source[keep], feats
@@ -185,21 +192,25 @@ def taught_bank(fusion, images, config, capacity, device):
 def leave_self_out_novelty(fusion, bank, source, goods, config, device):
     """Novelty maps (H, W) of the good images (image, j, features), the training's held-out images first (j None):
     those against the whole bank, each new image j against the bank without its own rows, never against
-    itself. A "square" image is one bank unit, so its features are not computed again."""
-    size = int(config["size"])
+    itself. A "square" image, or a whole image of a zoomed prior, is one bank unit, so its features are not
+    computed again; crops of pairs from before the zoomed prior are scored tiled, as those pairs detect."""
+    size, zoomed = int(config["size"]), fusion.features.zoom is not None
+    one_unit = zoomed or scale_of(config) == SQUARE
 
     def prior(keep):
-        return FeaturePrior(bank[keep], fusion.features.size, fusion.features.backbone).to(device)
+        return same_prior(fusion.features, bank[keep]).to(device)
     maps = []
     held = [im for im, j, _ in goods if j is None]
     if held:
-        maps += raw_maps(prior(torch.ones_like(source, dtype=torch.bool)), held, size, device)
+        everything = prior(torch.ones_like(source, dtype=torch.bool))
+        maps += [everything(im[None].to(device))[0] for im in held] if zoomed else \
+            raw_maps(everything, held, size, device)  # square: one tile each
     for im, j, f in goods:
         if j is None:
             continue
         own = prior(source != j)
-        maps += list(own.novelty(f.float().to(device), (size, size))) if scale_of(config) == SQUARE \
-            else raw_maps(own, [im], size, device)
+        maps += list(own.novelty(f.float().to(device), im.shape[-2:])) if one_unit else \
+            raw_maps(own, [im], size, device)
     return maps
 
 
@@ -271,7 +282,7 @@ def refit(lesson, model, config, fusion, images, held):
     bank, source, feats = taught_bank(fusion, images, config, lesson.capacity, lesson.device)
     goods = [(im, None, None) for im in held] + [(im.image, j, feats[j]) for j, im in enumerate(images)]
     novelty = leave_self_out_novelty(fusion, bank, source, goods, config, lesson.device)
-    fusion.features = FeaturePrior(bank, fusion.features.size, fusion.features.backbone).to(lesson.device)
+    fusion.features = same_prior(fusion.features, bank).to(lesson.device)
     (fusion.novelty_tail, fusion.draem_tail), calib = calibrate(model, config, fusion, novelty, goods,
                                                                 lesson.target_false_reject, lesson.device)
     return calib, int((source >= 0).sum())

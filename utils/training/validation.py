@@ -25,7 +25,8 @@ def build_validation(images, synthesizer, device, seed):
 
 def validate(scorer, val, bs, target_false_reject, prior=None, novelty=None):
     """Image AUROC and pixel AP on the synthetic validation set, the reconstruction's R² on its good images (mean
-    and min, utils/evaluation/metrics.py `reconstruction_r2`), plus the calibration from its normal half.
+    and min, utils/evaluation/metrics.py `reconstruction_r2`), plus the calibration from its normal half. With a
+    prior, the same two metrics of each half alone (`_draem`, `_novelty`): the three rows of evaluate.py.
 
     Scored in fp32 whatever the training precision: the threshold must fit the scores detect.py computes.
     scorer: DRAEM alone; prior (PriorFusion) and novelty (its maps of val["images"], which are fixed, so computed
@@ -33,20 +34,30 @@ def validate(scorer, val, bs, target_false_reject, prior=None, novelty=None):
     """
     scorer.eval()
     images, tile, n_normal = val["images"], val["images"].shape[-1], val["n_normal"]
-    scores, maps, recs = [], [], []
+    maps = {"": [], "_draem": [], "_novelty": []}  # fused (or DRAEM's without a prior), and each half
+    recs = []
     for i in range(0, len(images), bs):
         out = predict(scorer, list(images[i:i + bs]), tile, images.device, bs, with_reconstruction=i < n_normal)
         recs += [r.cpu() for r in out["reconstruction"][:max(0, n_normal - i)]]  # (3, S, S) of the good images
         batch = torch.stack(out["anomaly_map"])  # (B, S, S)
-        with torch.inference_mode():
-            batch = with_prior(prior, batch, novelty=None if prior is None else novelty[i:i + bs].to(batch.device))
-        scores += list(scorer.score(batch).cpu())
-        maps += list(batch.cpu())
+        if prior is not None:
+            with torch.inference_mode():
+                n = novelty[i:i + bs].to(batch.device)
+                maps["_draem"].append(batch.cpu())
+                maps["_novelty"].append(prior.alone(n).cpu())
+                batch = with_prior(prior, batch, novelty=n)
+        maps[""].append(batch.cpu())
     scorer.train()
-    scores, maps = torch.stack(scores), torch.stack(maps)
     labels, masks = val["labels"].cpu().numpy(), val["masks"][:, 0].cpu().numpy()
+    metrics, scores = {}, None
+    for suffix, parts in maps.items():
+        if parts:
+            m = torch.cat(parts)  # (N, S, S)
+            s = scorer.score(m)  # (N,)
+            scores = s if not suffix else scores
+            metrics.update({f"val_image_auroc{suffix}": image_auroc(labels, s.numpy()),
+                            f"val_pixel_ap{suffix}": pixel_ap(masks, m.numpy())})
     r2 = reconstruction_r2(torch.stack(recs), images[:n_normal].cpu())  # (n_normal,)
     r2 = r2[np.isfinite(r2)]  # a flat image has no variance to explain
     rec = {"val_rec_r2": float(r2.mean()), "val_rec_r2_min": float(r2.min())} if r2.size else {}
-    return ({"val_image_auroc": image_auroc(labels, scores.numpy()), "val_pixel_ap": pixel_ap(masks, maps.numpy()),
-             **rec}, calibrate_threshold(scores[:n_normal], target_false_reject))
+    return {**metrics, **rec}, calibrate_threshold(scores[:n_normal], target_false_reject)
