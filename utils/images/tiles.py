@@ -145,6 +145,37 @@ def _tile_maps(scorer):
     return run
 
 
+def _whole_maps(scorer, images, device, batch, with_reconstruction):
+    """`stitch_all`'s results with DRAEM on each whole image at once (fully convolutional): padded by reflection at
+    the bottom and right to multiples of 32 (its five poolings), the outputs cropped back; images of one padded
+    shape are run together, `batch` at a time."""
+    outs = [None] * len(images)
+    groups = {}
+    for i, im in enumerate(images):
+        h, w = im.shape[-2:]
+        groups.setdefault((-(-h // 32) * 32, -(-w // 32) * 32), []).append(i)
+    run = _tile_maps(scorer)
+    for (ph, pw), index in groups.items():
+        for start in range(0, len(index), batch):
+            part = index[start:start + batch]
+            x = torch.stack([_pad_to(images[i], ph, pw) for i in part]).to(device)  # (B, 3, pH, pW)
+            maps, rec = run(x)
+            for j, i in enumerate(part):
+                h, w = images[i].shape[-2:]
+                outs[i] = {name: m[j, :h, :w].float() for name, m in maps.items()}
+                outs[i]["reconstruction"] = rec[j, :, :h, :w].float() if with_reconstruction else None
+    return outs
+
+
+def _pad_to(image, height, width):
+    """(C, H, W) -> (C, height, width), reflected at the bottom and right (edge for a 1-pixel side)."""
+    h, w = image.shape[-2:]
+    if (h, w) == (height, width):
+        return image
+    mode = "reflect" if min(h, w) > 1 else "edge"
+    return torch.from_numpy(np.pad(image.numpy(), ((0, 0), (0, height - h), (0, width - w)), mode=mode))
+
+
 @torch.inference_mode()
 def predict(scorer, images, tile, device, tile_batch=16, with_reconstruction=True, halves=False):
     """Images (3, H_i, W_i) in [0, 1] at the working scale -> dict of lists, one entry per image: reconstruction
@@ -156,8 +187,11 @@ def predict(scorer, images, tile, device, tile_batch=16, with_reconstruction=Tru
     prior = scorer.prior
     per_tile = prior is not None and prior.per_tile
     names = ("draem", "novelty", "anomaly_map") if per_tile else ("draem",)
-    outs = stitch_all(images, _tile_maps(scorer), tile, tile_batch=tile_batch,
-                      with_reconstruction=with_reconstruction, device=device, names=names)
+    if tile is None:  # DRAEM on whole images (fully convolutional), no tiles
+        outs = _whole_maps(scorer, images, device, tile_batch, with_reconstruction)
+    else:
+        outs = stitch_all(images, _tile_maps(scorer), tile, tile_batch=tile_batch,
+                          with_reconstruction=with_reconstruction, device=device, names=names)
     for out, image in zip(outs, images):
         if prior is None:
             out.update(anomaly_map=out["draem"], novelty=None)

@@ -27,6 +27,7 @@ class Detector:
         self.scorer = Scorer.from_config(model.to(self.device).eval(), meta["config"], amp_dtype, prior).eval()
         self.meta = meta
         self.size = int(meta["config"]["size"])
+        self.tile = self.size  # DRAEM's tiles (None: each whole image at once)
         self.scale = scale_of(meta["config"])  # "square" (whole image resized), "native" or a longer side N
         self.threshold = meta["calibration"].get("threshold")
         self.name = None  # the pair's name, when loaded from files
@@ -61,7 +62,7 @@ class Detector:
     def predict(self, images, with_reconstruction=True, halves=False):
         """Images from `read` -> `predict`'s dict of per-image lists, on self.device (halves: also each half of a
         pair with a prior alone, utils/images/tiles.py `predict`)."""
-        return predict(self.scorer, list(images), self.size, self.device, self.bs, with_reconstruction, halves)
+        return predict(self.scorer, list(images), self.tile, self.device, self.bs, with_reconstruction, halves)
 
     @property
     def has_halves(self):

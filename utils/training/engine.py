@@ -412,7 +412,15 @@ def train_epoch(run, state, t0):
         n += 1
         bar.set_postfix(loss=f"{sums['loss'] / n:.4f}", refresh=False)  # drawn at the bar's own pace
         if state.step == run.budget.first_step + PLAN_AFTER_STEPS:
-            replan(run, state)
+            if run.budget.seconds and not run.budget.checkpoints_s:
+                # the first plan must know what a checkpoint costs (tiled validation of large images: tens of
+                # seconds), or its last one runs past --max_minutes: one now, timed, then the plan (`checkpoint`)
+                row = progress_row(state, state.epoch + n / len(run.loader), sums, n, t0)
+                checkpoint(run, state, row)
+                if run.is_main:
+                    log.info("step %d  %s", state.step, validation_text(row))
+            else:
+                replan(run, state)
         late, signalled = should_stop(run, state)
         if signalled:
             stop_on_signal(run, state)
