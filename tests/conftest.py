@@ -54,6 +54,15 @@ def shared_path(*parts):
     return p
 
 
+def stroke_width(mask):
+    """Mean width in pixels of the thin strokes in a bool mask (H, W): area / length, the length being half the
+    contours' perimeter (a stroke's outline runs along both of its sides)."""
+    m = mask.astype(np.uint8)
+    contours, _ = cv2.findContours(m, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    length = sum(cv2.arcLength(c, closed=True) for c in contours) / 2
+    return m.sum() / max(length, 1.0)
+
+
 WIDGET_PAIR = "DRAEM_test_0.001_1_bs4_widget_"  # utils.storage.pairs.base_model_name(0.001, 1, 4, "widget")
 
 
