@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from model import DRAEM, weights_init
-from model.feature_prior import CORESET_SIZE, PRIOR_SIZE, PriorFusion, TailEvidence, fit_prior
+from model.feature_prior import (CORESET_SIZE, FEATURE_CHANNELS, PRIOR_SIZE, FeaturePrior, PriorFusion,
+                                 TailEvidence, fit_prior, load_backbone)
 from model.model_unet import autocast
 from utils.config import PRESETS, Config
-from utils.images.reading import read_image
+from utils.images.reading import auto_zoom, image_size, read_image
 from utils.images.tiles import count_tiles
 from utils.inference.detector import Detector
 from utils.loss import DraemLoss
@@ -260,6 +261,32 @@ def bench_prior(model, cfg, device, warmup, iters, seed, n_images):
             "detect_alone_ms": 1000 * t_alone, "detect_prior_ms": 1000 * t_fused, "prior_over_alone": t_fused / t_alone}
 
 
+def bench_default_detect(model, cfg, device, warmup, iters, path):
+    """Detection of one image file (read, working shape, DRAEM, the feature prior, score), as detect.py scores it:
+    at the default scale ("auto": the image at its own aspect, its area brought to the training images' working
+    area; here trained on images of this file's size) against "square" (resized to --size, the prior at its square
+    side), both with a full bank of random features (the search costs what a fitted bank's does)."""
+    config = Config.build("cpu")
+    w, h = image_size(path)
+    zoom = auto_zoom([(w, h)], (config.auto_area_min, config.auto_area_max))
+    tail = TailEvidence.fit(torch.rand(1000, generator=torch.Generator().manual_seed(0)))
+    bank = torch.randn(CORESET_SIZE, FEATURE_CHANNELS, generator=torch.Generator().manual_seed(0))
+    backbone = load_backbone()
+    detectors = {}
+    for name, scale, prior_zoom in (("auto", {"scale": "auto", "scale_factor": zoom}, config.prior_zoom),
+                                    ("square", {"scale": "square"}, None)):
+        meta = {"config": {"size": cfg["size"], "score_top_fraction": config.score_top_fraction, **scale},
+                "calibration": {}}
+        det = Detector(model, meta, device)
+        det.scorer.prior = PriorFusion(FeaturePrior(bank, backbone=backbone, zoom=prior_zoom), tail, tail).to(device)
+        detectors[name] = det
+    t_auto, t_square = interleaved_medians([lambda: float(d.predict([d.read(path)], False)["score"][0])
+                                            for d in detectors.values()], warmup, iters, device)
+    shape = "x".join(str(v) for v in detectors["auto"].read(path).shape[:0:-1])
+    return {"default_detect_image": f"{w}x{h}", "default_working_shape": shape, "default_detect_ms": 1000 * t_auto,
+            "square_detect_ms": 1000 * t_square, "default_over_square": t_auto / t_square}
+
+
 def bench_read(path, size, iters):
     """Median ms of read_image(path, size): decode + colour conversion + resize (one warm-up call)."""
     (t,) = interleaved_medians([lambda: read_image(path, size)], 1, iters, torch.device("cpu"))
@@ -307,6 +334,8 @@ def run_config(name, args, device, read_path):
     log.info("%s: feature prior (fit and detection, fp32) ...", name)
     model.load_state_dict(initial)
     out["prior"] = bench_prior(model, cfg, device, d_warmup, d_iters, args.seed, 4 if args.tiny else PRIOR_IMAGES)
+    log.info("%s: detection of %s at the default scale and at square ...", name, read_path.name)
+    out["default"] = bench_default_detect(model, cfg, device, d_warmup, d_iters, read_path)
     if "fp32" in out and "bf16" in out:
         out["bf16_train_speedup"] = out["bf16"]["train_e2e_img_s"] / out["fp32"]["train_e2e_img_s"]
         out["bf16_detect_speedup"] = out["fp32"]["detect_e2e_ms"] / out["bf16"]["detect_e2e_ms"]
@@ -343,6 +372,9 @@ def report_table(result):
                      "{prior_fit_s_per_1000:.1f} s per 1000 images (from {prior_fit_images}), bank "
                      "{prior_bank_mb:.2f} MB ({prior_bank_rows} rows; {prior_bank_mb_full:.2f} MB full)"
                      .format(name=name, **c["prior"]))
+        lines.append("{name:<7}detection of a {default_detect_image} file, read and scored as detect.py does (fp32, "
+                     "prior): default scale (working shape {default_working_shape}) {default_detect_ms:.1f} ms, "
+                     "square {square_detect_ms:.1f} ms = x{default_over_square:.2f}".format(name=name, **c["default"]))
     if result["device"] == "cpu":
         lines.append("peak MB on CPU: the process's max RSS so far (cumulative over the rows above)")
     return "\n".join(lines)
@@ -351,10 +383,11 @@ def report_table(result):
 def summary(configs, precisions):
     """The headline keys, from the cpu config when it ran (else the first one)."""
     main_cfg = configs.get("cpu") or next(iter(configs.values()))
-    first, prior = main_cfg[precisions[0]], main_cfg["prior"]
+    first, prior, default = main_cfg[precisions[0]], main_cfg["prior"], main_cfg["default"]
     return {"train_e2e_over_bare": first["train_e2e_over_bare"], "detect_over_bare": first["detect_over_bare"],
             "bf16_speedup": main_cfg.get("bf16_train_speedup"), "prior_over_alone": prior["prior_over_alone"],
-            "prior_fit_s_per_1000": prior["prior_fit_s_per_1000"]}
+            "prior_fit_s_per_1000": prior["prior_fit_s_per_1000"], "default_detect_ms": default["default_detect_ms"],
+            "default_over_square": default["default_over_square"]}
 
 
 def main(argv=None):

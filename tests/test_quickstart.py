@@ -26,7 +26,7 @@ def test_quickstart_commands_are_the_ones_tested_here():
 def test_demo_train_then_detect_tiny(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # data/demo, checkpoints/, logs/ and the PNG land here, as for a new user
     monkeypatch.setitem(config.PRESETS, "cpu", dict(size=32, rec_base_width=4, seg_base_width=2, bs=4, epochs=2))
-    tiny = functools.partial(demo_data.make_demo_dataset, n_train=12, n_test_good=4, n_test_per_defect=2, size=64)
+    tiny = functools.partial(demo_data.make_demo_dataset, n_train=12, n_test_good=4, n_test_per_defect=2, shape=(64, 256))
     monkeypatch.setattr(train, "make_demo_dataset", tiny)
     assert train.main(["--amp", "off"]) == 0
     out = capsys.readouterr().out

@@ -227,11 +227,13 @@ class RandomCrops(Dataset):
     A 1-tuple, like TensorDataset's items, so the training loop reads `for (batch,) in loader` either way.
     """
 
-    def __init__(self, images, size, seed=0):
+    def __init__(self, images, size, seed=0, per_image=None):
         self.sources = images  # the whole images, as read (the feature prior's bank sees them whole)
         self.images = [pad_to_tile(im, size) for im in images]  # a copy only for images smaller than a tile
         self.size, self.seed = size, seed
-        self.index = [i for i, im in enumerate(self.images) for _ in range(crops_per_image(im, size))]
+        # crops of each image per epoch: one per size x size of its area (None), or `per_image`
+        counts = [crops_per_image(im, size) if per_image is None else per_image for im in self.images]
+        self.index = [i for i, n in enumerate(counts) for _ in range(n)]
         self.set_epoch(0)
 
     def set_epoch(self, epoch):

@@ -137,8 +137,8 @@ def load_training_sets(settings, train_files, val_files, scale):
     """(training dataset of (uint8 (3, size, size),) items, held-out uint8 (N, 3, size, size) for the synthetic
     validation, held-out whole images for the threshold or None), at the working `scale` (`working_scale`).
 
-    --scale square: whole images resized. auto / native / N: random crops of the images at the working scale
-    (utils/data_loader.py); the synthetic validation uses fixed crops of the held-out images, and the threshold is
+    --scale square: whole images resized. auto / native / N: random --size crops of the images at the working scale
+    (utils/data_loader.py RandomCrops); the synthetic validation uses fixed crops of the held-out images, and the threshold is
     calibrated on the held-out images scored whole, tiled and stitched exactly as detect.py does.
     """
     if scale == SQUARE:
@@ -146,7 +146,10 @@ def load_training_sets(settings, train_files, val_files, scale):
                 load_images(val_files, settings.size, settings.workers, settings.max_pixels), None)
     held_out = load_images_at_scale(val_files, settings.size, settings.workers, scale, settings.max_pixels)
     train_images = load_images_at_scale(train_files, settings.size, settings.workers, scale, settings.max_pixels)
-    return (RandomCrops(train_images, settings.size, settings.seed),
+    # "auto": an epoch is one random crop of each image, so that --epochs costs what it does at "square"; native /
+    # N: one crop per --size^2 of each image's area
+    per_image = 1 if settings.scale == AUTO else None
+    return (RandomCrops(train_images, settings.size, settings.seed, per_image),
             validation_crops(held_out, settings.size, VAL_SEED), held_out or None)
 
 
