@@ -33,7 +33,7 @@ from model import DRAEM, weights_init
 from model.feature_prior import CORESET_SIZE, PRIOR_SIZE, PriorFusion, TailEvidence, fit_prior
 from model.model_unet import autocast
 from utils.config import PRESETS, Config
-from utils.images.reading import read_image
+from utils.images.reading import image_file_size, read_image
 from utils.images.tiles import count_tiles
 from utils.inference.detector import Detector
 from utils.loss import DraemLoss
@@ -368,13 +368,13 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         read_path = Path(args.image_path) if args.image_path else write_test_image(tmp, 64 if args.tiny else 1024,
                                                                                   args.seed)
-        shape = cv2.imread(str(read_path), cv2.IMREAD_UNCHANGED).shape
+        width, height = image_file_size(read_path)  # through the one reader: a FIFO given is never opened
         log.info("synthesis ...")
         result = {"device": str(device), "threads": args.threads, "native_bf16": cpu_has_native_bf16(),
                   "texture_source": args.anomaly_source_path or "procedural textures",
                   "synth_size": args.synth_size, "synth_bs": args.synth_bs,
                   "synth_samples_per_s": bench_synthesis(args, device),
-                  "read_image": f"{'a generated ' if not args.image_path else ''}{shape[1]}x{shape[0]} "
+                  "read_image": f"{'a generated ' if not args.image_path else ''}{width}x{height} "
                                 f"{read_path.suffix[1:]}", "precisions": args.precisions,
                   "configs": {name: run_config(name, args, device, read_path) for name in args.configs}}
     result["loadavg"] = "start {:.2f} {:.2f} {:.2f}, end {:.2f} {:.2f} {:.2f}".format(*load_before, *os.getloadavg())
