@@ -94,7 +94,7 @@ class Taught:
         save_pair(self.model, checkpoint_path, name, self.config, self.calibration, self.pair_id, prior=self.prior)
 
 
-# ------------------------------------------------------------------------------------------- refusals
+# ------------------------------------------------------------------------------------------- stopping
 def stop_here(stop, saved="nothing taught"):
     """Interrupted when a signal asked teaching to stop (`Lesson.stop`): raised between two steps, so a signal never
     cuts a write, a lock or a log line in half."""
@@ -102,6 +102,7 @@ def stop_here(stop, saved="nothing taught"):
         raise stop.interrupted(saved)
 
 
+# ------------------------------------------------------------------------------------------- refusals
 def check_teachable(meta, base):
     """UsageError unless the pair has a feature prior, the bank teaching adds to."""
     if meta.get("original"):
