@@ -34,7 +34,7 @@ from model.feature_prior import (CORESET_SIZE, FEATURE_CHANNELS, PRIOR_SIZE, Fea
                                  TailEvidence, fit_prior, load_backbone)
 from model.model_unet import autocast
 from utils.config import PRESETS, Config
-from utils.images.reading import auto_zoom, image_size, read_image
+from utils.images.reading import auto_zoom, image_file_size, read_image
 from utils.images.tiles import count_tiles
 from utils.inference.detector import Detector
 from utils.loss import DraemLoss
@@ -267,7 +267,7 @@ def bench_default_detect(model, cfg, device, warmup, iters, path):
     area; here trained on images of this file's size) against "square" (resized to --size, the prior at its square
     side), both with a full bank of random features (the search costs what a fitted bank's does)."""
     config = Config.build("cpu")
-    w, h = image_size(path)
+    w, h = image_file_size(path)
     zoom = auto_zoom([(w, h)], (config.auto_area_min, config.auto_area_max))
     tail = TailEvidence.fit(torch.rand(1000, generator=torch.Generator().manual_seed(0)))
     bank = torch.randn(CORESET_SIZE, FEATURE_CHANNELS, generator=torch.Generator().manual_seed(0))
@@ -401,13 +401,13 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         read_path = Path(args.image_path) if args.image_path else write_test_image(tmp, 64 if args.tiny else 1024,
                                                                                   args.seed)
-        shape = cv2.imread(str(read_path), cv2.IMREAD_UNCHANGED).shape
+        width, height = image_file_size(read_path)  # through the one reader: a FIFO given is never opened
         log.info("synthesis ...")
         result = {"device": str(device), "threads": args.threads, "native_bf16": cpu_has_native_bf16(),
                   "texture_source": args.anomaly_source_path or "procedural textures",
                   "synth_size": args.synth_size, "synth_bs": args.synth_bs,
                   "synth_samples_per_s": bench_synthesis(args, device),
-                  "read_image": f"{'a generated ' if not args.image_path else ''}{shape[1]}x{shape[0]} "
+                  "read_image": f"{'a generated ' if not args.image_path else ''}{width}x{height} "
                                 f"{read_path.suffix[1:]}", "precisions": args.precisions,
                   "configs": {name: run_config(name, args, device, read_path) for name in args.configs}}
     result["loadavg"] = "start {:.2f} {:.2f} {:.2f}, end {:.2f} {:.2f} {:.2f}".format(*load_before, *os.getloadavg())

@@ -154,8 +154,9 @@ def parse_teach_args(argv):
     return p.parse_args(argv)
 
 
-def teach_pair(args, command):
-    """Check the output folders, find the pair, teach it (utils/training/teach.py); the new pair's name."""
+def teach_pair(args, command, stop):
+    """Check the output folders, find the pair, teach it (utils/training/teach.py); the new pair's name. stop: a
+    signal ends the teaching at its next step."""
     check_output_dir(args.checkpoint_path, "--checkpoint_path")
     check_output_dir(args.log_path, "--log_path")
     for out in ("checkpoint_path", "log_path"):  # the taught pair and its record never join the images taught
@@ -163,7 +164,7 @@ def teach_pair(args, command):
     base = args.base_model_name or newest_complete_pair(args.checkpoint_path)
     device = select_device(args.gpu_id)
     return teach(Lesson(args.checkpoint_path, base, args.add_good, args.log_path, args.target_false_reject,
-                        str(device), args.max_pixels, argv=tuple(command)))
+                        str(device), args.max_pixels, argv=tuple(command), stop=stop))
 
 
 def build_parser(d, add_help=True):
@@ -208,8 +209,8 @@ def main(argv=None):
     command = ["train.py", *argv]
     if given(argv, TEACH_FLAG):
         args = parse_teach_args(argv)
-        with ScriptExit("train.py", (UsageError, OSError)) as outcome:
-            teach_pair(args, command)
+        with ScriptExit("train.py", (UsageError, OSError), armed=True) as outcome:  # signals: between its steps
+            teach_pair(args, command, outcome.stop)
         return outcome.code
     cfg = parse_args(argv)
     try:  # 2: bad input; 1: a failed write (checkpoints stay whole), nan; 130/143: a signal (the epoch loop arms

@@ -1,13 +1,18 @@
 """Tests for utils/cli.py and utils/runtime.py: progress bars in a log (not a terminal) write plain lines, throttled;
-the quiet start; the threads of a fair neighbour."""
+the quiet start and end; signals in an armed ScriptExit; the threads of a fair neighbour."""
 import io
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
 import torch
 
-from utils.runtime import LOG_INTERVAL_S, FairThreads, busy_cpu_seconds, progress
+from tests.conftest import ROOT
+from utils.cli import ScriptExit
+from utils.runtime import LOG_INTERVAL_S, FairThreads, Interrupted, busy_cpu_seconds, progress
 
 
 class Terminal(io.StringIO):
@@ -97,3 +102,40 @@ def test_busy_cpu_seconds_reads_the_cpu_line(tmp_path):
     stat.write_text("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\n")
     assert busy_cpu_seconds(stat) == pytest.approx(150 / os.sysconf("SC_CLK_TCK"))  # idle and iowait left out
     assert busy_cpu_seconds(tmp_path / "none") is None
+
+
+LAST_MOMENT = """
+import os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from utils.cli import exit_quietly_on_signals
+exit_quietly_on_signals("x.py", "__main__")
+
+class Late:  # dropped while the interpreter ends, after the atexit functions
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIG{name})
+        time.sleep(0.2)
+
+late = Late()
+"""
+
+
+@pytest.mark.parametrize("name", ["INT", "TERM"])
+def test_a_signal_while_a_script_ends_changes_nothing(name):
+    """Once main() has returned, the work is done: a signal in the interpreter's last steps is ignored (exit 0)
+    instead of killing the process without a word (Python puts back the default action as it ends)."""
+    res = subprocess.run([sys.executable, "-c", LAST_MOMENT.format(name=name), str(ROOT)], capture_output=True,
+                         text=True, timeout=60)
+    assert (res.returncode, res.stdout, res.stderr) == (0, "", "")
+
+
+def test_an_armed_script_exit_turns_no_signal_into_a_traceback():
+    """ScriptExit(armed=True): a signal while its handlers are installed or restored only asks the work to stop;
+    Interrupted is a BaseException, so `except Exception` (logging's handlers, a loader) never swallows it."""
+    assert not issubclass(Interrupted, Exception)
+    with ScriptExit("x.py", armed=True) as outcome:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # a second one stops at once
+    assert outcome.code == 130 and outcome.stop.requested
+    with ScriptExit("x.py", armed=True) as outcome:
+        os.kill(os.getpid(), signal.SIGINT)
+    assert outcome.code == 0 and outcome.stop.requested  # the work ended first: nothing left to stop

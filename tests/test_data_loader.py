@@ -1,14 +1,19 @@
-"""utils/data_loader.py: reading, working scale, class folders, split, datasets and training crops."""
+"""utils/data_loader.py: reading (utils/images/reading.py, the one way in), working scale, class folders, split,
+datasets and training crops."""
+import ast
+import os
+
 import cv2
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tests.conftest import shared_path, write_images
+from tests.conftest import ROOT, shared_path, write_images
+from utils.images import reading
 from utils.data_loader import (MVTecTestDataset, RandomCrops, crops_per_image, is_grayscale, list_images, load_images,
                                load_images_at_scale, resolve_classes, split_files, validation_crops)
-from utils.images.reading import read_image
+from utils.images.reading import read_file_bytes, read_image
 
 
 def test_reads_16bit_gray_rgba_bmp_tif_any_size(tmp_path):
@@ -38,6 +43,44 @@ def test_unreadable_file_error_names_it(tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(ValueError, match="broken.png"):
         read_image(bad)
+
+
+def test_the_reader_refuses_special_files_before_opening_them(tmp_path, monkeypatch):
+    if not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"):
+        pytest.skip("no FIFOs or no /dev/zero on this system")
+    os.mkfifo(tmp_path / "pipe.png")  # no writer: opening it for a plain read would wait forever
+    (tmp_path / "zero.png").symlink_to("/dev/zero")  # reading it would never end
+    cases = (("pipe.png", "a FIFO"), ("zero.png", "a character device"))
+    for name, kind in cases:
+        with pytest.raises(ValueError, match=rf"{name}: {kind}, not an image file \(not opened\)"):
+            read_file_bytes(tmp_path / name)
+    # swapped for a special file between the look and the open: opened without waiting, refused unread
+    monkeypatch.setattr(reading, "special_file_kind", lambda path: None)
+    for name, kind in cases:
+        with pytest.raises(ValueError, match=rf"{kind}, not an image file \(not read\)"):
+            read_file_bytes(tmp_path / name)
+    assert read_file_bytes(write_images(tmp_path, 1)[0])[:4] == b"\x89PNG"
+
+
+# calls that read a file's bytes or decode an image file; only the reader makes them
+BYTE_READERS = {"imread", "imreadmulti", "imdecode", "fromfile", "read_bytes"}
+NOT_IMAGES = {("utils/training_logger.py", "read_bytes")}  # command.txt: the run folder's own text file
+
+
+def test_every_image_file_is_opened_by_the_one_reader():
+    """No module but utils/images/reading.py reads a file's bytes or decodes an image itself (cv2.imread, np.fromfile,
+    Path.read_bytes, PIL's Image.open ...): every image read passes `read_file_bytes`, so its refusal of special files
+    holds everywhere. A new way in fails here."""
+    sources = [*ROOT.glob("*.py"), *(ROOT / "model").rglob("*.py"), *(ROOT / "utils").rglob("*.py")]
+    found = set()
+    for path in sources:
+        name = path.relative_to(ROOT).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            call = node.func if isinstance(node, ast.Call) else None
+            if isinstance(call, ast.Attribute) and (call.attr in BYTE_READERS or (
+                    call.attr == "open" and isinstance(call.value, ast.Name) and call.value.id == "Image")):
+                found.add((name, call.attr))
+    assert found - NOT_IMAGES == {("utils/images/reading.py", "imdecode"), ("utils/images/reading.py", "open")}
 
 
 def test_load_images_skips_unreadable_and_split_keeps_two_for_training(tmp_path, caplog):

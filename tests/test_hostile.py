@@ -5,6 +5,7 @@ signal, another user or a stopped writer is needed; and the files they leave on 
 product wrote that a test must plant (a commit journal, a killed writer's temp file, a hand-edited checkpoint) is
 made by the three helpers below, the only places that know those formats.
 """
+import contextlib
 import csv
 import json
 import os
@@ -29,6 +30,7 @@ import detect
 import evaluate
 import train
 from tests.conftest import write_images
+from tests.test_teach import disk_full_below
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "DRAEM_test_0.0001_1_bs4_widget_"  # the public checkpoint name of TRAIN on the class "widget"
@@ -673,3 +675,58 @@ def test_row_27_training_names_special_files(space, tmp_path, capsys, caplog, de
     assert_clean_success(res)
     assert all(name in res.said for name in specials), res.said[-2000:]
     assert "unreadable" in res.said, res.said[-2000:]
+
+
+# ------------------------------------------------------------------- 28-29: teaching reads and writes only as it should
+@contextlib.contextmanager
+def memory_cap(extra=2 << 30):
+    """The address space capped at this process's present size + `extra` bytes: a read that never ends raises
+    MemoryError instead of exhausting the machine (not a timed assertion); no cap without /proc/self/statm."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    try:
+        with open("/proc/self/statm") as f:
+            size = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        yield
+        return
+    resource.setrlimit(resource.RLIMIT_AS, (size + extra, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@pytest.mark.parametrize("special", ["pipe.png", "zero_dev.png"])
+def test_row_28_teaching_refuses_a_special_file_among_its_images_unopened(ck, tmp_path, capsys, caplog, deadline,
+                                                                         special):
+    """--add_good with a FIFO (no writer) or a link to /dev/zero among good images: exit 2 at once naming it, nothing
+    written, the pair untouched (it used to wait forever on the FIFO and exhaust memory on /dev/zero)."""
+    good, logs = tmp_path / "good", tmp_path / "logs"
+    write_images(good, 2)
+    for name in plant_special_files(good):
+        if name != special:
+            os.remove(good / name)
+    before = snapshot(ck)
+    t0 = time.monotonic()
+    with memory_cap():
+        res = call(train.main, ["--add_good", good, "--checkpoint_path", ck, "--log_path", logs,
+                                "--base_model_name", BASE], capsys, caplog)
+    assert_refused(res, special, "not opened", "nothing taught")
+    assert time.monotonic() - t0 < SUBPROCESS_LIMIT_S
+    assert snapshot(ck) == before and not logs.exists()
+
+
+def test_row_29_a_full_log_disk_during_teaching_leaves_neither_the_pair_nor_its_record(ck, tmp_path, capsys, caplog,
+                                                                                      monkeypatch):
+    """--log_path on a full disk (ENOSPC for every file written below it; a real full tmpfs was tried by hand): exit 1
+    naming the file, and no taught pair that detect.py and evaluate.py would take without its teaching.json."""
+    good, logs = tmp_path / "good", tmp_path / "logs"
+    write_images(good, 2)
+    logs.mkdir()
+    before = snapshot(ck)
+    disk_full_below(logs, monkeypatch)
+    res = call(train.main, ["--add_good", good, "--checkpoint_path", ck, "--log_path", logs, "--base_model_name",
+                            BASE], capsys, caplog)
+    assert "Traceback" not in res.err and res.code == 1, (res.code, res.err[-2000:])
+    assert len(res.errors) == 1 and "config.json: No space left on device" in res.errors[0], res.errors
+    assert snapshot(ck) == before and list(logs.iterdir()) == []

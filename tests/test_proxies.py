@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import stroke_width
-from utils.images.reading import image_size
+from utils.images.reading import image_file_size
 from utils.synthesis import proxies
 from utils.synthesis.dataset_folder import MARKER
 
@@ -168,11 +168,11 @@ def test_mtd_long_from_the_real_data(real_root):
     for k in kinds:
         assert counts[f"ground_truth/{k}"] == counts[f"test/{k}"]
     for img in out.glob("t*/*/*.jpg"):
-        w, h = image_size(img)
+        w, h = image_file_size(img)
         assert max(w, h) / min(w, h) >= proxies.MIN_ASPECT and img.is_symlink()
         if img.parent.name != "good":
             mask = out / "ground_truth" / img.parent.name / f"{img.stem}_mask.png"
-            assert mask.is_symlink() and image_size(mask) == (w, h)
+            assert mask.is_symlink() and image_file_size(mask) == (w, h)
     # and none left out: every long source image is there
     long_src = [p for p in (MTD / "train" / "good").glob("*.jpg") if proxies.aspect(p) >= proxies.MIN_ASPECT]
     assert len(long_src) == counts["train/good"]

@@ -1,11 +1,19 @@
 """Teaching a trained pair confirmed-good images (train.py --add_good, utils/training/teach.py): the bank grows then
-re-thins, leave-self-out, the taught pair untouched, the refusals, kill -9 and Ctrl-C, and who scored an image."""
+re-thins, leave-self-out, the taught pair untouched, the refusals, kill -9, a full disk and Ctrl-C (the new pair
+with its record, or neither), and who scored an image."""
+import errno
 import hashlib
 import json
+import logging
 import os
+import random
 import re
 import shutil
 import signal
+import sys
+import time
+import traceback
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +25,8 @@ from model import DRAEM
 from model.feature_prior import greedy_coreset, grow_bank
 from tests.conftest import WIDGET_PAIR, write_images
 from tests.test_faults import _crash_at
+from utils import cli
+from utils.storage.atomic import TEMP_RE
 from utils.storage.pairs import current_paths, load_pair, newest_complete_pair, pair_paths, save_pair
 from utils.training import teach as teaching
 from utils.training.teach import Lesson, teach
@@ -50,6 +60,21 @@ def listing(*folders):
 
 def bank_rows(folder, base):
     return torch.load(pair_paths(folder, base)[1], weights_only=True)["prior"]["bank"].shape[0]
+
+
+def taught_state(ckpt, logs, name=TAUGHT):
+    """"both": the pair `name` (as readers see it) and its whole teaching.json naming that pair; "neither"; "record":
+    teaching.json alone (kill -9 between the two writes). Fails on a pair without its record."""
+    record = logs / name / "teaching.json"
+    if any(p.exists() for p in current_paths(ckpt, name)):
+        assert record.is_file(), f"the pair {name} without its teaching.json"
+        assert json.loads(record.read_text())["pair_id"] == load_pair(ckpt, name)[1]["pair_id"]
+        return "both"
+    return "record" if record.exists() else "neither"
+
+
+def no_leftovers(*folders):
+    return [p for f in folders if f.exists() for p in f.rglob("*") if TEMP_RE.match(p.name) or "lock" in p.name]
 
 
 def test_grow_bank_grows_while_there_is_room_then_rethins_keeping_the_far_patches():
@@ -171,32 +196,175 @@ def test_kill_9_at_any_write_leaves_the_old_pair_and_no_half_new_one(pair, tmp_p
     folder, _ = pair
     write_images(tmp_path / "new", 2, size=64, seed=17)
     old = {p.name: digest(p) for p in pair_paths(folder, WIDGET_PAIR)}
-    seen = set()
-    for k in range(1, 12):
-        ckpt = tmp_path / f"k{k}"
+    seen = []
+    for k in range(1, 40):
+        ckpt, logs = tmp_path / f"k{k}", tmp_path / f"logs{k}"
         shutil.copytree(folder, ckpt)
-        lesson = Lesson(str(ckpt), WIDGET_PAIR, str(tmp_path / "new"), str(tmp_path / f"logs{k}"))
+        lesson = Lesson(str(ckpt), WIDGET_PAIR, str(tmp_path / "new"), str(logs))
         if not _crash_at(k, lambda: teach(lesson)):
             break
         assert {p.name: digest(p) for p in pair_paths(ckpt, WIDGET_PAIR)} == old
         load_pair(ckpt, WIDGET_PAIR)
-        written = any(p.exists() for p in current_paths(ckpt, TAUGHT))
-        if written:
-            load_pair(ckpt, TAUGHT)  # committed: whole (readers see it through the journal)
-        seen.add(written)
-    assert seen == {False, True}  # crashes before and after the commit were both visited
+        seen.append(taught_state(ckpt, logs))  # a committed pair is whole, and never without its record
+    # every write was a crash point: the record's files, then the pair's (before and after its commit)
+    assert seen[0] == "neither" and "record" in seen and seen[-1] == "both", seen
+
+
+def test_a_record_a_kill_left_without_its_pair_keeps_its_name(pair, tmp_path):
+    folder, _ = pair
+    orphan = tmp_path / "logs" / TAUGHT / "teaching.json"  # as kill -9 between the record and the pair leaves it
+    orphan.parent.mkdir(parents=True)
+    orphan.write_text('{"pair": "%s", "pair_id": "killed"}' % TAUGHT)
+    write_images(tmp_path / "new", 2, size=64, seed=22)
+    assert teach_cli(folder, tmp_path / "new") == 0
+    assert taught_state(folder, tmp_path / "logs", WIDGET_PAIR + "taught2_") == "both"
+    assert taught_state(folder, tmp_path / "logs") == "record" and "killed" in orphan.read_text()
+
+
+def disk_full_below(folder, monkeypatch):
+    """ENOSPC for every file written below `folder` (at its fsync, as a full disk reports delayed allocation)."""
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("no /proc/self/fd to tell which file an fsync writes")
+    real, below = os.fsync, str(Path(folder).resolve()) + os.sep
+
+    def fsync(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if path.startswith(below) and os.path.isfile(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.parametrize("full", ["logs", "ckpt"])
+def test_a_full_disk_leaves_the_new_pair_with_its_record_or_neither(pair, tmp_path, monkeypatch, capsys, full):
+    """The record is written first: a full log disk fails before the pair; a full checkpoint disk fails after the
+    record, which is removed again. Either way exit 1, one line naming the file, nothing taught."""
+    folder, _ = pair
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    write_images(tmp_path / "new", 2, size=64, seed=23)
+    before = listing(folder, logs)
+    disk_full_below(logs if full == "logs" else folder, monkeypatch)
+    assert teach_cli(folder, tmp_path / "new") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0], err
+    assert ("config.json" if full == "logs" else TAUGHT + ".pt") in err[0], err
+    assert listing(folder, logs) == before  # the pair untouched, no new pair, no record, no temp file
+
+
+def test_a_fifo_among_the_training_held_out_images_is_skipped_with_a_warning(pair, tmp_path, caplog):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this system")
+    good = write_images(tmp_path / "held", 1, size=64)[0]
+    os.mkfifo(tmp_path / "held" / "pipe.png")
+    config = load_pair(pair[0], WIDGET_PAIR)[1]["config"]
+    held = teaching.read_held_out([tmp_path / "held" / "pipe.png", good], config, 10**8)
+    assert len(held) == 1 and "pipe.png: a FIFO" in caplog.text
 
 
 def test_ctrl_c_during_teaching_leaves_the_folder_as_it_was(pair, tmp_path, monkeypatch, capsys):
     folder, _ = pair
     write_images(tmp_path / "new", 2, size=64, seed=18)
     before = listing(folder)
+    real = teaching.grow_bank
 
     def interrupted(*a, **kw):
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # the step it arrives in ends; the next one is not taken
+        return real(*a, **kw)
     monkeypatch.setattr(teaching, "grow_bank", interrupted)
     assert teach_cli(folder, tmp_path / "new") == 130
-    assert listing(folder) == before
+    assert capsys.readouterr().err.strip().splitlines() == ["train.py: stopped by SIGINT; nothing taught"]
+    assert listing(folder) == before and not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("signals, state", [(1, "both"), (2, "neither")])
+def test_a_signal_during_the_commit_finishes_it_and_a_second_one_undoes_it(pair, tmp_path, monkeypatch, capsys,
+                                                                           signals, state):
+    """SIGINT at the pair's first write, once the record is written: one signal lets the commit end (the line says
+    it was written); a second one stops at once, and the record goes with the pair that was not committed."""
+    folder, _ = pair
+    write_images(tmp_path / "new", 2, size=64, seed=25)
+    real, below, sent = os.fsync, str(folder.resolve()) + os.sep, []
+
+    def fsync(fd):
+        if not sent and os.readlink(f"/proc/self/fd/{fd}").startswith(below):
+            sent.append(fd)
+            for _ in range(signals):
+                os.kill(os.getpid(), signal.SIGINT)
+        return real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert teach_cli(folder, tmp_path / "new") == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train.py: stopped by SIGINT"), err
+    assert ("was written, with its record" in err[0]) == (state == "both"), err
+    assert taught_state(folder, tmp_path / "logs") == state and not no_leftovers(folder, tmp_path / "logs")
+
+
+def _teach_in_a_child(argv, delay):
+    """train.py's main(argv) in a forked child, as `python train.py` runs it (its quiet start's handlers, a traceback
+    for anything uncaught, exit code from main), SIGINT `delay` seconds after it starts (None: none).
+    Returns (exit code, stderr)."""
+    ready, (out_r, out_w) = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            cli.exit_quietly_on_signals("train.py", "__main__")
+            os.write(ready[1], b"!")
+            torch.set_num_threads(1)  # the parent's OpenMP pool is not in the child: a parallel region would hang
+            os.dup2(out_w, 2)
+            sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)
+            logging.getLogger().handlers.clear()  # train.main configures logging as in a fresh process
+            code = train.main(argv)
+        except BaseException:  # noqa: BLE001 - the script would print exactly this traceback
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(out_w)
+    os.read(ready[0], 1)  # the child's handlers are those of the script from here on
+    if delay is not None:
+        time.sleep(delay)
+        os.kill(pid, signal.SIGINT)
+    with open(out_r, "rb") as f:
+        err = f.read().decode("utf-8", "backslashreplace")
+    _, status = os.waitpid(pid, 0)
+    for fd in ready:
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), err
+
+
+def test_sigint_at_20_random_moments_ends_in_one_line_and_leaves_the_pair_with_its_record_or_neither(pair, tmp_path):
+    """Each teaching runs in a forked child (no second torch import: seconds each), stopped at a seeded random
+    moment of its whole run, its writes and its log lines included."""
+    folder, _ = pair
+    old = {p.name: digest(p) for p in pair_paths(folder, WIDGET_PAIR)}
+    write_images(tmp_path / "new", 2, size=64, seed=24)
+
+    def argv(i):
+        shutil.copytree(folder, tmp_path / f"ck{i}")
+        return ["--add_good", str(tmp_path / "new"), "--checkpoint_path", str(tmp_path / f"ck{i}"),
+                "--log_path", str(tmp_path / f"logs{i}"), "--base_model_name", WIDGET_PAIR]
+    for run in ("cold", "warm"):  # the second, as the twenty run: files and the backbone in the page cache
+        t0 = time.monotonic()
+        assert _teach_in_a_child(argv(run), None)[0] == 0
+        whole = time.monotonic() - t0
+    rng, outcomes = random.Random(0), []
+    for i in range(20):
+        code, err = _teach_in_a_child(argv(i), rng.uniform(0, 1.1 * whole))
+        said = [line for line in err.splitlines() if "stopped" in line or "rror" in line or "Traceback" in line]
+        assert "Traceback" not in err and "Logging error" not in err, err[-3000:]
+        if code == 130:
+            assert len(said) == 1 and said[0].startswith("train.py: stopped by SIGINT"), err[-3000:]
+        else:
+            assert code == 0 and not said and "wrote the pair" in err, (code, err[-3000:])
+        ck, logs = tmp_path / f"ck{i}", tmp_path / f"logs{i}"
+        state = taught_state(ck, logs)
+        assert state != "record" and (state == "both") == ("wrote the pair" in err), (state, err[-3000:])
+        assert {p.name: digest(p) for p in pair_paths(ck, WIDGET_PAIR)} == old and not no_leftovers(ck, logs)
+        outcomes.append((code, state))
+    print(f"teaching {whole:.2f}s; SIGINT outcomes:", outcomes)
+    assert {c for c, _ in outcomes} <= {0, 130}
 
 
 def test_detect_and_evaluate_name_the_pair_and_teaching_that_scored(pair, trained, tmp_path, capsys):

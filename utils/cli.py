@@ -8,6 +8,7 @@ Importing this module is cheap (standard library only), so a script calls `exit_
 heavy imports.
 """
 import argparse
+import atexit
 import math
 import os
 import signal
@@ -23,18 +24,25 @@ def exit_quietly_on_signals(script, module_name):
     """Ctrl-C or SIGTERM while a script still imports (torch takes seconds): one line and 128 + n, no traceback.
 
     Nothing has been written at that point, so the process just ends; `main()` then installs its own handling
-    (StopOnSignal), which replaces these handlers. Only when run as a script: importing one in a test changes
-    no signal handling.
+    (StopOnSignal), which replaces these handlers while it works and restores them after: once it has returned, a
+    signal is the same one line. The interpreter's last steps (a second with torch) ignore signals: Python would
+    put back the default action, and the process would die without a word, its work done. Only when run as a
+    script: importing one in a test changes no signal handling.
     """
     if module_name != "__main__":
         return
 
     def stop(signum, frame):
-        os.write(2, f"{script}: stopped by {signal.Signals(signum).name} while starting\n".encode())
+        os.write(2, f"{script}: stopped by {signal.Signals(signum).name} before or after its work\n".encode())
         os._exit(128 + signum)
+
+    def ignore():  # run after the exit functions registered later (torch's), and from then to the end
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)  # Python leaves an ignored signal ignored as it ends
 
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, stop)
+    atexit.register(ignore)
 
 
 def report_error(script, e):
@@ -154,10 +162,14 @@ class ScriptExit:
         return outcome.code
 
     The block runs under StopOnSignal (unarmed; the work may arm it). It ends with code 0, or one line for an
-    error of `errors` (report_error) or a signal (Interrupted), never a traceback; other exceptions pass."""
+    error of `errors` (report_error) or a signal (Interrupted), never a traceback; other exceptions pass.
 
-    def __init__(self, script, errors=(UsageError, OSError, ValueError)):
-        self.script, self.errors, self.code, self.stop = script, errors, 0, StopOnSignal(armed=False)
+    armed: from the block's first line to the exit code a first signal only asks the work to stop (it looks at
+    `stop.requested` between its steps): no signal is raised where nothing catches it (in the handlers'
+    installation or restoration) or where it would be taken for an error."""
+
+    def __init__(self, script, errors=(UsageError, OSError, ValueError), armed=False):
+        self.script, self.errors, self.code, self.stop = script, errors, 0, StopOnSignal(armed=armed)
 
     def __enter__(self):
         self.stop.__enter__()

@@ -171,8 +171,11 @@ def init_distributed(gpu_id):
     return torch.device("cpu")
 
 
-class Interrupted(Exception):
-    """A run stopped by SIGINT / SIGTERM; `exit_code` is what a shell expects (130 / 143)."""
+class Interrupted(BaseException):
+    """A run stopped by SIGINT / SIGTERM; `exit_code` is what a shell expects (130 / 143).
+
+    A BaseException, as KeyboardInterrupt is: raised by a signal handler at any line, it must not be taken for an
+    error by `except Exception` (a loader's "not a checkpoint", logging's "--- Logging error ---" and going on)."""
 
     def __init__(self, signum, saved=""):
         self.signum, self.saved = signum, saved

@@ -1,7 +1,7 @@
 """Reading images: the one reader (`read_image`: 8/16 bit, grey/RGB/RGBA, refused from its header when it has
 more pixels than allowed), the working shape (square, native, or longer side N) and the conversion to tensors.
-Training, detection, evaluation and the texture bank all read through here. A special file (a FIFO, a device) is
-never opened."""
+Every image file the project opens is opened by `read_file_bytes`: training, teaching, detection, evaluation and
+the texture bank all read through here. A special file (a FIFO, a device) is never opened."""
 import io
 import math
 import os
@@ -50,22 +50,6 @@ def auto_zoom(sizes, area):
     return float(min(max(1.0, math.sqrt(area[0] / median)), math.sqrt(area[1] / median)))
 
 
-def image_size(path, max_pixels=DEFAULT_MAX_PIXELS):
-    """(width, height) of an image file from its header (nothing decoded), or None when it cannot be read (a
-    special file is never opened)."""
-    if special_file_kind(path) is not None:
-        return None
-    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # ours applies, below
-    try:
-        with Image.open(path) as im:  # lazy: reads the header only
-            w, h = im.size
-    except (OSError, ValueError, SyntaxError):
-        return None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
-    return (w, h) if w * h <= max_pixels else None
-
-
 SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                  (stat.S_ISSOCK, "a socket"))
 
@@ -77,22 +61,44 @@ def special_file_kind(path):
         mode = os.stat(path).st_mode
     except (OSError, ValueError):
         return None  # missing or unreachable: opening it fails at once, and says so
+    return _kind_of(mode)
+
+
+def _kind_of(mode):
     return next((kind for is_kind, kind in SPECIAL_FILES if is_kind(mode)), None)
 
 
-def decode_image_file(path, flags, max_pixels):
+def read_file_bytes(path):
+    """The bytes of the image file `path`: the one way the project opens an image file. A special file (a FIFO,
+    a device, a socket, or a link to one: `special_file_kind`) is refused before it is opened, with a ValueError
+    naming it; OSError when the file cannot be read."""
     kind = special_file_kind(path)
-    if kind is not None:
-        raise ValueError(f"{path}: {kind}, not an image file (not opened)")
-    # cv2.imread cannot open non-ASCII paths on some platforms; decoding the bytes always works.
+    if kind is None:
+        # non-blocking, and checked again once open: a file swapped for a FIFO after the look never waits
+        with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:
+            kind = _kind_of(os.fstat(f.fileno()).st_mode)
+            if kind is None:
+                return f.read()
+        raise ValueError(f"{path}: {kind}, not an image file (not read)")
+    raise ValueError(f"{path}: {kind}, not an image file (not opened)")
+
+
+def image_file_size(path):
+    """(width, height) of an image file from its header (read through `read_file_bytes`); ValueError when it is a
+    special file or has no header Pillow knows, OSError when it cannot be read."""
+    return check_pixels(path, read_file_bytes(path), float("inf"))
+
+
+def decode_image_file(path, flags, max_pixels):
+    """cv2.imdecode of the file's bytes (`read_file_bytes`), or None when it cannot be read or is empty."""
     try:
-        data = np.fromfile(str(path), dtype=np.uint8)
+        data = read_file_bytes(path)  # cv2.imread cannot open non-ASCII paths on some platforms: bytes always work
     except OSError:
         return None
-    if not data.size:
+    if not data:
         return None
     check_pixels(path, data, max_pixels)  # from the header, before cv2 allocates the decoded image
-    return cv2.imdecode(data, flags)
+    return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
 
 
 def read_image(path, size=None, scale=SQUARE, max_pixels=DEFAULT_MAX_PIXELS):

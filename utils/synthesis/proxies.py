@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from utils.data_loader import list_images, list_test_images
-from utils.images.reading import DEFAULT_MAX_PIXELS, decode_image_file, image_size
+from utils.images.reading import DEFAULT_MAX_PIXELS, decode_image_file, image_file_size
 from utils.runtime import UsageError
 from utils.storage.output_rules import refuse_inside
 from utils.synthesis import strokes
@@ -45,9 +45,7 @@ PLATE_MARGIN = 3  # px: a crack's centre line stays this far inside the painted 
 # ---------------------------------------------------------------------------------------------- mtd_long
 def aspect(path):
     """Longer side / shorter side of an image file, from its header; ValueError if it cannot be read."""
-    size = image_size(path)
-    if size is None:
-        raise ValueError(f"cannot read image file {path}")
+    size = image_file_size(path)
     return max(size) / min(size)
 
 

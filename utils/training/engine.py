@@ -28,7 +28,7 @@ from utils.config import Config
 from utils.data_loader import (RandomCrops, is_grayscale, list_images, load_images, load_images_at_scale, split_files,
                                validation_crops)
 from utils.evaluation.thresholds import calibrate_threshold
-from utils.images.reading import AUTO, SQUARE, auto_zoom, image_size, scale_of
+from utils.images.reading import AUTO, SQUARE, auto_zoom, image_file_size, scale_of
 from utils.images.tiles import image_scores, raw_maps
 from utils.loss import DraemLoss
 from utils.runtime import (FairThreads, UsageError, display_name, distributed_env, progress, resolve_amp,
@@ -157,7 +157,12 @@ def working_scale(settings, train_files):
     """The scale images are read at (utils/images/reading.py `scale_of`); "auto" is resolved here, from the
     training images' sizes (read from their headers), into settings.scale_factor."""
     if settings.scale == AUTO:
-        sizes = [s for s in (image_size(f, settings.max_pixels) for f in train_files) if s is not None]
+        sizes = []
+        for f in train_files:
+            try:
+                sizes.append(image_file_size(f))
+            except (OSError, ValueError):
+                continue  # the reader names it when the training images are read
         settings.scale_factor = auto_zoom(sizes, (settings.auto_area_min, settings.auto_area_max))
     return scale_of(dataclasses.asdict(settings))
 

@@ -12,13 +12,18 @@ entries. DRAEM's networks are unchanged.
 The result is a new pair `<root>taught<k>_` (`<root>`: the trained pair's name; k counts the teachings), written
 atomically by one writer; the taught pair is never touched. The bank's state in `_seg.pt` gets "teachings", one
 record a teaching (time, folder, count, sha256 digests, bank sizes, thresholds), and the run folder
-`<log_path>/<name>/` gets teaching.json with the files as well.
+`<log_path>/<name>/` gets teaching.json with the files as well. The record is written first and the pair last
+(`commit`): a taught pair never exists without its teaching.json.
+
+Every file is read through utils/images/reading.py `read_file_bytes` (a FIFO or a device is never opened). A signal
+(`Lesson.stop`, armed by train.py) ends teaching between two steps, never inside one.
 """
 import hashlib
 import json
 import logging
 import re
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,12 +36,13 @@ from model.model_unet import Scorer, with_prior
 from utils.config import Config
 from utils.data_loader import list_images, resolve_classes, split_files, validation_crops
 from utils.evaluation.thresholds import calibrate_threshold, describe
-from utils.images.reading import DEFAULT_MAX_PIXELS, SQUARE, check_pixels, read_image, scale_of
+from utils.images.reading import (DEFAULT_MAX_PIXELS, SQUARE, check_pixels, image_file_size, read_file_bytes,
+                                  read_image, scale_of)
 from utils.images.tiles import raw_maps
 from utils.runtime import UsageError, display_name
 from utils.storage.atomic import atomic_write_bytes
 from utils.storage.locks import hold_checkpoint_names
-from utils.storage.pairs import load_pair, pair_paths, save_pair
+from utils.storage.pairs import load_pair, pair_is_complete, pair_paths, save_pair
 from utils.training_logger import TrainingLogger
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,7 @@ class Lesson:
     max_pixels: int = DEFAULT_MAX_PIXELS
     capacity: int = CORESET_SIZE  # bank rows at most
     argv: tuple = ()  # the command, for the run folder
+    stop: object = None  # utils.runtime.StopOnSignal, armed: a signal ends teaching at its next step
 
 
 @dataclass
@@ -65,6 +72,34 @@ class NewImage:
     digest: str  # sha256 of the file's bytes
     side: int  # longer side in pixels, from the header
     image: torch.Tensor = None  # (3, H, W) in [0, 1] at the pair's working shape
+
+
+@dataclass
+class Taught:
+    """What a teaching learned, before anything is written: the new pair's parts and its record."""
+    model: torch.nn.Module  # DRAEM, unchanged, on the CPU
+    config: dict
+    calibration: dict
+    prior: dict  # the feature prior's state, "teachings" included
+    record: dict  # teaching_record
+    images: list  # NewImage
+    pair_id: str
+    seconds: float  # from the loaded backbone to the end of the refit
+
+    def run_record(self, name):
+        """teaching.json's record: the teaching's, with the pair it belongs to."""
+        return {**self.record, "pair": name, "pair_id": self.pair_id, "seconds": round(self.seconds, 2)}
+
+    def save(self, checkpoint_path, name):
+        save_pair(self.model, checkpoint_path, name, self.config, self.calibration, self.pair_id, prior=self.prior)
+
+
+# ------------------------------------------------------------------------------------------- stopping
+def stop_here(stop, saved="nothing taught"):
+    """Interrupted when a signal asked teaching to stop (`Lesson.stop`): raised between two steps, so a signal never
+    cuts a write, a lock or a log line in half."""
+    if stop is not None and stop.requested:
+        raise stop.interrupted(saved)
 
 
 # ------------------------------------------------------------------------------------------- refusals
@@ -78,9 +113,10 @@ def check_teachable(meta, base):
                          f"to; retrain with --prior features, or move only the threshold (evaluate.py --recalibrate)")
 
 
-def new_images(folder, teachings):
+def new_images(folder, teachings, stop=None):
     """NewImage per file below `folder` (digest and header size, not decoded yet). UsageError, naming the files:
-    no images, an unreadable header, the same image twice, an image an earlier teaching gave already."""
+    no images, a special file (never opened), an unreadable header, the same image twice, an image an earlier
+    teaching gave already."""
     folder = Path(folder)
     files = list_images(folder) if folder.is_dir() else []
     if not files:
@@ -89,12 +125,15 @@ def new_images(folder, teachings):
     taught = {d: t["teaching"] for t in teachings for d in t["digests"]}
     seen, out = {}, []
     for f in files:
+        stop_here(stop)
         try:
-            data = f.read_bytes()
+            data = read_file_bytes(f)
             w, h = check_pixels(f, data, float("inf"))
-        except (OSError, ValueError) as e:
-            raise UsageError(f"--add_good: cannot read {display_name(f)} ({getattr(e, 'strerror', None) or e}); "
-                             f"nothing taught") from None
+        except OSError as e:
+            raise UsageError(f"--add_good: cannot read {display_name(f)} ({e.strerror or e}); nothing taught") \
+                from None
+        except ValueError as e:  # a special file, no image header
+            raise UsageError(f"--add_good: {e}; nothing taught") from None
         digest = hashlib.sha256(data).hexdigest()
         if digest in seen:
             raise UsageError(f"--add_good: {display_name(seen[digest])} and {display_name(f)} are the same image "
@@ -122,9 +161,10 @@ def check_size_class(images, reference):
                              f"train a pair on images of that size")
 
 
-def read_all(images, config, max_pixels):
+def read_all(images, config, max_pixels, stop=None):
     """Decode every NewImage at the pair's working shape (the detection reader); UsageError naming a bad file."""
     for im in images:
+        stop_here(stop)
         try:
             im.image = read_image(im.path, int(config["size"]), scale_of(config), max_pixels)
         except ValueError as e:
@@ -152,10 +192,23 @@ def size_reference(held_files, teachings):
     sides = [s for t in teachings for s in t["sides"]]
     for f in held_files:
         try:
-            sides.append(max(check_pixels(f, f.read_bytes(), float("inf"))))
+            sides.append(max(image_file_size(f)))
         except (OSError, ValueError):
             continue
     return (min(sides), max(sides)) if sides else None
+
+
+def read_held_out(files, config, max_pixels, stop=None):
+    """The training's held-out images (3, H, W) at the pair's working shape. One that cannot be read (a FIFO, a
+    file removed since) is skipped with a warning, as training skipped it when it held them out."""
+    held = []
+    for f in files:
+        stop_here(stop)
+        try:
+            held.append(read_image(f, int(config["size"]), scale_of(config), max_pixels))
+        except ValueError as e:
+            log.warning("skipping the held-out image %s", e)
+    return held
 
 
 # ------------------------------------------------------------------------------------------- the bank
@@ -174,12 +227,14 @@ def same_prior(features, bank):
 
 
 @torch.no_grad()
-def taught_bank(fusion, images, config, capacity, device):
+def taught_bank(fusion, images, config, capacity, device, stop=None):
     """(bank (N, C) fp16, source (N,) int: the new image each row came from, -1 for the rows kept of the old bank;
     each new image's features (U, C, h, w) fp16, U its bank units)."""
-    zoomed = fusion.features.zoom is not None
-    feats = [fusion.features.features(bank_units(im.image, config, int(config["size"]), zoomed).to(device)).half().cpu()
-             for im in images]
+    zoomed, feats = fusion.features.zoom is not None, []
+    for im in images:
+        stop_here(stop)
+        units = bank_units(im.image, config, int(config["size"]), zoomed)
+        feats.append(fusion.features.features(units.to(device)).half().cpu())
     rows = [f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f in feats]  # (U * h * w, C) each
     old = fusion.features.bank.cpu()
     cells = [f.shape[-2] * f.shape[-1] for f in feats for _ in range(f.shape[0])]  # rows of each unit
@@ -189,7 +244,7 @@ def taught_bank(fusion, images, config, capacity, device):
     return bank, source[keep], feats
 
 
-def leave_self_out_novelty(fusion, bank, source, goods, config, device):
+def leave_self_out_novelty(fusion, bank, source, goods, config, device, stop=None):
     """Novelty maps (H, W) of the good images (image, j, features), the training's held-out images first (j None):
     those against the whole bank, each new image j against the bank without its own rows, never against
     itself. A "square" image, or a whole image of a zoomed prior, is one bank unit, so its features are not
@@ -208,6 +263,7 @@ def leave_self_out_novelty(fusion, bank, source, goods, config, device):
     for im, j, f in goods:
         if j is None:
             continue
+        stop_here(stop)
         own = prior(source != j)
         maps += list(own.novelty(f.float().to(device), im.shape[-2:])) if one_unit else \
             raw_maps(own, [im], size, device)
@@ -234,20 +290,22 @@ def calibrate(model, config, fusion, novelty, goods, target, device):
 
 
 # ------------------------------------------------------------------------------------------- the new pair
-def taught_name(checkpoint_path, base):
-    """`<root>taught<k>_` with k one more than any teaching of the same root in the folder."""
+def taught_name(checkpoint_path, base, log_path=None):
+    """`<root>taught<k>_` with k one more than any teaching of the same root: its pairs in the folder, and its
+    records in `log_path` (a record whose pair a kill -9 stopped keeps its name: no other teaching gets it)."""
     match = TAUGHT_RE.match(base)
     root = match["root"] if match else base
-    taken = [int(m["k"]) for p in Path(checkpoint_path).glob("*.pt")
-             if p.stem.startswith(root) and (m := TAUGHT_RE.match(p.stem.removesuffix("_seg")))
-             and m["root"] == root]
+    names = [p.stem.removesuffix("_seg") for p in Path(checkpoint_path).glob("*.pt")]
+    if log_path is not None:
+        names += [p.parent.name for p in Path(log_path).glob("*/teaching.json")]
+    taken = [int(m["k"]) for n in names if (m := TAUGHT_RE.match(n)) and m["root"] == root]
     return f"{root}taught{max(taken, default=0) + 1}_"
 
 
 def hold_new_name(checkpoint_path, base, log_path):
     """(name, the ExitStack holding it): a taught name no pair has yet, held against other writers."""
     while True:
-        name = taught_name(checkpoint_path, base)
+        name = taught_name(checkpoint_path, base, log_path)
         held = hold_checkpoint_names(checkpoint_path, [name], log_path)
         if not any(p.exists() for p in pair_paths(checkpoint_path, name)):
             return name, held
@@ -267,54 +325,85 @@ def teaching_record(lesson, meta, k, images, counts, calibs):
 
 
 def write_run_folder(lesson, name, config, record, images):
-    """<log_path>/<name>/: config.json and command.txt (utils/training_logger.py), and teaching.json (the record
-    and each file with its digest)."""
-    logger = TrainingLogger(lesson.log_path, name, config, argv=list(lesson.argv) or None)
+    """<log_path>/<name>/: config.json and command.txt (utils/training_logger.py), and teaching.json (the record,
+    the pair it belongs to and each file with its digest). A file that cannot be written removes the folder."""
+    logger = TrainingLogger(lesson.log_path, name, config, argv=list(lesson.argv) or None)  # removes it itself
     files = [{"file": display_name(im.path), "sha256": im.digest} for im in images]
     text = json.dumps({**record, "files": files}, indent=2) + "\n"
-    atomic_write_bytes(logger.run_dir / "teaching.json", text.encode("utf-8"))
+    try:
+        atomic_write_bytes(logger.run_dir / "teaching.json", text.encode("utf-8"))
+    except BaseException:
+        shutil.rmtree(logger.run_dir, ignore_errors=True)
+        raise
     return logger.run_dir
+
+
+def commit(lesson, name, taught):
+    """The record first, then the pair (one atomic group: utils/storage/pairs.py `save_pair`), so that a pair
+    never exists without its teaching.json. A failed write (a full disk) or a second signal before the pair is
+    committed removes the record again: the pair with its record, or neither. Returns the run folder."""
+    run_dir = write_run_folder(lesson, name, taught.config, taught.run_record(name), taught.images)
+    try:
+        taught.save(lesson.checkpoint_path, name)
+    except BaseException:
+        if not pair_is_complete(lesson.checkpoint_path, name):  # else it failed past the commit: the pair stands
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return run_dir
 
 
 def refit(lesson, model, config, fusion, images, held):
     """Teach `fusion` in place: the grown bank, both tail tables; returns (calibration, bank rows from the new
     images). held: the training's held-out images (3, H, W)."""
-    bank, source, feats = taught_bank(fusion, images, config, lesson.capacity, lesson.device)
+    bank, source, feats = taught_bank(fusion, images, config, lesson.capacity, lesson.device, lesson.stop)
     goods = [(im, None, None) for im in held] + [(im.image, j, feats[j]) for j, im in enumerate(images)]
-    novelty = leave_self_out_novelty(fusion, bank, source, goods, config, lesson.device)
+    novelty = leave_self_out_novelty(fusion, bank, source, goods, config, lesson.device, lesson.stop)
+    stop_here(lesson.stop)
     fusion.features = same_prior(fusion.features, bank).to(lesson.device)
     (fusion.novelty_tail, fusion.draem_tail), calib = calibrate(model, config, fusion, novelty, goods,
                                                                 lesson.target_false_reject, lesson.device)
     return calib, int((source >= 0).sum())
 
 
-def teach(lesson):
-    """Teach `lesson.base` the images of `lesson.folder`; returns the new pair's name. Refusals (UsageError) come
-    before anything is written; a signal or a crash leaves the old pair as it was and no half-written new one."""
+def learn(lesson):
+    """Everything before the first write (a Taught); refusals (UsageError) and signals here leave nothing
+    written."""
     model, meta = load_pair(lesson.checkpoint_path, lesson.base)
     check_teachable(meta, lesson.base)
     config, teachings = meta["config"], list(meta["prior"].get("teachings", []))
-    images = new_images(lesson.folder, teachings)
+    images = new_images(lesson.folder, teachings, lesson.stop)
     held_files = training_held_out(config)
     check_size_class(images, size_reference(held_files, teachings))
+    stop_here(lesson.stop)
     fusion = PriorFusion.from_state(meta["prior"]).to(lesson.device)  # loads the backbone
     t0 = time.monotonic()
-    read_all(images, config, lesson.max_pixels)
-    held = [read_image(f, int(config["size"]), scale_of(config), lesson.max_pixels) for f in held_files]
+    read_all(images, config, lesson.max_pixels, lesson.stop)
+    held = read_held_out(held_files, config, lesson.max_pixels, lesson.stop)
+    model = model.to(lesson.device)
+    calib, from_new = refit(lesson, model, config, fusion, images, held)
+    k = len(teachings) + 1
+    calib["source"] = f"teaching {k}: {len(held)} held-out training images + {len(images)} taught (leave-self-out)"
+    counts = (meta["prior"]["bank"].shape[0], fusion.features.bank.shape[0], from_new, len(held))
+    record = teaching_record(lesson, meta, k, images, counts, (meta["calibration"], calib))
+    prior = {**fusion.state(), "teachings": [*teachings, record]}
+    pair_id = f"{(meta.get('pair_id') or 'original').split('+')[0]}+taught{k}-{secrets.token_hex(4)}"
+    stop_here(lesson.stop)
+    return Taught(model.cpu(), config, calib, prior, record, images, pair_id, time.monotonic() - t0)
+
+
+def teach(lesson):
+    """Teach `lesson.base` the images of `lesson.folder`; returns the new pair's name. Refusals (UsageError) come
+    before anything is written; a signal or a crash leaves the old pair as it was, and the new pair with its record
+    or neither (kill -9 between the two: the record alone, whose name no later teaching takes)."""
+    taught = learn(lesson)
     name, holding = hold_new_name(lesson.checkpoint_path, lesson.base, lesson.log_path)
     with holding:
-        model = model.to(lesson.device)
-        calib, from_new = refit(lesson, model, config, fusion, images, held)
-        k = len(teachings) + 1
-        calib["source"] = f"teaching {k}: {len(held)} held-out training images + {len(images)} taught (leave-self-out)"
-        counts = (meta["prior"]["bank"].shape[0], fusion.features.bank.shape[0], from_new, len(held))
-        record = teaching_record(lesson, meta, k, images, counts, (meta["calibration"], calib))
-        prior = {**fusion.state(), "teachings": [*teachings, record]}
-        pair_id = f"{(meta.get('pair_id') or 'original').split('+')[0]}+taught{k}-{secrets.token_hex(4)}"
-        save_pair(model.cpu(), lesson.checkpoint_path, name, config, calib, pair_id, prior=prior)
-        seconds = time.monotonic() - t0
-        run_dir = write_run_folder(lesson, name, config, {**record, "seconds": round(seconds, 2)}, images)
+        stop_here(lesson.stop)  # the last moment a signal leaves nothing taught
+        run_dir = commit(lesson, name, taught)
+    record = taught.record
     log.info("taught %s %d images in %.1fs (after loading): bank %d -> %d rows (%d from the new images); %s",
-             lesson.base, len(images), seconds, record["bank_before"], record["bank_after"], from_new, describe(calib))
+             lesson.base, record["n_images"], taught.seconds, record["bank_before"], record["bank_after"],
+             record["bank_rows_from_new"], describe(taught.calibration))
     log.info("wrote the pair %s (+_seg.pt) in %s; record %s", name, lesson.checkpoint_path, run_dir / "teaching.json")
+    stop_here(lesson.stop, f"the taught pair {name} was written, with its record {run_dir / 'teaching.json'}")
     return name
