@@ -29,6 +29,7 @@ from utils.data_loader import list_images
 from utils.images.reading import NATIVE, read_image, special_file_kind
 from utils.inference.detector import Detector
 from utils.outputs.maps import MAP_FILES, map_output_paths, save_map_outputs
+from utils.outputs.picture import at_image_pixels
 from utils.outputs.page import PAGE_NAME, thumb_path, write_results_page, write_scored_image
 from utils.storage.atomic import atomic_open, tidy_output_folders
 from utils.storage.output_rules import check_output_dir, check_output_file, refuse_input_overwrite, refuse_inside
@@ -141,12 +142,13 @@ def image_outputs(detector, path, picture, folder, title, pred, save_maps, page_
     picture, score, verdict (and map, mask, overlay), the names relative to `folder`; its PageRow or None)."""
     image, out, j = pred
     score = float(out["score"][j])
-    page_row = write_scored_image(folder / picture, *panel_args(image, out, j), detector.threshold,
+    original = read_image(path, None, NATIVE, detector.max_pixels).permute(1, 2, 0).numpy()  # (H, W, 3)
+    panels = at_image_pixels(original, *panel_args(image, out, j)[1:3])  # the outline at the file's own pixels
+    page_row = write_scored_image(folder / picture, *panels, score, detector.threshold,
                                   f"{title}  ·  {detector.pair_label()}", folder if page_name else None, page_name)
     row = {"file": display_name(path), "picture": str(picture), "score": score, "verdict": detector.verdict(score),
            "pair": detector.name}
     if save_maps:
-        original = read_image(path, None, NATIVE, detector.max_pixels).permute(1, 2, 0).numpy()  # (H, W, 3)
         written = save_map_outputs(folder / picture, original, out["anomaly_map"][j].cpu().numpy(),
                                    detector.threshold)
         named = {k: "" if p is None else str(p.relative_to(folder) if folder.parts else p) for k, p in written.items()}

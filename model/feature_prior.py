@@ -20,6 +20,7 @@ FEATURE_BLOCKS = (4, 10)  # last blocks of stage 3 (stride 8, 40 channels) and s
 FEATURE_CHANNELS = 40 + 112
 STRIDE = 8  # of the novelty grid
 PRIOR_SIZE = 192  # side the images are resized to for the backbone (a multiple of 16): on MTD 192 > 224 > 320
+MAX_ASPECT = 8  # with the aspect kept, the backbone's input is at most this much longer than it is wide
 CORESET_SIZE = 10_000  # bank entries: 10000 x 152 x fp16 = 3 MB
 PROJECTION_DIM = 32  # the coreset's distances are computed in a seeded random projection of this size
 TAIL_LEVELS = 64  # knots of a tail-evidence table: tail probabilities log-spaced from 1 to TAIL_P
@@ -224,15 +225,16 @@ class FeaturePrior(nn.Module):
     `from_bank_state`). All 152 channels: averaging them down to 64 (PatchCore) searched ~1.5x faster but cost MTD
     0.015 image and 0.03 pixel AUROC.
 
-    Where the backbone looks: `zoom` None (pairs before the aspect-kept default) resizes every input to the square
-    `size`; a float keeps the input's aspect and resizes it by `zoom` to multiples of 16 (`input_shape`), so the
-    prior sees the part as it is, and a whole working image is one input."""
+    Where the backbone looks: `side` None (pairs before the aspect-kept default) resizes every input to the square
+    `size`; a side in pixels keeps the input's aspect and resizes it so that its shorter side is `side` (its longer
+    side at most MAX_ASPECT times that), sides multiples of 16 (`input_shape`): the prior sees the part as it is,
+    each whole working image as one input, every image at the same scale of its own extent (docs/prior.md)."""
 
-    def __init__(self, bank, size=PRIOR_SIZE, backbone=None, zoom=None):
+    def __init__(self, bank, size=PRIOR_SIZE, backbone=None, side=None):
         super().__init__()
         if size % 16:
             raise ValueError(f"the prior's size must be a multiple of 16, got {size}")
-        self.size, self.zoom = size, None if zoom is None else float(zoom)
+        self.size, self.side = size, None if side is None else int(side)
         self.backbone = load_backbone() if backbone is None else backbone
         self.register_buffer("bank", bank.half())
         self.eval()
@@ -245,11 +247,13 @@ class FeaturePrior(nn.Module):
         return self
 
     def input_shape(self, height, width):
-        """(h, w) the backbone sees for an input of height x width: the square `size`, or the input zoomed with
-        its aspect kept, each side rounded to a multiple of 16 (at least 16)."""
-        if self.zoom is None:
+        """(h, w) the backbone sees for an input of height x width: the square `size`, or the input resized with
+        its aspect kept so that its shorter side is `side` (a strip longer than MAX_ASPECT : 1 has its longer side
+        at MAX_ASPECT x side, the shorter one less), each side rounded to a multiple of 16 (at least 16)."""
+        if self.side is None:
             return self.size, self.size
-        return tuple(max(16, int(round(side * self.zoom / 16)) * 16) for side in (height, width))
+        zoom = min(self.side / min(height, width), MAX_ASPECT * self.side / max(height, width))
+        return tuple(max(16, int(round(s * zoom / 16)) * 16) for s in (height, width))
 
     def cells(self, height, width):
         """Bank rows one input of height x width gives (its novelty grid, stride 8)."""
@@ -282,19 +286,19 @@ class FeaturePrior(nn.Module):
     def bank_state(self):
         """What a checkpoint stores: tensors and plain numbers only (loads with weights_only=True)."""
         state = {"bank": self.bank.cpu(), "size": self.size}
-        return state if self.zoom is None else {**state, "zoom": self.zoom}
+        return state if self.side is None else {**state, "side": self.side}
 
     @classmethod
     def from_bank_state(cls, state, backbone=None):
-        return cls(state["bank"], state["size"], backbone, state.get("zoom"))
+        return cls(state["bank"], state["size"], backbone, state.get("side"))
 
 
 @torch.no_grad()
-def fit_prior(batches, size=PRIOR_SIZE, coreset=CORESET_SIZE, seed=0, backbone=None, device="cpu", zoom=None):
+def fit_prior(batches, size=PRIOR_SIZE, coreset=CORESET_SIZE, seed=0, backbone=None, device="cpu", side=None):
     """A FeaturePrior on `device` whose bank is a coreset of the patch features of good images; `batches` yields
-    (B, 3, H, W) tensors in [0, 1] (with `zoom`, whole working images, of one shape per batch). Deterministic for
+    (B, 3, H, W) tensors in [0, 1] (with `side`, whole working images, of one shape per batch). Deterministic for
     a given seed."""
-    prior, c = FeaturePrior(torch.zeros(0, FEATURE_CHANNELS), size, backbone, zoom).to(device), FEATURE_CHANNELS
+    prior, c = FeaturePrior(torch.zeros(0, FEATURE_CHANNELS), size, backbone, side).to(device), FEATURE_CHANNELS
     feats, cells = [], []
     for x in batches:
         f = prior.features(x.to(device))  # (B, C, h, w)
@@ -375,8 +379,8 @@ class PriorFusion(nn.Module):
     @property
     def per_tile(self):
         """Pairs before the aspect-kept default see each tile through the square prior and fuse per tile; with a
-        zoom the prior sees the whole working image once (utils/images/tiles.py `predict`)."""
-        return self.features.zoom is None
+        side the prior sees the whole working image once (utils/images/tiles.py `predict`)."""
+        return self.features.side is None
 
     def fuse(self, novelty, draem_map):
         return fuse(self.novelty_tail(novelty), self.draem_tail(draem_map), self.gate)

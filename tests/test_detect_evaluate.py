@@ -11,6 +11,7 @@ import detect
 import evaluate
 from model import DRAEM
 from tests.conftest import WIDGET_PAIR, write_images
+from utils.evaluation.metrics import METRIC_NAMES
 from utils.storage.pairs import pair_paths, save_pair
 
 BASE = WIDGET_PAIR
@@ -47,14 +48,45 @@ def test_evaluate_json_and_files(trained, tmp_path, capsys):
     out = tmp_path / "eval"
     assert evaluate.main(["--data_path", str(cls), "--base_model_name", BASE, "--checkpoint_path", str(ckpt),
                           "--output_path", str(out), "--json"]) == 0
-    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = capsys.readouterr().out
+    last = json.loads(printed.strip().splitlines()[-1])
+    halves = last.pop("halves")  # a pair with the feature prior: the three rows
     assert set(last) == {"image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro", "threshold",
                          "false_reject_rate", "defect_recall", "best_recall_at_same_frr"}
     assert all(0 <= v <= 1 for v in last.values())
     assert last["defect_recall"] <= last["best_recall_at_same_frr"]
+    assert list(halves) == ["draem", "novelty", "fused"]
+    assert halves["fused"] == {k: last[k] for k in METRIC_NAMES}  # the fused row is the pair's own result
+    assert "DRAEM alone" in printed and "novelty alone" in printed and "fused (the pair)" in printed
     rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert [r["type"] for r in rows] == ["spot", "overall"] and "defect_recall" in rows[0]
+    assert [r["type"] for r in rows] == ["spot", "overall", "draem (overall)", "novelty (overall)",
+                                         "fused (overall)"] and "defect_recall" in rows[0]
+    assert float(rows[2]["image_auroc"]) == pytest.approx(halves["draem"]["image_auroc"], abs=1e-4)
     assert json.loads((out / "metrics.json").read_text())["results"]["overall"]["image_auroc"] == last["image_auroc"]
+
+
+class _Nothing(torch.nn.Module):
+    """A tail table that finds no evidence anywhere: DRAEM then adds nothing to the fused map."""
+
+    def forward(self, x):
+        return torch.zeros_like(x)
+
+
+def test_each_half_row_is_the_pair_scored_by_that_half_alone(trained):
+    """evaluate's three rows come from one pass; each half's row equals the same pair scored by that half alone:
+    DRAEM without the prior, and the prior with DRAEM's evidence removed."""
+    from utils.evaluation.report import evaluate_class
+    from utils.inference.detector import Detector
+    _, cls, ckpt = trained
+    halves = evaluate_class(Detector.from_checkpoint(ckpt, BASE), cls)["overall"]["halves"]
+    draem = Detector.from_checkpoint(ckpt, BASE)
+    draem.scorer.prior = None
+    novelty = Detector.from_checkpoint(ckpt, BASE)
+    novelty.scorer.prior.draem_tail = _Nothing()
+    for half, detector in (("draem", draem), ("novelty", novelty)):
+        alone = evaluate_class(detector, cls)["overall"]
+        assert "halves" not in alone or half == "novelty"
+        assert {k: alone[k] for k in METRIC_NAMES} == pytest.approx(halves[half], abs=1e-6)
 
 
 def _pair_thresholds(ckpt, base=BASE):

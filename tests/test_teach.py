@@ -101,8 +101,7 @@ def test_leave_self_out_scores_a_new_image_without_its_own_bank_rows(pair, tmp_p
     goods = [(im.image, j, feats[j]) for j, im in enumerate(images)]
     alone = teaching.leave_self_out_novelty(fusion, bank, source, goods, meta["config"], "cpu")
     everything = torch.ones_like(source, dtype=torch.bool)
-    with_self = teaching.FeaturePrior(bank[everything], fusion.features.size, fusion.features.backbone)(
-        torch.stack([im.image for im in images]))
+    with_self = teaching.same_prior(fusion.features, bank[everything])(torch.stack([im.image for im in images]))
     # against its own rows an image looks perfectly normal (distances of fp16 rounding), so each is scored without
     assert with_self.max() < 0.1 and all(m.mean() > 10 * s.mean() for m, s in zip(alone, with_self))
 

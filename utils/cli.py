@@ -86,19 +86,22 @@ def add_target_flag(parser, help_suffix=""):
                              + help_suffix)
 
 
-SCALE_HELP = ("square = each image resized to --size x --size (the paper); native = the images' own pixels; N = "
-              "resized so that the longer side is N px, aspect kept. native / N train on random --size crops, and "
-              "detect.py / evaluate.py cover the whole image with overlapping tiles (stored in the checkpoint)")
+SCALE_HELP = ("auto = each image at its own aspect, one zoom for all that brings the training images' median area "
+              "within (1.5 --size)^2 to (2.5 --size)^2 px (docs/large-images.md); square = each image resized to --size x --size (the "
+              "paper); native = the images' own pixels; N = resized so that the longer side is N px, aspect kept. "
+              "auto / native / N train on random --size crops, and detect.py / evaluate.py cover the whole image with "
+              "overlapping tiles (stored in the checkpoint)")
 
 
 def scale_arg(s):
-    """argparse type of --scale: "square", "native" or an integer N >= 32 (the longer side in pixels)."""
-    if s in ("square", "native"):
+    """argparse type of --scale: "auto", "square", "native" or an integer N >= 32 (the longer side in pixels)."""
+    if s in ("auto", "square", "native"):
         return s
     try:
         v = int(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be square, native or a longer side in pixels, got {s}") from None
+        raise argparse.ArgumentTypeError(f"must be auto, square, native or a longer side in pixels, got {s}") \
+            from None
     if v < 32:
         raise argparse.ArgumentTypeError(f"a longer side of at least 32 pixels, got {s}")
     return v

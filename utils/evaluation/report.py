@@ -10,8 +10,10 @@ from torch.utils.data import DataLoader
 from utils.data_loader import MVTecTestDataset, list_test_images
 from utils.evaluation.metrics import METRIC_NAMES, compute_all, drop_pixel_metrics, format_table, per_type_metrics
 from utils.evaluation.thresholds import _scores, verdict_metrics
+from utils.images.reading import NATIVE, read_image
 from utils.images.tiles import HALVES
 from utils.outputs.page import PAGE_NAME, thumb_path, write_scored_image
+from utils.outputs.picture import at_image_pixels
 from utils.runtime import display_name, progress
 from utils.storage.atomic import atomic_open, atomic_write_bytes
 from utils.storage.output_rules import check_output_dir, check_output_file, refuse_input_overwrite
@@ -87,9 +89,11 @@ def save_batch_panels(detector, batch, out, folder):
     for i, path in enumerate(batch["path"]):
         p = Path(path)
         name, picture = panel_name(p), panel_path(folder, p)
-        image, rec = batch["image"][i].permute(1, 2, 0).numpy(), out["reconstruction"][i].permute(1, 2, 0).cpu().numpy()
-        rows.append(write_scored_image(picture, image, rec, out["anomaly_map"][i].cpu().numpy(), float(out["score"][i]),
-                                       detector.threshold, display_name(p.name), folder.parent, name, p.parent.name,
+        original = read_image(p, None, NATIVE, detector.max_pixels).permute(1, 2, 0).numpy()  # (H, W, 3)
+        panels = at_image_pixels(original, out["reconstruction"][i].permute(1, 2, 0).cpu().numpy(),
+                                 out["anomaly_map"][i].cpu().numpy())  # the outline at the file's own pixels
+        rows.append(write_scored_image(picture, *panels, float(out["score"][i]), detector.threshold,
+                                       display_name(p.name), folder.parent, name, p.parent.name,
                                        "defect" if batch["label"][i] else "good"))
     return rows
 

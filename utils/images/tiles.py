@@ -181,7 +181,7 @@ def predict(scorer, images, tile, device, tile_batch=16, with_reconstruction=Tru
     """Images (3, H_i, W_i) in [0, 1] at the working scale -> dict of lists, one entry per image: reconstruction
     (3, H, W) (None unless `with_reconstruction`), anomaly_map (H, W) and score (0-d), fp32 on `device`.
 
-    DRAEM sees tiles, stitched; a feature prior with a zoom sees each whole image once and is fused with the
+    DRAEM sees tiles, stitched; a feature prior with a side sees each whole image once and is fused with the
     stitched DRAEM map. halves: also each half alone (`HALVES`), as <half>_map and <half>_score: DRAEM's own map,
     and the novelty's (model/feature_prior.py PriorFusion.alone); the novelty's are None without a prior."""
     prior = scorer.prior

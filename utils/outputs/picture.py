@@ -19,6 +19,7 @@ PANEL_TITLES = ("Input (original)", "Reconstructed", "Anomaly Map (raw)", "Resul
 
 
 FIG_WIDTH, FIG_HEIGHT = 16.0, 10.0  # inches, at most; at DPI 100 a square image gives about 1600 x 480 pixels
+STACKED_HEIGHT = 20.0  # inches, at most, for a strip's four panels stacked: each as wide as the figure
 
 
 DPI = 100
@@ -40,19 +41,20 @@ def _verdict(score: float, threshold) -> tuple[str, str]:
 
 def panel_grid(height: int, width: int) -> tuple[int, int]:
     """(rows, cols) of the four panels for an image of height x width: 1 x 4 up to 1.25:1 (and for tall images),
-    2 x 2 up to 4.5:1, 4 x 1 beyond."""
+    2 x 2 up to 2.5:1, and a wide strip's panels stacked (4 x 1), each as wide as the picture."""
     aspect = width / height
     if aspect <= 1.25:
         return 1, 4
-    return (2, 2) if aspect < 4.5 else (4, 1)
+    return (2, 2) if aspect < 2.5 else (4, 1)
 
 
 def _figsize(height: int, width: int) -> tuple[tuple[float, float], float]:
-    """(figure inches, panel width in pixels): panels as large as fit in FIG_WIDTH x FIG_HEIGHT at the image's
-    aspect ratio."""
+    """(figure inches, panel width in pixels): panels as large as fit in FIG_WIDTH x FIG_HEIGHT (STACKED_HEIGHT
+    for a stacked strip) at the image's aspect ratio."""
     rows, cols = panel_grid(height, width)
     aspect = width / height
-    panel_w = min((FIG_WIDTH - 1.0) / cols, (FIG_HEIGHT / rows - TITLE_SPACE) * aspect)  # 1 in: colour bar
+    max_height = STACKED_HEIGHT if cols == 1 else FIG_HEIGHT
+    panel_w = min((FIG_WIDTH - 1.0) / cols, (max_height / rows - TITLE_SPACE) * aspect)  # 1 in: colour bar
     panel_h = panel_w / aspect
     return (cols * panel_w + 1.0, rows * (panel_h + TITLE_SPACE) + 0.5), panel_w * DPI  # 0.5 in: the title
 
@@ -125,6 +127,17 @@ def _build_figure(image, reconstruction, anomaly_map, score, threshold=None, tit
     if title:
         fig.suptitle(title, fontsize=15)
     return fig
+
+
+def at_image_pixels(original, reconstruction, anomaly_map):
+    """The panels at the image's own pixels: the working-scale reconstruction (h, w, 3) and map (h, w) resized to
+    the original image (H, W, 3) (bilinear), so the outline lies on the defect as the file shows it; as they are
+    when the working scale is the image's own."""
+    h, w = np.asarray(original).shape[:2]
+    if np.asarray(anomaly_map).shape[-2:] == (h, w):
+        return original, reconstruction, anomaly_map
+    resize = lambda a: cv2.resize(np.asarray(a, dtype=np.float32), (w, h), interpolation=cv2.INTER_LINEAR)  # noqa: E731
+    return original, resize(reconstruction), resize(anomaly_map)
 
 
 def render_panels(image, reconstruction, anomaly_map, score, threshold=None, title=None,

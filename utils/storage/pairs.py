@@ -150,8 +150,11 @@ def check_ours(obj, path):
     size, scale = obj["config"].get("size"), obj["config"].get("scale", "square")
     if not isinstance(size, int) or size <= 0 or size % 32:
         raise UsageError(f"{path}: not a complete DRAEM checkpoint (config size {size!r}: not a multiple of 32)")
-    if scale not in ("square", "native") and not (isinstance(scale, int) and scale >= 32):
+    if scale not in ("square", "native", "auto") and not (isinstance(scale, int) and scale >= 32):
         raise UsageError(f"{path}: not a complete DRAEM checkpoint (config scale {scale!r})")
+    zoom = obj["config"].get("scale_factor")
+    if scale == "auto" and not (isinstance(zoom, float) and 0 < zoom < float("inf")):
+        raise UsageError(f"{path}: not a complete DRAEM checkpoint (config scale auto, scale_factor {zoom!r})")
 
 
 def _unwrap(obj, path, kind):

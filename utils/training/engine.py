@@ -29,7 +29,7 @@ from utils.data_loader import (RandomCrops, is_grayscale, list_images, load_imag
                                validation_crops)
 from utils.evaluation.thresholds import calibrate_threshold
 from utils.images.reading import AUTO, SQUARE, auto_zoom, image_file_size, scale_of
-from utils.images.tiles import image_scores, raw_maps
+from utils.images.tiles import raw_maps
 from utils.loss import DraemLoss
 from utils.runtime import (FairThreads, UsageError, display_name, distributed_env, progress, resolve_amp,
                            seed_everything)
@@ -126,6 +126,7 @@ class Run:
     run_id: str = field(default_factory=lambda: secrets.token_hex(8))  # in every pair_id this run writes
     prior: PriorFusion | None = None  # --prior features: bank and novelty tail fixed, DRAEM's tail refitted
     val_novelty: torch.Tensor | None = None  # the prior's novelty maps of val["images"] (N, S, S)
+    held_novelty: list | None = None  # at a tiled scale: its novelty maps (H, W) of the whole held-out images
     threads: FairThreads | None = None  # on a CPU: the threads follow the cores other programs leave free
 
     @property
@@ -163,7 +164,7 @@ def working_scale(settings, train_files):
                 sizes.append(image_file_size(f))
             except (OSError, ValueError):
                 continue  # the reader names it when the training images are read
-        settings.scale_factor = auto_zoom(sizes, (settings.auto_area_min, settings.auto_area_max))
+        settings.scale_factor = auto_zoom(sizes, [(k * settings.size) ** 2 for k in settings.auto_sides])
     return scale_of(dataclasses.asdict(settings))
 
 
@@ -254,20 +255,20 @@ def setup_run(settings, obj_name, good_dir, device, command, stop=None, clock=ti
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     train_model = DDP(state.model) if world > 1 else state.model
     criterion = DraemLoss().to(device)
-    prior, val_novelty = fit_run_prior(settings, train_set, val, whole_val, device) \
-        if settings.prior == "features" else (None, None)
+    prior, val_novelty, held_novelty = fit_run_prior(settings, train_set, val, whole_val, device) \
+        if settings.prior == "features" else (None, None, None)
     cap = step_cap(settings, len(loader))
     budget = Budget(settings.max_minutes * 60 if settings.max_minutes else None, clock, start, max_steps=cap,
                     total_steps=cap)
     run = Run(settings=settings, obj_name=obj_name, base=base, config=config, device=device, amp_dtype=amp_dtype,
               rank=rank, world=world, loader=loader, sampler=sampler, synthesizer=synthesizer, criterion=criterion,
               scaler=scaler, val=val, whole_val=whole_val, train_model=train_model, logger=logger, budget=budget,
-              stop=stop, prior=prior, val_novelty=val_novelty, threads=threads)
+              stop=stop, prior=prior, val_novelty=val_novelty, held_novelty=held_novelty, threads=threads)
     return run, state
 
 
 def bank_images(train_set, settings):
-    """uint8 images the bank is fitted on: the training images (square: (N, 3, S, S)); else, with a zoomed prior,
+    """uint8 images the bank is fitted on: the training images (square: (N, 3, S, S)); else (a prior with a side)
     the whole training images at the working scale (a list of (3, H_i, W_i)), as detect.py shows them to it."""
     if isinstance(train_set, RandomCrops):
         return train_set.sources
@@ -284,15 +285,16 @@ def prior_batches(images, bs):
 
 def fit_run_prior(settings, train_set, val, whole_val, device, bs=32):
     """--prior features: (PriorFusion with the bank of the training images and the novelty tail of the held-out
-    good images, its novelty maps of the validation set), or (None, None) without held-out images. Square pairs
-    show the prior each image resized to its square side; the others each whole working image, zoomed by
-    settings.prior_zoom, its aspect kept (model/feature_prior.py FeaturePrior)."""
+    good images, its novelty maps of the validation set, and at a tiled scale of the whole held-out images (else
+    None)), or Nones without held-out images. Square pairs
+    show the prior each image resized to its square side; the others each whole working image, resized to
+    settings.prior_side pixels, its aspect kept (model/feature_prior.py FeaturePrior)."""
     if val is None:
         log.warning("no held-out images: the feature prior needs them for its tail tables; DRAEM alone")
-        return None, None
+        return None, None, None
     t0, images = time.time(), bank_images(train_set, settings)
-    zoom = None if whole_val is None else settings.prior_zoom
-    features = fit_prior(prior_batches(images, bs), seed=settings.seed, device=device, zoom=zoom)
+    side = None if whole_val is None else settings.prior_side
+    features = fit_prior(prior_batches(images, bs), seed=settings.seed, device=device, side=side)
     with torch.inference_mode():
         novelty = torch.cat([features(val["images"][i:i + bs]) for i in range(0, len(val["images"]), bs)])
         held = novelty[:val["n_normal"]] if not whole_val else \
@@ -300,35 +302,41 @@ def fit_run_prior(settings, train_set, val, whole_val, device, bs=32):
     prior = PriorFusion(features, TailEvidence.fit(torch.cat([m.flatten() for m in held])))
     log.info("feature prior: bank %d x %d from %d images in %.1fs", *features.bank.shape, len(images),
              time.time() - t0)
-    return prior, novelty
+    return prior, novelty, held if whole_val else None
 
 
-def refit_draem_tail(run, scorer):
-    """DRAEM's tail table from its maps of the held-out good images now (it changes as DRAEM trains)."""
-    val = run.val
-    goods = run.whole_val if run.whole_val else list(val["images"][:val["n_normal"]])
+def held_out_maps(run, scorer):
+    """DRAEM's maps (H, W) of the held-out good images now, tiled and stitched as detect.py scores them (whole
+    images at a tiled scale, else the validation set's good images)."""
+    goods = run.whole_val if run.whole_val else list(run.val["images"][:run.val["n_normal"]])
     scorer.eval()
-    maps = raw_maps(lambda tiles: scorer(tiles)[1], goods, run.settings.size, run.device)
+    maps = raw_maps(lambda tiles: scorer.networks(tiles)[1], goods, run.settings.size, run.device)
     scorer.train()
-    run.prior.draem_tail = TailEvidence.fit(torch.cat([m.flatten() for m in maps])).to(run.device)
+    return maps
 
 
 def validate_run(run, state):
-    """(validation metrics, calibration) of the model now; under DDP every rank takes rank 0's BN statistics."""
+    """(validation metrics, calibration) of the model now; under DDP every rank takes rank 0's BN statistics.
+    With a prior, DRAEM's tail table is refitted on its maps of the held-out good images (it changes as DRAEM
+    trains); at a tiled scale the same maps, fused with the prior's novelty of those images (fixed, computed once
+    per run), give the threshold: the held-out images scored whole, as detect.py scores them, in one DRAEM pass."""
     if run.world > 1:  # BN running stats are updated per rank; rank 0's are the ones DDP broadcasts
         for buf in state.model.buffers():
             dist.broadcast(buf, 0)
     if run.val is None:
         return {}, {"threshold": None, "rule": "no validation images"}
     scorer = Scorer.from_config(state.model, run.config)  # fp32, as detect.py scores; DRAEM alone
+    maps = held_out_maps(run, scorer) if run.prior is not None or run.whole_val else None
     if run.prior is not None:
-        refit_draem_tail(run, scorer)
+        run.prior.draem_tail = TailEvidence.fit(torch.cat([m.flatten() for m in maps])).to(run.device)
     metrics, calib = validate(scorer, run.val, run.settings.bs, run.settings.target_false_reject, run.prior,
                               run.val_novelty)
     if run.whole_val:  # tiled: the threshold from whole held-out images, scored as detect.py scores them
-        whole = Scorer.from_config(state.model, run.config, prior=run.prior)
-        calib = calibrate_threshold(image_scores(whole, run.whole_val, run.settings.size, run.device),
-                                    run.settings.target_false_reject)
+        with torch.inference_mode():
+            fused = maps if run.prior is None else \
+                [run.prior.fuse(n[None], m[None])[0] for n, m in zip(run.held_novelty, maps)]
+            scores = torch.stack([scorer.score(m[None])[0].cpu() for m in fused])
+        calib = calibrate_threshold(scores, run.settings.target_false_reject)
     return metrics, calib
 
 
@@ -460,10 +468,17 @@ def run_epochs(run, state):
             t_epoch = time.time()
             row = train_epoch(run, state, t0)
             state.epoch = epoch + 1
-            if not settings.val_every or (epoch + 1 == end_epoch and state.step % settings.val_every):
+            last = epoch + 1 == end_epoch
+            if settings.val_every:  # validated every N steps: once more at the end, unless the last step just was
+                if last and state.step % settings.val_every:
+                    checkpoint(run, state, row)
+                elif last and run.is_main:
+                    save_resume_state(resume_path(settings.checkpoint_path, run.base), state)
+            elif (epoch + 1) % run.budget.every_epochs == 0 or last:
                 checkpoint(run, state, row)
-            elif epoch + 1 == end_epoch and run.is_main:  # the step was just validated: one CSV row, new epoch
+            elif run.is_main:  # not due (schedule.checkpoint_epochs): the resumable state and the CSV row only
                 save_resume_state(resume_path(settings.checkpoint_path, run.base), state)
+                run.logger.log_epoch(row)
             if run.is_main:
                 log.info("%s  loss %.4f  %s  (%.1fs)", epoch_label(run, epoch + 1), row["loss"],
                          validation_text(row), time.time() - t_epoch)

@@ -32,6 +32,7 @@ def make_optimizer(model, lr, total_steps):
 
 
 PLAN_AFTER_STEPS = 20  # the first plan of a --max_minutes run, from the time of its first steps
+CHECKPOINT_SHARE = 0.1  # a --max_minutes run validates every k epochs, k such that checkpoints take at most this
 UNBOUNDED = 2 ** 62  # the step cap of a run that fills its --max_minutes: its plan ends it
 
 
@@ -63,6 +64,7 @@ class Budget:
     first_step: int = 0
     checkpoint_s: float = 0.0  # the last checkpoint's duration
     checkpoints_s: float = 0.0  # all checkpoints' durations since train_start
+    every_epochs: int = 1  # a checkpoint at the end of every k-th epoch (`checkpoint_epochs`)
     marks: list = field(default_factory=list)  # (clock, step, checkpoints_s) at each plan, oldest first
 
 
@@ -84,6 +86,12 @@ def steps_that_fit(seconds_left, step_s, checkpoint_s, steps_per_checkpoint):
     return max(0, int((seconds_left - checkpoint_s) / max(per_step, 1e-9)))
 
 
+def checkpoint_epochs(step_s, checkpoint_s, steps_per_epoch, share=CHECKPOINT_SHARE):
+    """Every how many epochs a --max_minutes run checkpoints, so that checkpoints take at most about `share` of
+    its time: at a tiled scale, validating large held-out images can cost more than a short epoch."""
+    return max(1, math.ceil(checkpoint_s / max(share * step_s * steps_per_epoch, 1e-9)))
+
+
 def set_milestones(scheduler, total, step):
     """The x0.2 decays at 80% and 90% of `total` steps, each after `step` (MultiStepLR counts its steps)."""
     d1, d2 = decay_steps(total)
@@ -103,7 +111,9 @@ def replan(run, state):
     now = b.clock()
     step_s = recent_step_s(b, now, state.step)
     b.marks.append((now, state.step, b.checkpoints_s))
-    every = run.settings.val_every or len(run.loader)
+    if not run.settings.val_every:
+        b.every_epochs = checkpoint_epochs(step_s, b.checkpoint_s, len(run.loader))
+    every = run.settings.val_every or b.every_epochs * len(run.loader)
     left = steps_that_fit(b.seconds - (now - b.start), step_s, b.checkpoint_s, every)
     total = min(b.max_steps, state.step + left)
     if run.world > 1:
@@ -112,8 +122,9 @@ def replan(run, state):
         total = int(t.item())
     before, b.total_steps = b.total_steps, set_milestones(state.scheduler, total, state.step)
     if b.total_steps != before:
-        log.info("--max_minutes %s: %d steps in all (%.2fs a step, %.1fs a checkpoint)",
-                 run.settings.max_minutes, b.total_steps, step_s, b.checkpoint_s)
+        log.info("--max_minutes %s: %d steps in all (%.2fs a step, %.1fs a checkpoint%s)",
+                 run.settings.max_minutes, b.total_steps, step_s, b.checkpoint_s,
+                 f", every {b.every_epochs} epochs" if b.every_epochs > 1 else "")
 
 
 def should_stop(run, state):

@@ -212,28 +212,28 @@ def read_held_out(files, config, max_pixels, stop=None):
 
 
 # ------------------------------------------------------------------------------------------- the bank
-def bank_units(image, config, size, zoomed):
+def bank_units(image, config, size, whole):
     """What the bank holds of one image, as training fits its bank (utils/training/engine.py `bank_images`): the
-    image itself ("square", or a zoomed prior, which sees whole working images), else (pairs from before the
-    zoomed prior) fixed tile-sized crops of it: (U, 3, H, W) in [0, 1]."""
-    if scale_of(config) == SQUARE or zoomed:
+    image itself ("square", or a prior with a side, which sees whole working images), else (pairs from before
+    the aspect-kept prior) fixed tile-sized crops of it: (U, 3, H, W) in [0, 1]."""
+    if scale_of(config) == SQUARE or whole:
         return image[None]
     return validation_crops([image], size, int(config["seed"]))
 
 
 def same_prior(features, bank):
-    """A FeaturePrior like `features` (its size, zoom and backbone) with another bank."""
-    return FeaturePrior(bank, features.size, features.backbone, features.zoom)
+    """A FeaturePrior like `features` (its size, side and backbone) with another bank."""
+    return FeaturePrior(bank, features.size, features.backbone, features.side)
 
 
 @torch.no_grad()
 def taught_bank(fusion, images, config, capacity, device, stop=None):
     """(bank (N, C) fp16, source (N,) int: the new image each row came from, -1 for the rows kept of the old bank;
     each new image's features (U, C, h, w) fp16, U its bank units)."""
-    zoomed, feats = fusion.features.zoom is not None, []
+    whole, feats = fusion.features.side is not None, []
     for im in images:
         stop_here(stop)
-        units = bank_units(im.image, config, int(config["size"]), zoomed)
+        units = bank_units(im.image, config, int(config["size"]), whole)
         feats.append(fusion.features.features(units.to(device)).half().cpu())
     rows = [f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f in feats]  # (U * h * w, C) each
     old = fusion.features.bank.cpu()
@@ -247,10 +247,10 @@ def taught_bank(fusion, images, config, capacity, device, stop=None):
 def leave_self_out_novelty(fusion, bank, source, goods, config, device, stop=None):
     """Novelty maps (H, W) of the good images (image, j, features), the training's held-out images first (j None):
     those against the whole bank, each new image j against the bank without its own rows, never against
-    itself. A "square" image, or a whole image of a zoomed prior, is one bank unit, so its features are not
-    computed again; crops of pairs from before the zoomed prior are scored tiled, as those pairs detect."""
-    size, zoomed = int(config["size"]), fusion.features.zoom is not None
-    one_unit = zoomed or scale_of(config) == SQUARE
+    itself. A "square" image, or a whole image for a prior with a side, is one bank unit, so its features are not
+    computed again; crops of pairs from before the aspect-kept prior are scored tiled, as those pairs detect."""
+    size, whole = int(config["size"]), fusion.features.side is not None
+    one_unit = whole or scale_of(config) == SQUARE
 
     def prior(keep):
         return same_prior(fusion.features, bank[keep]).to(device)
@@ -258,7 +258,7 @@ def leave_self_out_novelty(fusion, bank, source, goods, config, device, stop=Non
     held = [im for im, j, _ in goods if j is None]
     if held:
         everything = prior(torch.ones_like(source, dtype=torch.bool))
-        maps += [everything(im[None].to(device))[0] for im in held] if zoomed else \
+        maps += [everything(im[None].to(device))[0] for im in held] if whole else \
             raw_maps(everything, held, size, device)  # square: one tile each
     for im, j, f in goods:
         if j is None:
