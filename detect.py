@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from utils.data_loader import list_images
-from utils.images.reading import NATIVE, read_image, special_file_kind
+from utils.images.reading import NATIVE, describe_scale, read_image, special_file_kind
 from utils.inference.detector import Detector
 from utils.outputs.maps import MAP_FILES, map_output_paths, save_map_outputs
 from utils.outputs.picture import at_image_pixels
@@ -226,7 +226,8 @@ def run(args, stop):
     device = select_device(args.gpu_id)
     detector = Detector.from_checkpoint(args.checkpoint_path, base, device, resolve_amp(args.amp, device),
                                         bs=args.bs, max_pixels=args.max_pixels)
-    log.info("device: %s, model: %s (%d px, scale %s%s)", device, detector.pair_label(), detector.size, detector.scale,
+    log.info("device: %s, model: %s (%d px, scale %s%s)", device, detector.pair_label(), detector.size,
+             describe_scale(detector.meta["config"]),
              "" if detector.threshold is not None else ", no calibrated threshold")
     if args.export_onnx:
         from utils.inference.export import export_onnx

@@ -42,6 +42,8 @@ from utils.training.teach import Lesson, teach
 
 log = logging.getLogger("train")
 
+DEMO_MINUTES = 2.0  # `python train.py` (the built-in demo) trains this long unless --epochs or --max_minutes is given
+
 
 def jitter_kinds(s):
     try:
@@ -63,7 +65,8 @@ def add_data_flags(p, d):
     g = p.add_argument_group("Data")
     g.add_argument("--data_path", default=d.data_path,
                    help="folder of good images (e.g. path/to/train/good), an MVTec-style class folder, or a root "
-                        "holding class folders. Omit to run the built-in demo (generated under data/demo)")
+                        "holding class folders. Omit to run the built-in demo (generated under data/demo; it trains "
+                        f"for {DEMO_MINUTES:g} minutes unless --epochs or --max_minutes is given)")
     g.add_argument("--obj_id", type=int, default=d.obj_id,
                    help="with a root of class folders: index into the sorted class names, -1 trains every class")
     g.add_argument("--anomaly_source_path", default=d.anomaly_source_path,
@@ -187,6 +190,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.base_model_name is not None and args.add_good is None:
         parser.error("argument --base_model_name: only with --add_good (the pair to teach)")
+    if args.data_path is None and args.max_minutes is None and "epochs" not in vars(args):
+        args.max_minutes = DEMO_MINUTES  # the quick start: the same minutes on any machine
     fill_budget = args.max_minutes is not None and "epochs" not in vars(args)  # the minutes alone end the run
     return Config.build(preset, args.recipe, fill_budget=fill_budget,
                         **{k: v for k, v in vars(args).items() if k in FIELDS and k not in ("preset", "recipe")})

@@ -730,3 +730,40 @@ def test_row_29_a_full_log_disk_during_teaching_leaves_neither_the_pair_nor_its_
     assert "Traceback" not in res.err and res.code == 1, (res.code, res.err[-2000:])
     assert len(res.errors) == 1 and "config.json: No space left on device" in res.errors[0], res.errors
     assert snapshot(ck) == before and list(logs.iterdir()) == []
+
+
+# -------------------------------------------------------------- 30: the part's own shape at the default scale
+AUTO_TRAIN = [a for a in TRAIN if a not in ("--scale", "native")]  # tiny networks, the default scale ("auto")
+
+
+def _shaped_folder(folder, shapes, seed=0):
+    """One smooth random image per (H, W) in `shapes`."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i, (h, w) in enumerate(shapes):
+        img = cv2.resize((rng.random((4, 4, 3)) * 255).astype(np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+        cv2.imwrite(str(folder / f"{i:02d}.png"), img)
+    return folder
+
+
+@pytest.mark.parametrize("shapes", [[(1, 4000)] * 6, [(4000, 1)] * 6, [(10, 10)] * 6,
+                                    [(40, 40), (30, 200), (200, 30), (8, 8), (1, 300), (64, 20)],
+                                    [(3000, 4000)] * 2 + [(300, 400)] * 4],
+                         ids=["row30-1x4000", "row30-4000x1", "row30-smaller-than-a-tile", "row30-mixed",
+                              "row30-huge"])
+def test_row_30_odd_shapes_train_and_detect_at_the_default_scale(tmp_path, capsys, caplog, shapes):
+    """Extreme aspect ratios, images smaller than a tile, a folder mixing sizes and aspects, 12-megapixel images:
+    trained and detected at the default scale, each at its own aspect; never a traceback."""
+    data = _shaped_folder(tmp_path / "odd", shapes)
+    ck = tmp_path / "ckpt"
+    res = call(train.main, ["--data_path", data, "--checkpoint_path", ck, "--log_path", tmp_path / "logs",
+                            "--val_fraction", "0.34", *AUTO_TRAIN], capsys, caplog)
+    assert_clean_success(res)
+    base = "DRAEM_test_0.0001_1_bs4_odd_"
+    for i, (h, w) in enumerate(shapes[:3]):
+        out = tmp_path / f"o{i}.png"
+        res = call(detect.main, ["--image_path", data / f"{i:02d}.png", "--output_path", out, "--checkpoint_path", ck,
+                                 "--base_model_name", base, "--json"], capsys, caplog)
+        assert_clean_success(res)
+        assert json.loads(res.out.strip().splitlines()[-1])["verdict"] in ("OK", "NG")
+        assert cv2.imread(str(out)) is not None

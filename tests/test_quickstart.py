@@ -28,6 +28,7 @@ def test_demo_train_then_detect_tiny(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(config.PRESETS, "cpu", dict(size=32, rec_base_width=4, seg_base_width=2, bs=4, epochs=2))
     tiny = functools.partial(demo_data.make_demo_dataset, n_train=12, n_test_good=4, n_test_per_defect=2, shape=(64, 256))
     monkeypatch.setattr(train, "make_demo_dataset", tiny)
+    monkeypatch.setattr(train, "DEMO_MINUTES", 0.1)  # the demo trains for its minutes: six seconds here
     assert train.main(["--amp", "off"]) == 0
     out = capsys.readouterr().out
     assert "demo test split" in out and "overall" in out

@@ -116,3 +116,18 @@ def test_large_map_is_reduced_by_block_maximum_so_a_thin_defect_stays():
     fig = _build_figure(np.zeros((h, w, 3), np.uint8), np.zeros((h, w, 3), np.uint8), amap, score=0.9)
     shown = fig.axes[2].images[0].get_array()
     assert max(shown.shape) < w and shown.max() == pytest.approx(0.9)
+
+
+def test_panels_at_the_image_s_own_pixels():
+    """A working scale smaller than the file: the map and the reconstruction are resized to the file's pixels, so
+    the outline lies on the defect as the file shows it; at the image's own scale nothing changes."""
+    from utils.outputs.picture import at_image_pixels
+    original = np.zeros((256, 1024, 3), np.float32)
+    amap = np.zeros((160, 640), np.float32)
+    amap[80, 100:540] = 1.0  # a one-pixel line at the working scale
+    image, rec, big = at_image_pixels(original, np.zeros((160, 640, 3), np.float32), amap)
+    assert image is original and rec.shape == (256, 1024, 3) and big.shape == (256, 1024)
+    rows = np.nonzero(big.max(axis=1) > 0.5)[0]
+    assert 125 <= rows.min() and rows.max() <= 131  # row 80 of 160 is row 128 of 256
+    same = at_image_pixels(original, np.zeros((256, 1024, 3)), np.zeros((256, 1024)))
+    assert same[2].shape == (256, 1024) and same[0] is original

@@ -39,6 +39,12 @@ def working_shape(height, width, scale, size):
     return max(1, round(height * ratio)), max(1, round(width * ratio))
 
 
+def describe_scale(config):
+    """The working scale of a checkpoint config in words, for logs: "auto (zoom 0.62)", "square", "native", "512"."""
+    scale = config.get("scale", SQUARE)
+    return f"auto (zoom {float(config['scale_factor']):.3g})" if scale == AUTO else str(scale)
+
+
 def auto_zoom(sizes, area):
     """--scale auto: the zoom factor of the working images, from the training images' sizes [(width, height)]:
     1 (their own pixels) when their median area lies within `area` (min, max) pixels, else the factor that brings

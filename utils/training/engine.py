@@ -28,7 +28,7 @@ from utils.config import Config
 from utils.data_loader import (RandomCrops, is_grayscale, list_images, load_images, load_images_at_scale, split_files,
                                validation_crops)
 from utils.evaluation.thresholds import calibrate_threshold
-from utils.images.reading import AUTO, SQUARE, auto_zoom, image_file_size, scale_of
+from utils.images.reading import AUTO, SQUARE, auto_zoom, describe_scale, image_file_size, scale_of
 from utils.images.tiles import raw_maps
 from utils.loss import DraemLoss
 from utils.runtime import (FairThreads, UsageError, display_name, distributed_env, progress, resolve_amp,
@@ -238,7 +238,7 @@ def setup_run(settings, obj_name, good_dir, device, command, stop=None, clock=ti
     base = base_model_name(settings.lr, settings.epochs, settings.bs, obj_name)
     config = checkpoint_config(settings, obj_name, grayscale, amp_dtype)
     log.info("class %s: %d training + %d validation %s from %s, scale %s, %s synthesis%s, %s", obj_name,
-             len(train_set), len(val_images), "crops" if whole_val else "images", good_dir, settings.scale,
+             len(train_set), len(val_images), "crops" if whole_val else "images", good_dir, describe_scale(config),
              settings.recipe, " (grayscale)" if grayscale else "", config["amp"])
     state, loader, sampler = build_state(settings, train_set, device, rank, world)
     # validation: every held-out image gets a defect, none is rotated
