@@ -231,7 +231,7 @@ def run(args, stop):
              "" if detector.threshold is not None else ", no calibrated threshold")
     if args.export_onnx:
         from utils.inference.export import export_onnx
-        export_onnx(detector, args.export_onnx)
+        export_onnx(detector, args.export_onnx, shape=tuple(detector.read(files[0]).shape[1:]))
     if folder_mode:
         detect_folder(detector, files, Path(args.image_path), output, (args.json, args.save_maps), stop)
     else:

@@ -13,6 +13,10 @@ validation), the pair ..._last.pt / ..._last_seg.pt, a resumable state ..._resum
 <name>taught<k>_. This file holds the flags and main; the defaults are utils/config.py, the run itself is
 utils/training/engine.py.
 """
+import time
+
+STARTED = time.monotonic()  # --max_minutes counts from here: the imports below take seconds of the user's minutes
+
 from utils.cli import (AMP_CHOICES, SCALE_HELP, ScriptExit, add_max_pixels_flag, add_target_flag,
                        exit_quietly_on_signals, fraction, given, positive_float, positive_int, scale_arg, size_arg)
 from utils.runtime import FairThreads, UsageError, distributed_env, init_distributed, select_device
@@ -258,8 +262,9 @@ def run(cfg, command, stop):
     with held, contextlib.ExitStack() as restore:
         if threads is not None:
             restore.callback(threads.restore)  # the process goes on (a test): its threads as they were
-        for obj_name, good_dir in classes:
-            base, _ = train_class(cfg, obj_name, good_dir, device, command, stop, threads)
+        for i, (obj_name, good_dir) in enumerate(classes):  # the first class's minutes include the imports
+            base, _ = train_class(cfg, obj_name, good_dir, device, command, stop, threads,
+                                  started=STARTED if i == 0 else None)
         if demo and rank == 0:
             run_demo_evaluation(cfg, base, Path(cfg.data_path))
 

@@ -220,6 +220,17 @@ def nearest_distance(queries, bank, chunk=2048):
     return torch.cat(out) if out else queries.new_zeros(0)
 
 
+def shrink_to(images, shape):
+    """(B, C, H, W) -> (B, C, *shape), smaller: a box mean over about each output pixel's footprint, then bilinear
+    sampling. Antialiased like torch's `antialias=True`, from operations that export to ONNX."""
+    h, w = int(images.shape[-2]), int(images.shape[-1])
+    kh, kw = max(1, round(h / shape[0])), max(1, round(w / shape[1]))
+    if kh > 1 or kw > 1:
+        padded = F.pad(images, (kw // 2, (kw - 1) // 2, kh // 2, (kh - 1) // 2), mode="replicate")
+        images = F.avg_pool2d(padded, (kh, kw), stride=1)  # (B, C, H, W)
+    return F.interpolate(images, size=shape, mode="bilinear", align_corners=False)
+
+
 class FeaturePrior(nn.Module):
     """Feature novelty map of images; `bank` (N, 152) fp16 is its only learnt state (`bank_state` /
     `from_bank_state`). All 152 channels: averaging them down to 64 (PatchCore) searched ~1.5x faster but cost MTD
@@ -252,6 +263,7 @@ class FeaturePrior(nn.Module):
         at MAX_ASPECT x side, the shorter one less), each side rounded to a multiple of 16 (at least 16)."""
         if self.side is None:
             return self.size, self.size
+        height, width = int(height), int(width)  # constants when traced for ONNX: one working shape per graph
         zoom = min(self.side / min(height, width), MAX_ASPECT * self.side / max(height, width))
         return tuple(max(16, int(round(s * zoom / 16)) * 16) for s in (height, width))
 
@@ -265,9 +277,12 @@ class FeaturePrior(nn.Module):
         """(B, 3, H, W) in [0, 1], any size -> (B, 152, h/8, w/8) at `input_shape(H, W)`."""
         shape = self.input_shape(*images.shape[-2:])
         if images.shape[-2:] != shape:
-            # antialiasing only when shrinking (where it matters; it does not export to ONNX)
-            shrink = images.shape[-2] > shape[0] or images.shape[-1] > shape[1]
-            images = F.interpolate(images, size=shape, mode="bilinear", antialias=shrink, align_corners=False)
+            shrink = images.shape[-2] > shape[0] and images.shape[-1] > shape[1]
+            if shrink and self.side is not None:
+                images = shrink_to(images, shape)
+            else:  # square pairs: antialiasing only when shrinking, as they were fitted
+                shrink = images.shape[-2] > shape[0] or images.shape[-1] > shape[1]
+                images = F.interpolate(images, size=shape, mode="bilinear", antialias=shrink, align_corners=False)
         return self.backbone.patch_features(images)  # (B, 152, h, w)
 
     @torch.no_grad()

@@ -81,3 +81,22 @@ def test_missing_onnxscript_named_when_torchscript_exporter_fails(tmp_path, monk
     with pytest.raises(UsageError, match=r"TorchScript exporter removed.*pip install onnxscript"):
         export_onnx(tiny_detector(), tmp_path / "x.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pair_whose_prior_sees_whole_images_exports_its_working_shape(tmp_path):
+    """The aspect-kept default: the graph takes whole working images of the shape given, DRAEM and the prior
+    fused as detect.py fuses them; ONNX Runtime matches PyTorch."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from model.feature_prior import FeaturePrior, PriorFusion, TailEvidence
+    detector = tiny_detector(seed=2)
+    torch.manual_seed(0)
+    tail = TailEvidence.fit(torch.rand(500))
+    detector.scorer.prior = PriorFusion(FeaturePrior(torch.randn(64, 152), side=32), tail, tail)
+    with pytest.raises(UsageError, match="whole images"):
+        export_onnx(detector, tmp_path / "no.onnx")
+    result = export_onnx(detector, tmp_path / "whole.onnx", shape=(40, 100))
+    assert result["checked"] and result["max_abs_diff"] <= 1e-4
+    session = ort.InferenceSession(str(tmp_path / "whole.onnx"), providers=["CPUExecutionProvider"])
+    amap, score = session.run(["anomaly_map", "score"], {"image": torch.rand(1, 3, 40, 100).numpy()})
+    assert amap.shape == (1, 40, 100) and score.shape == (1,)

@@ -163,12 +163,34 @@ def test_stitched_map_finds_a_2_pixel_scratch_on_a_wide_strip(tmp_path):
     assert cv2.dilate(mask, np.ones((5, 5), np.uint8))[y, x] > 0, (y, x)
 
 
-def test_onnx_tile_model_with_the_tiling_function(wide, tmp_path):
+def test_onnx_of_a_native_pair_takes_its_working_shape(wide, tmp_path):
+    """Its prior sees whole images: the graph is exported for the image's working shape and checked against
+    PyTorch by the export itself."""
     pytest.importorskip("onnx")
     onnxruntime = pytest.importorskip("onnxruntime")
+    from utils.inference.export import export_onnx
+    _, cls, ckpt = wide
+    det = Detector.from_checkpoint(ckpt, BASE, torch.device("cpu"))
+    image = det.read(cls / "test" / "spot" / "000.png")  # (3, 160, 640)
+    result = export_onnx(det, tmp_path / "whole.onnx", shape=tuple(image.shape[1:]))
+    assert result["checked"]
+    session = onnxruntime.InferenceSession(str(tmp_path / "whole.onnx"), providers=["CPUExecutionProvider"])
+    amap, score = session.run(["anomaly_map", "score"], {"image": image[None].numpy()})
+    want = det.predict([image], with_reconstruction=False)  # detect.py tiles DRAEM; the graph runs it whole
+    assert amap.shape == (1, 160, 640) and abs(float(score[0]) - float(want["score"][0])) < 0.1
+
+
+def test_onnx_tile_model_of_a_pair_with_a_per_tile_prior(wide, tmp_path):
+    """Pairs from before the aspect-kept prior (square prior per tile, --scale native): the graph takes one tile and
+    onnx_predict_tiled stitches as detect.py does."""
+    pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from model.feature_prior import FeaturePrior
     from utils.inference.export import export_onnx, onnx_predict_tiled
     _, cls, ckpt = wide
     det = Detector.from_checkpoint(ckpt, BASE, torch.device("cpu"))
+    old = det.scorer.prior.features
+    det.scorer.prior.features = FeaturePrior(old.bank[:500], old.size, old.backbone)  # no side: per tile
     export_onnx(det, tmp_path / "tile.onnx")
     image = det.read(cls / "test" / "spot" / "000.png")  # (3, 160, 640)
     session = onnxruntime.InferenceSession(str(tmp_path / "tile.onnx"), providers=["CPUExecutionProvider"])

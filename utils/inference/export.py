@@ -1,8 +1,11 @@
-"""Export a loaded detector to ONNX: image (B, 3, S, S) in [0, 1] -> anomaly_map (B, S, S), score (B,).
+"""Export a loaded detector to ONNX: image (B, 3, H, W) in [0, 1] -> anomaly_map (B, H, W), score (B,).
 
-The exported graph always takes S x S inputs. For a checkpoint trained with `--scale native` / N, that input is one
-tile (or a batch of tiles): `onnx_predict_tiled` cuts a whole image into tiles, runs the ONNX session on them and
-stitches the maps exactly as detect.py does (utils/images/tiles.py), then scores the stitched map.
+A pair whose feature prior sees whole working images (the aspect-kept default, `--scale auto`) is exported for one
+working shape, that of the image given to detect.py: DRAEM and the prior on the whole image, fused. Otherwise the
+graph takes S x S inputs: for `--scale square` the image, for a pair from before the aspect-kept default trained
+with `--scale native` / N one tile (or a batch of tiles): `onnx_predict_tiled` cuts a whole image into tiles, runs
+the ONNX session on them and stitches the maps exactly as detect.py does (utils/images/tiles.py), then scores the
+stitched map.
 
 Optional extras: `pip install onnx` to export, `pip install onnxruntime` to check the file against PyTorch.
 Exporter order: torch's TorchScript exporter first (needs only `onnx`, fast, works on torch 2.4 and later,
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from model.model_unet import SCORE_KERNEL, Scorer, image_score
 from utils.images.tiles import stitch
@@ -43,8 +47,29 @@ class ExportGraph(nn.Module):
         return amap, self.scorer.score(amap)
 
 
-def export_onnx(detector, path, check=True):
-    """Write the detector's fp32 inference graph to `path` (atomically); dynamic batch, fixed size S.
+class WholeImageGraph(nn.Module):
+    """A pair whose prior sees whole working images (the aspect-kept default): image (B, 3, H, W) of one working
+    shape -> (anomaly map (B, H, W), score (B,)). DRAEM runs on the whole image at once (edge pixels repeated at
+    the bottom and right up to multiples of 32), the prior on the whole image, fused as detect.py fuses them. detect.py tiles DRAEM
+    instead, so the two maps differ a little where tiles meet (docs/detection.md#onnx)."""
+
+    def __init__(self, scorer, height, width):
+        super().__init__()
+        self.scorer, self.shape = scorer, (height, width)
+        self.pad = (0, -width % 32, 0, -height % 32)  # left, right, top, bottom
+
+    def forward(self, image):
+        h, w = self.shape
+        _, draem = self.scorer.networks(F.pad(image, self.pad, mode="replicate"))
+        prior = self.scorer.prior
+        amap = prior.fuse(prior.novelty(image), draem[:, :h, :w])
+        return amap, self.scorer.score(amap)
+
+
+def export_onnx(detector, path, check=True, shape=None):
+    """Write the detector's fp32 inference graph to `path` (atomically); dynamic batch, fixed input shape: the
+    checkpoint's size S (one tile), or for a pair whose prior sees whole images (the aspect-kept default) the
+    working `shape` (H, W) of the images it will score (detect.py: the image given).
 
     With `check` and onnxruntime installed, the file is run on a random batch of 2 and compared with PyTorch
     (RuntimeError beyond TOLERANCE). Returns {"path": str, "checked": bool, "max_abs_diff": float | None}.
@@ -54,13 +79,19 @@ def export_onnx(detector, path, check=True):
     # A CPU fp32 copy: the detector itself stays on its device, and autocast plays no part in the graph.
     s = detector.scorer
     prior = None if s.prior is None else copy.deepcopy(s.prior).cpu().float()  # the feature prior rides along
-    scorer = ExportGraph(Scorer(copy.deepcopy(s.draem).cpu().float(), s.kernel, s.top_fraction, prior=prior)).eval()
-    example = _random_batch(2, detector.size, seed=0)
-    atomic_write_bytes(path, _export_bytes(scorer, example))
-    log.info("exported %s (input image (B, 3, %d, %d) in [0, 1] -> anomaly_map, score)%s", path, detector.size,
-             detector.size, "" if detector.scale == "square" else
+    scorer = Scorer(copy.deepcopy(s.draem).cpu().float(), s.kernel, s.top_fraction, prior=prior)
+    whole = prior is not None and not prior.per_tile
+    if whole and shape is None:
+        raise UsageError("--export_onnx: this pair's prior sees whole images: export with an image of the size "
+                         "it will score (detect.py --image_path)")
+    h, w = shape if whole else (detector.size, detector.size)
+    graph = (WholeImageGraph(scorer, h, w) if whole else ExportGraph(scorer)).eval()
+    atomic_write_bytes(path, _export_bytes(graph, _random_batch(2, (h, w), seed=0)))
+    log.info("exported %s (input image (B, 3, %d, %d) in [0, 1] -> anomaly_map, score)%s", path, h, w,
+             f"; images of this working shape, DRAEM on the whole image (detect.py tiles it)" if whole else
+             "" if detector.scale == "square" else
              f"; scale {detector.scale}: the input is one tile, use utils.inference.export.onnx_predict_tiled")
-    diff = _check(scorer, path, detector.size) if check else None
+    diff = _check(graph, path, (h, w)) if check else None
     return {"path": str(path), "checked": diff is not None, "max_abs_diff": diff}
 
 
@@ -87,8 +118,9 @@ def _require(package):
         raise UsageError(f"ONNX export needs the `{package}` package: pip install {package}") from None
 
 
-def _random_batch(n, size, seed):
-    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))  # (n, 3, S, S)
+def _random_batch(n, shape, seed):
+    h, w = (shape, shape) if isinstance(shape, int) else shape
+    return torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(seed))  # (n, 3, H, W)
 
 
 def _export_bytes(scorer, example):
@@ -128,14 +160,14 @@ def _export_dynamo(scorer, example):
     return program.model_proto.SerializeToString()
 
 
-def _check(scorer, path, size):
+def _check(scorer, path, shape):
     """Max abs difference between ONNX Runtime and PyTorch on a random batch of 2; None without onnxruntime."""
     try:
         import onnxruntime
     except ImportError:
         log.info("onnxruntime is not installed: %s not checked (pip install onnxruntime)", path)
         return None
-    images = _random_batch(2, size, seed=1)
+    images = _random_batch(2, shape, seed=1)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(OUTPUT_NAMES, {INPUT_NAMES[0]: images.numpy()})
     with torch.inference_mode():

@@ -228,10 +228,12 @@ def build_state(settings, data, device, rank, world):
     return TrainState(model, optimizer, scheduler, loader_gen, synth_gen), loader, sampler
 
 
-def setup_run(settings, obj_name, good_dir, device, command, stop=None, clock=time.monotonic, threads=None):
+def setup_run(settings, obj_name, good_dir, device, command, stop=None, clock=time.monotonic, threads=None,
+              started=None):
     """Everything one class's training needs: (Run, TrainState), the state resumed when --resume is set.
-    clock: seconds for the --max_minutes budget (a fake one in tests)."""
-    start = clock()
+    clock: seconds for the --max_minutes budget (a fake one in tests); started: the clock when the budget began
+    (default: now)."""
+    start = clock() if started is None else started
     rank, _, world = distributed_env()
     amp_dtype = resolve_amp(settings.amp, device)
     (train_set, val_images, whole_val), grayscale, synthesizer = load_class_data(settings, good_dir, device)
@@ -489,9 +491,10 @@ def run_epochs(run, state):
             run.stop.armed = False
 
 
-def train_class(settings, obj_name, good_dir, device, command, stop=None, threads=None):
-    """Train one class; returns (checkpoint pair name, the trained model). stop: see Run.stop."""
-    run, state = setup_run(settings, obj_name, good_dir, device, command, stop, threads=threads)
+def train_class(settings, obj_name, good_dir, device, command, stop=None, threads=None, started=None):
+    """Train one class; returns (checkpoint pair name, the trained model). stop: see Run.stop; started: when the
+    run's minutes began (time.monotonic; default now)."""
+    run, state = setup_run(settings, obj_name, good_dir, device, command, stop, threads=threads, started=started)
     run_epochs(run, state)
     if run.is_main:
         log.info("checkpoints: %s (+_seg.pt), logs: %s", Path(settings.checkpoint_path) / f"{run.base}.pt",
