@@ -268,17 +268,17 @@ def bench_default_detect(model, cfg, device, warmup, iters, path):
     side), both with a full bank of random features (the search costs what a fitted bank's does)."""
     config = Config.build("cpu")
     w, h = image_file_size(path)
-    zoom = auto_zoom([(w, h)], [(k * cfg["size"]) ** 2 for k in config.auto_sides])
+    zoom = auto_zoom([(w, h)], cfg["size"], config.auto_sides)
     tail = TailEvidence.fit(torch.rand(1000, generator=torch.Generator().manual_seed(0)))
     bank = torch.randn(CORESET_SIZE, FEATURE_CHANNELS, generator=torch.Generator().manual_seed(0))
     backbone = load_backbone()
     detectors = {}
-    for name, scale, prior_side in (("auto", {"scale": "auto", "scale_factor": zoom}, config.prior_side),
-                                    ("square", {"scale": "square"}, None)):
+    for name, scale, prior in (("auto", {"scale": "auto", "scale_factor": zoom}, (config.prior_side, config.prior_area)),
+                               ("square", {"scale": "square"}, (None, None))):
         meta = {"config": {"size": cfg["size"], "score_top_fraction": config.score_top_fraction, **scale},
                 "calibration": {}}
         det = Detector(model, meta, device)
-        det.scorer.prior = PriorFusion(FeaturePrior(bank, backbone=backbone, side=prior_side), tail, tail).to(device)
+        det.scorer.prior = PriorFusion(FeaturePrior(bank, backbone=backbone, side=prior[0], area=prior[1]), tail, tail).to(device)
         detectors[name] = det
     t_auto, t_square = interleaved_medians([lambda d=d: float(d.predict([d.read(path)], False)["score"][0])
                                             for d in detectors.values()], warmup, iters, device)

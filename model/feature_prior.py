@@ -241,11 +241,12 @@ class FeaturePrior(nn.Module):
     side at most MAX_ASPECT times that), sides multiples of 16 (`input_shape`): the prior sees the part as it is,
     each whole working image as one input, every image at the same scale of its own extent (docs/prior.md)."""
 
-    def __init__(self, bank, size=PRIOR_SIZE, backbone=None, side=None):
+    def __init__(self, bank, size=PRIOR_SIZE, backbone=None, side=None, area=None):
         super().__init__()
         if size % 16:
             raise ValueError(f"the prior's size must be a multiple of 16, got {size}")
         self.size, self.side = size, None if side is None else int(side)
+        self.area = None if area is None else int(area)  # with `side`: about this many pixels, if not fewer rows
         self.backbone = load_backbone() if backbone is None else backbone
         self.register_buffer("bank", bank.half())
         self.eval()
@@ -264,7 +265,10 @@ class FeaturePrior(nn.Module):
         if self.side is None:
             return self.size, self.size
         height, width = int(height), int(width)  # constants when traced for ONNX: one working shape per graph
-        zoom = min(self.side / min(height, width), MAX_ASPECT * self.side / max(height, width))
+        zoom = self.side / min(height, width)
+        if self.area is not None:  # about `area` pixels, the shorter side never below `side`
+            zoom = max(zoom, math.sqrt(self.area / (height * width)))
+        zoom = min(zoom, MAX_ASPECT * self.side / max(height, width))
         return tuple(max(16, int(round(s * zoom / 16)) * 16) for s in (height, width))
 
     def cells(self, height, width):
@@ -301,19 +305,20 @@ class FeaturePrior(nn.Module):
     def bank_state(self):
         """What a checkpoint stores: tensors and plain numbers only (loads with weights_only=True)."""
         state = {"bank": self.bank.cpu(), "size": self.size}
-        return state if self.side is None else {**state, "side": self.side}
+        return state if self.side is None else {**state, "side": self.side, "area": self.area}
 
     @classmethod
     def from_bank_state(cls, state, backbone=None):
-        return cls(state["bank"], state["size"], backbone, state.get("side"))
+        return cls(state["bank"], state["size"], backbone, state.get("side"), state.get("area"))
 
 
 @torch.no_grad()
-def fit_prior(batches, size=PRIOR_SIZE, coreset=CORESET_SIZE, seed=0, backbone=None, device="cpu", side=None):
+def fit_prior(batches, size=PRIOR_SIZE, coreset=CORESET_SIZE, seed=0, backbone=None, device="cpu", side=None,
+              area=None):
     """A FeaturePrior on `device` whose bank is a coreset of the patch features of good images; `batches` yields
     (B, 3, H, W) tensors in [0, 1] (with `side`, whole working images, of one shape per batch). Deterministic for
     a given seed."""
-    prior, c = FeaturePrior(torch.zeros(0, FEATURE_CHANNELS), size, backbone, side).to(device), FEATURE_CHANNELS
+    prior, c = FeaturePrior(torch.zeros(0, FEATURE_CHANNELS), size, backbone, side, area).to(device), FEATURE_CHANNELS
     feats, cells = [], []
     for x in batches:
         f = prior.features(x.to(device))  # (B, C, h, w)

@@ -48,8 +48,8 @@ class Config:
     size: int = _PRESET["size"]
     scale: str | int = _RECIPE["scale"]  # "auto", "square", "native" or a longer side N
     scale_factor: float | None = None  # no flag: the zoom "auto" resolves to, from the training images' sizes
-    auto_sides: tuple = (1.5, 2.5)  # no flag: "auto" brings the median image area within (1.5 size)^2 and (2.5
-    # size)^2 pixels (192^2-320^2 at the cpu preset), one zoom for every image (docs/large-images.md: measured)
+    auto_sides: tuple = (1.5, 1.25, 4.0)  # no flag: "auto" zooms every image alike so that the median one has about
+    # (1.5 size)^2 pixels but keeps 1.25 size across, at most (4 size)^2 (utils/images/reading.py auto_zoom)
     grayscale: str = "auto"  # no flag: grey anomalies when the images are grey ("auto"); "on"/"off" for the API
     val_fraction: float = 0.1
     target_false_reject: float = 0.02  # docs/thresholds.md: why 2%
@@ -75,8 +75,9 @@ class Config:
     scaled_kernel: bool = _RECIPE["scaled_kernel"]
     anomaly_prior: float | None = _RECIPE["anomaly_prior"]
     prior: str = _RECIPE["prior"]  # "features": ImageNet feature novelty fused with DRAEM's map; "none": DRAEM alone
-    prior_side: int = 128  # no flag: the prior sees each whole working image resized so that its shorter side is
-    # this many pixels, its aspect kept (not at square scales, where it sees 192 x 192; docs/prior.md: measured)
+    prior_side: int = 128  # no flag: the prior sees each whole working image resized to about prior_area pixels,
+    prior_area: int = 36_864  # its shorter side at least prior_side, its aspect kept (192 x 192 for a square image,
+    # as at --scale square; docs/prior.md: measured)
     # output
     checkpoint_path: str = "./checkpoints/"
     log_path: str = "./logs/"

@@ -45,15 +45,22 @@ def describe_scale(config):
     return f"auto (zoom {float(config['scale_factor']):.3g})" if scale == AUTO else str(scale)
 
 
-def auto_zoom(sizes, area):
-    """--scale auto: the zoom factor of the working images, from the training images' sizes [(width, height)]:
-    1 (their own pixels) when their median area lies within `area` (min, max) pixels, else the factor that brings
-    it to the nearer bound (utils/config.py auto_area_min / max). One factor for all images, their aspect kept: a
-    defect keeps its size in pixels from image to image."""
+def auto_zoom(sizes, size, sides=(1.5, 1.25, 4.0)):
+    """--scale auto: the zoom factor of the working images, from the training images' sizes [(width, height)] and
+    the crop size `size`. One factor for all images, their aspect kept, so a defect keeps its size in pixels from
+    image to image; from the medians of their areas and shorter sides, `sides` = (a, s, m) in units of `size`:
+    - about (a size)^2 pixels (192^2 at the cpu preset), the area the square default's two halves looked at, so
+      a crop sees much of the part in the minutes a CPU has (small images are zoomed up to it);
+    - but an elongated part keeps at least s size pixels (160) across, up to its own pixels: a strip squashed to
+      that area would lose its thin defects;
+    - and at most (m size)^2 pixels."""
     if not sizes:
         return 1.0
-    median = float(np.median([w * h for w, h in sizes]))
-    return float(min(max(1.0, math.sqrt(area[0] / median)), math.sqrt(area[1] / median)))
+    a, s, m = sides
+    area = float(np.median([w * h for w, h in sizes]))
+    short = float(np.median([min(w, h) for w, h in sizes]))
+    zoom = max(math.sqrt((a * size) ** 2 / area), min(1.0, s * size / short))
+    return float(min(zoom, math.sqrt((m * size) ** 2 / area)))
 
 
 SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),

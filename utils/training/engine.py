@@ -164,7 +164,7 @@ def working_scale(settings, train_files):
                 sizes.append(image_file_size(f))
             except (OSError, ValueError):
                 continue  # the reader names it when the training images are read
-        settings.scale_factor = auto_zoom(sizes, [(k * settings.size) ** 2 for k in settings.auto_sides])
+        settings.scale_factor = auto_zoom(sizes, settings.size, settings.auto_sides)
     return scale_of(dataclasses.asdict(settings))
 
 
@@ -289,14 +289,15 @@ def fit_run_prior(settings, train_set, val, whole_val, device, bs=32):
     """--prior features: (PriorFusion with the bank of the training images and the novelty tail of the held-out
     good images, its novelty maps of the validation set, and at a tiled scale of the whole held-out images (else
     None)), or Nones without held-out images. Square pairs
-    show the prior each image resized to its square side; the others each whole working image, resized to
-    settings.prior_side pixels, its aspect kept (model/feature_prior.py FeaturePrior)."""
+    show the prior each image resized to its square side; the others each whole working image at its own aspect,
+    resized to about settings.prior_area pixels, its shorter side at least settings.prior_side (model/
+    feature_prior.py FeaturePrior)."""
     if val is None:
         log.warning("no held-out images: the feature prior needs them for its tail tables; DRAEM alone")
         return None, None, None
     t0, images = time.time(), bank_images(train_set, settings)
-    side = None if whole_val is None else settings.prior_side
-    features = fit_prior(prior_batches(images, bs), seed=settings.seed, device=device, side=side)
+    side, area = (None, None) if whole_val is None else (settings.prior_side, settings.prior_area)
+    features = fit_prior(prior_batches(images, bs), seed=settings.seed, device=device, side=side, area=area)
     with torch.inference_mode():
         novelty = torch.cat([features(val["images"][i:i + bs]) for i in range(0, len(val["images"]), bs)])
         held = novelty[:val["n_normal"]] if not whole_val else \
