@@ -22,26 +22,32 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_auto_zoom_brings_the_median_area_within_its_bounds():
-    bounds = [(k * 128) ** 2 for k in Config.auto_sides]  # 192^2 ... 320^2 at the cpu preset
-    assert auto_zoom([(300, 330)] * 3, bounds) == 1.0  # MTD-like: their own pixels
-    assert auto_zoom([(1024, 1024)], bounds) == pytest.approx(320 / 1024)  # large: brought down to 320^2
-    assert auto_zoom([(64, 64)], bounds) == pytest.approx(3.0)  # small: brought up to 192^2
-    # the median decides, one zoom for all: a single huge image among small ones changes nothing
-    assert auto_zoom([(300, 300)] * 4 + [(5000, 5000)], bounds) == 1.0
+def test_auto_zoom_from_the_median_area_and_shorter_side():
+    z = lambda sizes: auto_zoom(sizes, 128)  # noqa: E731 - the cpu preset's crop size
+    assert z([(512, 512)]) == pytest.approx(192 / 512)  # a square plate: about 192^2 pixels
+    assert z([(1024, 256)]) == pytest.approx(160 / 256)  # a strip keeps 160 px across: 640 x 160
+    assert z([(160, 512)]) == 1.0  # a tall part 160 px across: its own pixels, never zoomed up for its width
+    assert z([(64, 64)]) == pytest.approx(3.0)  # small: brought up to 192^2
+    assert z([(1, 4000)]) == pytest.approx(192 / 4000 ** 0.5)  # a 1-pixel line: its area
+    # the medians decide, one zoom for all: a single huge image among small ones changes nothing
+    assert z([(300, 300)] * 4 + [(5000, 5000)]) == pytest.approx(0.64)
 
 
-@pytest.mark.parametrize("height,width", [(1260, 500), (500, 1260), (160, 640), (4000, 40), (300, 330)])
+@pytest.mark.parametrize("height,width", [(1260, 500), (500, 1260), (256, 1024), (4000, 40), (300, 330), (512, 512)])
 def test_both_halves_keep_the_aspect_ratio(height, width):
-    zoom = auto_zoom([(width, height)], [(k * 128) ** 2 for k in Config.auto_sides])
+    zoom = auto_zoom([(width, height)], 128, Config.auto_sides)
     h, w = working_shape(height, width, zoom, 128)  # DRAEM's working image
     assert abs(w / h - width / height) <= width / height * (1 / h + 1 / w)  # one pixel's rounding
-    ph, pw = FeaturePrior(torch.zeros(0, 152), backbone=torch.nn.Identity(), side=128).input_shape(h, w)
+    prior = FeaturePrior(torch.zeros(0, 152), backbone=torch.nn.Identity(), side=Config.prior_side,
+                         area=Config.prior_area)
+    ph, pw = prior.input_shape(h, w)
     assert ph % 16 == 0 and pw % 16 == 0
-    if max(h, w) / min(h, w) <= MAX_ASPECT:  # the prior's input: shorter side 128, the aspect to within 16 px
-        assert min(ph, pw) == 128 and abs(pw / ph - w / h) <= (w / h) * (16 / ph + 16 / pw)
+    if max(h, w) / min(h, w) <= MAX_ASPECT:  # the prior's input: the aspect to within its rounding to 16 px
+        assert abs(pw / ph - w / h) <= (w / h) * (16 / ph + 16 / pw) and min(ph, pw) >= 128
     else:  # a longer strip: its longer side at MAX_ASPECT x 128, the shorter one less
         assert max(ph, pw) == MAX_ASPECT * 128
+    if (height, width) == (512, 512):
+        assert (h, w) == (ph, pw) == (192, 192)  # a square part: what --scale square shows the prior
 
 
 def _tall_folder(folder, n, seed=0):
