@@ -186,7 +186,7 @@ def test_onnx_tile_model_of_a_pair_with_a_per_tile_prior(wide, tmp_path):
     pytest.importorskip("onnx")
     onnxruntime = pytest.importorskip("onnxruntime")
     from model.feature_prior import FeaturePrior
-    from utils.inference.export import export_onnx, onnx_predict_tiled
+    from utils.inference.export import TOLERANCE, export_onnx, onnx_predict_tiled
     _, cls, ckpt = wide
     det = Detector.from_checkpoint(ckpt, BASE, torch.device("cpu"))
     old = det.scorer.prior.features
@@ -196,9 +196,9 @@ def test_onnx_tile_model_of_a_pair_with_a_per_tile_prior(wide, tmp_path):
     session = onnxruntime.InferenceSession(str(tmp_path / "tile.onnx"), providers=["CPUExecutionProvider"])
     amap, score = onnx_predict_tiled(session, image, det.size, det.scorer.kernel, top_fraction=det.scorer.top_fraction)
     want = det.predict([image], with_reconstruction=False)
-    # float32 sums in another order (ONNX Runtime vs PyTorch kernels): differences reach 1e-4 on some versions
-    assert amap.shape == (160, 640) and (amap - want["anomaly_map"][0]).abs().max() < 5e-4
-    assert abs(float(score) - float(want["score"][0])) < 1e-4
+    # float32 sums in another order (ONNX Runtime vs PyTorch kernels), times the tail tables' slopes
+    assert amap.shape == (160, 640) and (amap - want["anomaly_map"][0]).abs().max() < TOLERANCE
+    assert abs(float(score) - float(want["score"][0])) < TOLERANCE
 
 
 def test_native_resume_gives_the_same_weights_as_uninterrupted(tmp_path):

@@ -32,7 +32,11 @@ log = logging.getLogger(__name__)
 
 INPUT_NAMES = ["image"]
 OUTPUT_NAMES = ["anomaly_map", "score"]
-TOLERANCE = 1e-4  # max abs difference between ONNX Runtime and PyTorch, map and score
+# Max abs difference between ONNX Runtime and PyTorch, map and score (both in [0, 1)). The halves agree to float32
+# rounding (the prior's distances of ~60 to 5e-5), but a tail table's slope 1 / beta multiplies that, and a pixel
+# whose DRAEM evidence sits at the gate can go either way: a barely trained pair differed by up to 2.7e-3 at a few
+# pixels (1e-7 elsewhere). A wrong graph differs by 0.1 and more.
+TOLERANCE = 1e-2
 
 
 class ExportGraph(nn.Module):

@@ -222,8 +222,8 @@ def bank_units(image, config, size, whole):
 
 
 def same_prior(features, bank):
-    """A FeaturePrior like `features` (its size, side and backbone) with another bank."""
-    return FeaturePrior(bank, features.size, features.backbone, features.side)
+    """A FeaturePrior like `features` (its size, side, area and backbone) with another bank."""
+    return FeaturePrior(bank, features.size, features.backbone, features.side, features.area)
 
 
 @torch.no_grad()
