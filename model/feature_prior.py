@@ -26,6 +26,7 @@ PROJECTION_DIM = 32  # the coreset's distances are computed in a seeded random p
 TAIL_LEVELS = 64  # knots of a tail-evidence table: tail probabilities log-spaced from 1 to TAIL_P
 TAIL_P = 1e-3  # beyond this upper-tail probability of good pixels, an exponential tail fitted to the exceedances
 GATE_FRACTION = 0.003  # DRAEM's evidence counts only where it is rarer than this among good pixels
+GUIDE_EPS = 1e-4  # guided sharpening of the output map: regularisation against the grey image's local variance
 
 
 class SameConv(nn.Conv2d):
@@ -372,6 +373,26 @@ class TailEvidence(nn.Module):
     @classmethod
     def from_state(cls, state):
         return cls(state["knots"], state["evidence"], state["beta"])
+
+
+def _box(x, radius):
+    """Mean over (2 radius + 1)^2 windows of x (B, 1, H, W), edges repeated (any size, down to 1 x 1 px)."""
+    x = F.pad(x, (radius,) * 4, mode="replicate")
+    return F.avg_pool2d(x, 2 * radius + 1, stride=1)
+
+
+def guided_sharpen(maps, images, radius, eps=GUIDE_EPS):
+    """Maps (B, H, W) sharpened along the edges of images (B, 3, H, W) in [0, 1]: the guided filter (He et al.,
+    ECCV 2010) with the grey image as guide, clamped to [0, 1]. In each window the map is fitted as a * grey + b, so
+    where the novelty's coarse blob covers a thin dark crack the map follows the crack, and on flat good surface it
+    stays as it was. Only what the picture and the pixel metrics see: scores come from the map before (docs/prior.md)."""
+    guide, p = images.float().mean(1, keepdim=True), maps[:, None].float()  # (B, 1, H, W) each
+    mean_i, mean_p = _box(guide, radius), _box(p, radius)
+    cov = _box(guide * p, radius) - mean_i * mean_p
+    var = _box(guide * guide, radius) - mean_i * mean_i
+    a = cov / (var + eps)
+    b = mean_p - a * mean_i
+    return (_box(a, radius) * guide + _box(b, radius))[:, 0].clamp(0, 1)
 
 
 def fuse(novelty_evidence, draem_evidence, gate=GATE_FRACTION):

@@ -259,16 +259,17 @@ class Scorer(nn.Module):
     the feature novelty, model/feature_prior.py `fuse`) replaces DRAEM's; None: DRAEM's map as it is.
     """
 
-    def __init__(self, draem, kernel=SCORE_KERNEL, top_fraction=0.0, amp_dtype=None, prior=None):
+    def __init__(self, draem, kernel=SCORE_KERNEL, top_fraction=0.0, amp_dtype=None, prior=None, guide=0):
         super().__init__()
         self.draem, self.kernel, self.top_fraction, self.amp_dtype = draem, kernel, top_fraction, amp_dtype
-        self.prior = prior
+        self.prior, self.guide = prior, int(guide)  # guide: radius of the output map's guided sharpening, 0: none
 
     @classmethod
     def from_config(cls, draem, config, amp_dtype=None, prior=None):
         """The rule a checkpoint's config records (the authors' pairs: 21 px, max of the filtered map)."""
+        guide = 0 if config.get("scale", "square") == "square" else int(config.get("map_guide", 0))  # pairs before: 0
         return cls(draem, int(config.get("score_kernel", SCORE_KERNEL)),
-                   float(config.get("score_top_fraction", 0.0)), amp_dtype, prior)
+                   float(config.get("score_top_fraction", 0.0)), amp_dtype, prior, guide)
 
     def forward(self, images):
         rec, amap = self.networks(images)

@@ -89,6 +89,29 @@ def test_each_half_row_is_the_pair_scored_by_that_half_alone(trained):
         assert {k: alone[k] for k in METRIC_NAMES} == pytest.approx(halves[half], abs=1e-6)
 
 
+def test_the_map_is_sharpened_along_the_image_and_the_score_is_not(trained):
+    """At the default scale the maps shown and measured are guided by the image (model/feature_prior.py
+    guided_sharpen, radius map_guide); the scores, and so the threshold, are those of the map before."""
+    from model.feature_prior import guided_sharpen
+    from model.model_unet import Scorer
+    from utils.inference.detector import Detector
+    _, cls, ckpt = trained
+    det = Detector.from_checkpoint(ckpt, BASE)
+    image = det.read(cls / "test" / "spot" / "000.png")
+    sharp = det.predict([image], with_reconstruction=False, halves=True)
+    assert det.scorer.guide == 8
+    det.scorer.guide = 0
+    plain = det.predict([image], with_reconstruction=False, halves=True)
+    for key in ("anomaly_map", "draem_map", "novelty_map"):
+        assert torch.allclose(sharp[key][0], guided_sharpen(plain[key][0][None], image[None], 8)[0], atol=1e-6)
+        assert not torch.equal(sharp[key][0], plain[key][0])
+    for key in ("score", "draem_score", "novelty_score"):
+        assert torch.equal(sharp[key][0], plain[key][0])
+    # square pairs (the paper, the authors' files) and pairs from before it: no sharpening
+    assert Scorer.from_config(None, {"scale": "square", "map_guide": 8}).guide == 0
+    assert Scorer.from_config(None, {"scale": "auto", "scale_factor": 1.0}).guide == 0
+
+
 def _pair_thresholds(ckpt, base=BASE):
     return [torch.load(p, map_location="cpu", weights_only=True)["calibration"]["threshold"]
             for p in pair_paths(ckpt, base)]

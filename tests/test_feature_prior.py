@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from model.feature_prior import (FEATURE_CHANNELS, GATE_FRACTION, FeaturePrior, PriorFusion, TailEvidence,
-                                 fit_prior, fuse, greedy_coreset, load_backbone, nearest_distance)
+                                 fit_prior, fuse, greedy_coreset, guided_sharpen, load_backbone,
+                                 nearest_distance)
 
 SIZE = 64  # the prior's side in these tests: an 8 x 8 novelty grid
 
@@ -177,3 +178,23 @@ def test_prior_fusion_round_trip_with_weights_only(backbone):
     x, d = with_blob(surfaces(1, seed=2)[0])[None], torch.rand(1, SIZE, SIZE)
     assert again.features.bank.shape == (50, FEATURE_CHANNELS)
     assert torch.equal(again(x, d), fusion(x, d))
+
+
+def test_guided_sharpening_pulls_a_coarse_blob_onto_the_thin_line_under_it():
+    """The novelty's blob (a stride-8 grid upsampled) over a 2-pixel dark line: sharpened along the grey image, the
+    map is high on the line and low beside it; on flat surface it stays near the blob; any shape, down to 1 px."""
+    image = torch.full((1, 3, 64, 64), 0.6)
+    image[..., 31:33] = 0.2  # a vertical hairline
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    blob = 0.8 * torch.exp(-((yy - 32) ** 2 + (xx - 32) ** 2) / (2 * 8.0 ** 2))[None]  # (1, 64, 64)
+    out = guided_sharpen(blob, image, 8)
+    assert out.shape == blob.shape and 0 <= out.min() and out.max() <= 1
+    rows = slice(26, 38)  # across the blob's middle: the map now steps up where the line begins, as the image does
+    step, step_before = out[0, rows, 31] - out[0, rows, 30], blob[0, rows, 31] - blob[0, rows, 30]
+    assert (step > 0.1).all() and (step_before.abs() < 0.02).all()
+    assert set(out[0, rows].argmax(1).tolist()) <= {31, 32}  # its maximum on the line in every row
+    far = torch.zeros(1, 64, 64)
+    far[:, :8, :8] = 0.3  # a map patch on flat surface, away from any edge: smoothed, not moved onto the line
+    assert guided_sharpen(far, image, 8)[0, :, 31:33].max() < 0.01
+    for h, w in ((1, 40), (40, 1), (1, 1)):
+        assert guided_sharpen(torch.rand(2, h, w), torch.rand(2, 3, h, w), 8).shape == (2, h, w)

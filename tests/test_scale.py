@@ -194,7 +194,8 @@ def test_onnx_tile_model_of_a_pair_with_a_per_tile_prior(wide, tmp_path):
     export_onnx(det, tmp_path / "tile.onnx")
     image = det.read(cls / "test" / "spot" / "000.png")  # (3, 160, 640)
     session = onnxruntime.InferenceSession(str(tmp_path / "tile.onnx"), providers=["CPUExecutionProvider"])
-    amap, score = onnx_predict_tiled(session, image, det.size, det.scorer.kernel, top_fraction=det.scorer.top_fraction)
+    amap, score = onnx_predict_tiled(session, image, det.size, det.scorer.kernel, top_fraction=det.scorer.top_fraction,
+                                     guide=det.scorer.guide)
     want = det.predict([image], with_reconstruction=False)
     # float32 sums in another order (ONNX Runtime vs PyTorch kernels), times the tail tables' slopes
     assert amap.shape == (160, 640) and (amap - want["anomaly_map"][0]).abs().max() < TOLERANCE

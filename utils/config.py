@@ -22,9 +22,9 @@ PRESETS = {
 # working scale "auto": each image at its own aspect, its area brought within auto_area (utils/images/reading.py).
 RECIPES = {
     "paper": dict(jitter=(), score_top_fraction=0.0, scaled_kernel=False, anomaly_prior=None, prior="none",
-                  scale="square"),
+                  scale="square", map_guide=0),
     "ours": dict(jitter=PHOTOMETRIC, score_top_fraction=0.003, scaled_kernel=True, anomaly_prior=0.01,
-                 prior="features", scale="auto"),
+                 prior="features", scale="auto", map_guide=8),
 }
 
 
@@ -78,6 +78,9 @@ class Config:
     prior_side: int = 128  # no flag: the prior sees each whole working image resized to about prior_area pixels,
     prior_area: int = 36_864  # its shorter side at least prior_side, its aspect kept (192 x 192 for a square image,
     # as at --scale square; docs/prior.md: measured)
+    map_guide: int = _RECIPE["map_guide"]  # no flag: radius (working px) of the guided sharpening of the output
+    # map at a scale other than square (model/feature_prior.py guided_sharpen; 0: none, as pairs before it); the
+    # scores stay those of the map before it
     # output
     checkpoint_path: str = "./checkpoints/"
     log_path: str = "./logs/"

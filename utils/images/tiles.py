@@ -6,6 +6,8 @@ import math
 import numpy as np
 import torch
 
+from model.feature_prior import guided_sharpen
+
 
 def pad_to_tile(image, tile):
     """(C, H, W) -> (C, max(H, tile), max(W, tile)): reflection at the bottom and right, so the original
@@ -205,6 +207,10 @@ def predict(scorer, images, tile, device, tile_batch=16, with_reconstruction=Tru
             maps = [o[half] for o in outs]
             result[f"{half}_map"] = maps
             result[f"{half}_score"] = [None if m is None else scorer.score(m[None])[0] for m in maps]
+    if scorer.guide:  # the maps shown follow the image's edges; the scores are those above
+        for key in ("anomaly_map",) + tuple(f"{h}_map" for h in HALVES if halves):
+            result[key] = [None if m is None else guided_sharpen(m[None], im[None].to(m.device), scorer.guide)[0]
+                           for m, im in zip(result[key], images)]
     return result
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.feature_prior import guided_sharpen
 from model.model_unet import SCORE_KERNEL, Scorer, image_score
 from utils.images.tiles import stitch
 from utils.runtime import UsageError
@@ -67,7 +68,8 @@ class WholeImageGraph(nn.Module):
         _, draem = self.scorer.networks(F.pad(image, self.pad, mode="replicate"))
         prior = self.scorer.prior
         amap = prior.fuse(prior.novelty(image), draem[:, :h, :w])
-        return amap, self.scorer.score(amap)
+        score = self.scorer.score(amap)  # as detect.py: the score before the map's guided sharpening
+        return (guided_sharpen(amap, image, self.scorer.guide) if self.scorer.guide else amap), score
 
 
 def export_onnx(detector, path, check=True, shape=None):
@@ -83,7 +85,7 @@ def export_onnx(detector, path, check=True, shape=None):
     # A CPU fp32 copy: the detector itself stays on its device, and autocast plays no part in the graph.
     s = detector.scorer
     prior = None if s.prior is None else copy.deepcopy(s.prior).cpu().float()  # the feature prior rides along
-    scorer = Scorer(copy.deepcopy(s.draem).cpu().float(), s.kernel, s.top_fraction, prior=prior)
+    scorer = Scorer(copy.deepcopy(s.draem).cpu().float(), s.kernel, s.top_fraction, prior=prior, guide=s.guide)
     whole = prior is not None and not prior.per_tile
     if whole and shape is None:
         raise UsageError("--export_onnx: this pair's prior sees whole images: export with an image of the size "
@@ -99,20 +101,22 @@ def export_onnx(detector, path, check=True, shape=None):
     return {"path": str(path), "checked": diff is not None, "max_abs_diff": diff}
 
 
-def onnx_predict_tiled(session, image, tile, kernel=SCORE_KERNEL, tile_batch=16, top_fraction=0.0):
+def onnx_predict_tiled(session, image, tile, kernel=SCORE_KERNEL, tile_batch=16, top_fraction=0.0, guide=0):
     """Anomaly map (H, W) and score (0-d) of a whole image (3, H, W) in [0, 1] at the working scale, from an
     onnxruntime session of an exported tile model (tile = the checkpoint's size, kernel and top_fraction = its
-    score_kernel and score_top_fraction).
+    score_kernel and score_top_fraction, guide = the radius of its map's guided sharpening, `detector.scorer.guide`).
 
         session = onnxruntime.InferenceSession("draem.onnx")
-        amap, score = onnx_predict_tiled(session, detector.read("strip.png"), detector.size,
-                                         detector.scorer.kernel, top_fraction=detector.scorer.top_fraction)
+        amap, score = onnx_predict_tiled(session, detector.read("strip.png"), detector.size, detector.scorer.kernel,
+                                         top_fraction=detector.scorer.top_fraction, guide=detector.scorer.guide)
     """
     def run(tiles):  # (B, 3, tile, tile) -> (B, tile, tile) from the ONNX graph; no reconstruction output
         amap = session.run(OUTPUT_NAMES[:1], {INPUT_NAMES[0]: tiles.numpy()})[0]
         return torch.from_numpy(amap), None
-    amap = stitch(torch.as_tensor(image, dtype=torch.float32), run, tile, tile_batch=tile_batch)["anomaly_map"]
-    return amap, image_score(amap[None], kernel, top_fraction)[0]
+    image = torch.as_tensor(image, dtype=torch.float32)
+    amap = stitch(image, run, tile, tile_batch=tile_batch)["anomaly_map"]
+    score = image_score(amap[None], kernel, top_fraction)[0]  # as detect.py: before the guided sharpening
+    return (guided_sharpen(amap[None], image[None], guide)[0] if guide else amap), score
 
 
 def _require(package):
