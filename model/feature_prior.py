@@ -376,9 +376,11 @@ class TailEvidence(nn.Module):
 
 
 def _box(x, radius):
-    """Mean over (2 radius + 1)^2 windows of x (B, 1, H, W), edges repeated (any size, down to 1 x 1 px)."""
-    x = F.pad(x, (radius,) * 4, mode="replicate")
-    return F.avg_pool2d(x, 2 * radius + 1, stride=1)
+    """Mean over (2 radius + 1)^2 windows of x (B, 1, H, W), edges repeated (any size, down to 1 x 1 px); separable:
+    two 1-D means, 2 (2 radius + 1) reads a pixel instead of (2 radius + 1)^2."""
+    k = 2 * radius + 1
+    x = F.avg_pool2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), (1, k), stride=1)
+    return F.avg_pool2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), (k, 1), stride=1)
 
 
 def guided_sharpen(maps, images, radius, eps=GUIDE_EPS):

@@ -179,13 +179,14 @@ def _pad_to(image, height, width):
 
 
 @torch.inference_mode()
-def predict(scorer, images, tile, device, tile_batch=16, with_reconstruction=True, halves=False):
+def predict(scorer, images, tile, device, tile_batch=16, with_reconstruction=True, halves=False, sharpen=True):
     """Images (3, H_i, W_i) in [0, 1] at the working scale -> dict of lists, one entry per image: reconstruction
     (3, H, W) (None unless `with_reconstruction`), anomaly_map (H, W) and score (0-d), fp32 on `device`.
 
     DRAEM sees tiles, stitched; a feature prior with a side sees each whole image once and is fused with the
     stitched DRAEM map. halves: also each half alone (`HALVES`), as <half>_map and <half>_score: DRAEM's own map,
-    and the novelty's (model/feature_prior.py PriorFusion.alone); the novelty's are None without a prior."""
+    and the novelty's (model/feature_prior.py PriorFusion.alone); the novelty's are None without a prior.
+    sharpen: the maps guided by the image (`scorer.guide`), as shown and measured; False where only scores count."""
     prior = scorer.prior
     per_tile = prior is not None and prior.per_tile
     names = ("draem", "novelty", "anomaly_map") if per_tile else ("draem",)
@@ -207,7 +208,7 @@ def predict(scorer, images, tile, device, tile_batch=16, with_reconstruction=Tru
             maps = [o[half] for o in outs]
             result[f"{half}_map"] = maps
             result[f"{half}_score"] = [None if m is None else scorer.score(m[None])[0] for m in maps]
-    if scorer.guide:  # the maps shown follow the image's edges; the scores are those above
+    if scorer.guide and sharpen:  # the maps shown follow the image's edges; the scores are those above
         for key in ("anomaly_map",) + tuple(f"{h}_map" for h in HALVES if halves):
             result[key] = [None if m is None else guided_sharpen(m[None], im[None].to(m.device), scorer.guide)[0]
                            for m, im in zip(result[key], images)]
@@ -228,6 +229,7 @@ def image_scores(scorer, images, tile, device, tile_batch=16):
     them (the model in eval mode meanwhile; its training mode is restored)."""
     was_training = scorer.training
     scorer.eval()
-    scores = [predict(scorer, [im.float() / 255], tile, device, tile_batch, False)["score"][0].cpu() for im in images]
+    scores = [predict(scorer, [im.float() / 255], tile, device, tile_batch, False, sharpen=False)["score"][0].cpu()
+              for im in images]
     scorer.train(was_training)
     return torch.stack(scores)
