@@ -37,7 +37,8 @@ def validate(scorer, val, bs, target_false_reject, prior=None, novelty=None):
     maps = {"": [], "_draem": [], "_novelty": []}  # fused (or DRAEM's without a prior), and each half
     recs = []
     for i in range(0, len(images), bs):
-        out = predict(scorer, list(images[i:i + bs]), tile, images.device, bs, with_reconstruction=i < n_normal)
+        out = predict(scorer, list(images[i:i + bs]), tile, images.device, bs, with_reconstruction=i < n_normal,
+                      sharpen=False)  # scores and the fusion below take the maps as detect.py scores them
         recs += [r.cpu() for r in out["reconstruction"][:max(0, n_normal - i)]]  # (3, S, S) of the good images
         batch = torch.stack(out["anomaly_map"])  # (B, S, S)
         if prior is not None:
