@@ -41,8 +41,8 @@ def test_recent_step_s_measures_the_pace_since_a_plan_at_least_20_steps_back_wit
 
 
 def test_should_stop_while_the_budget_still_pays_the_last_checkpoint():
-    b = Budget(100.0, clock=lambda: 95.0, start=0.0, max_steps=1000, total_steps=1000, checkpoint_s=4.0)
+    b = Budget(100.0, clock=lambda: 95.0, start=0.0, max_steps=1000, total_steps=1000, checkpoint_s=3.0)
     run, state = SimpleNamespace(budget=b, stop=None, world=1), SimpleNamespace(step=10)
-    assert should_stop(run, state) == [False, False]  # 95 s + a 4 s checkpoint end within 100 s
-    b.checkpoint_s = 6.0
-    assert should_stop(run, state) == [True, False]  # a 6 s checkpoint would end past 100 s: stop now
+    assert should_stop(run, state) == [False, False]  # 95 s + a 3 s checkpoint (3.9 s with its margin) < 100 s
+    b.checkpoint_s = 4.0
+    assert should_stop(run, state) == [True, False]  # a 4 s checkpoint might take 5.2 s, past 100 s: stop now
