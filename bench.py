@@ -275,7 +275,8 @@ def bench_default_detect(model, cfg, device, warmup, iters, path):
     detectors = {}
     for name, scale, prior in (("auto", {"scale": "auto", "scale_factor": zoom}, (config.prior_side, config.prior_area)),
                                ("square", {"scale": "square"}, (None, None))):
-        meta = {"config": {"size": cfg["size"], "score_top_fraction": config.score_top_fraction, **scale},
+        meta = {"config": {"size": cfg["size"], "score_top_fraction": config.score_top_fraction,
+                           "map_guide": config.map_guide, **scale},  # the map's sharpening: "square" has none
                 "calibration": {}}
         det = Detector(model, meta, device)
         det.scorer.prior = PriorFusion(FeaturePrior(bank, backbone=backbone, side=prior[0], area=prior[1]), tail, tail).to(device)

@@ -8,7 +8,7 @@ import torch
 import torch.multiprocessing as mp
 
 import train
-from model.feature_prior import FEATURE_CHANNELS
+from model.feature_prior import FEATURE_CHANNELS, guided_sharpen
 from model.model_unet import anomaly_map
 from tests.conftest import write_images
 from utils.config import PHOTOMETRIC, PRESETS, RECIPES, Config
@@ -227,9 +227,12 @@ def test_prior_none_scores_as_draem_alone(tmp_path):
     assert "prior" not in torch.load(pair_paths(tmp_path / "ckpt", base)[1], weights_only=True)
     detector = Detector.from_checkpoint(tmp_path / "ckpt", base)
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    maps = torch.stack(detector.predict(list(x))["anomaly_map"])
+    out = detector.predict(list(x))
     with torch.inference_mode():
-        assert torch.equal(maps, anomaly_map(detector.scorer.draem(x)[1]))  # bit-identical: DRAEM's softmax
+        raw = anomaly_map(detector.scorer.draem(x)[1])  # DRAEM's softmax, bit for bit in the score
+        assert torch.equal(torch.stack(out["score"]), detector.scorer.score(raw))
+        # the map shown: sharpened along the image, as at every scale but square (docs/prior.md)
+        assert torch.allclose(torch.stack(out["anomaly_map"]), guided_sharpen(raw, x, detector.scorer.guide), atol=1e-6)
 
 
 def test_paper_recipe_has_no_prior():
