@@ -2,8 +2,8 @@
 that are far from square. Both are MVTec-layout class folders written OUTSIDE the repository, made once
 (dataset_folder.make_once: temp folder, marker last) and seeded:
 
-    python -m utils.synthesis.proxies mtd_long  --src ../shared/data/magnetic_tile/magnetic_tile --out /work/proxies
-    python -m utils.synthesis.proxies mpdd_tall --src ../shared/data/mpdd_metal_plate/metal_plate --out /work/proxies
+    python -m utils.synthesis.proxies mtd_long  --src ../shared/data/magnetic_tile/magnetic_tile --out proxies
+    python -m utils.synthesis.proxies mpdd_tall --src ../shared/data/mpdd_metal_plate/metal_plate --out proxies
 
 mtd_long   Magnetic Tile Defects' long parts: every image whose longer side is >= 2.2 x its shorter side, in each
            split and defect type, with its mask; symbolic links to the original files, nothing copied.
