@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.feature_prior import guided_sharpen
+
 
 def double_conv(c_in, c_out, c_mid=None):
     """conv3x3-BN-ReLU twice; indices 0/1 and 3/4 hold the weights (original naming)."""
@@ -284,3 +286,20 @@ class Scorer(nn.Module):
 
     def score(self, maps):
         return image_score(maps, self.kernel, self.top_fraction)
+
+    @property
+    def refines(self):
+        """Whether the output map is reshaped by the prior's fine evidence (model/feature_prior.py FineEvidence)."""
+        return self.prior is not None and getattr(self.prior, "refines", False)
+
+    @property
+    def sharpens(self):
+        return bool(self.guide) or self.refines
+
+    def sharpen(self, maps, images, fine=None, refine=True):
+        """The maps (B, H, W) as shown and measured: reshaped by the prior's fine evidence (`fine`: its maps of the
+        images, if computed already) where the pair has one and `refine`, then guided by the grey image (radius
+        `guide`). The scores come from the maps before (docs/prior.md)."""
+        if refine and self.refines:
+            maps = self.prior.refine(maps, images, fine)
+        return guided_sharpen(maps, images, self.guide) if self.guide else maps

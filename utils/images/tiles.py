@@ -6,7 +6,6 @@ import math
 import numpy as np
 import torch
 
-from model.feature_prior import guided_sharpen
 
 
 def pad_to_tile(image, tile):
@@ -208,10 +207,14 @@ def predict(scorer, images, tile, device, tile_batch=16, with_reconstruction=Tru
             maps = [o[half] for o in outs]
             result[f"{half}_map"] = maps
             result[f"{half}_score"] = [None if m is None else scorer.score(m[None])[0] for m in maps]
-    if scorer.guide and sharpen:  # the maps shown follow the image's edges; the scores are those above
-        for key in ("anomaly_map",) + tuple(f"{h}_map" for h in HALVES if halves):
-            result[key] = [None if m is None else guided_sharpen(m[None], im[None].to(m.device), scorer.guide)[0]
-                           for m, im in zip(result[key], images)]
+    if scorer.sharpens and sharpen:  # the maps shown follow the image's edges; the scores are those above
+        for i, image in enumerate(images):
+            x = image[None].to(device)  # (1, 3, H, W)
+            fine = scorer.prior.fine_map(x) if scorer.refines else None  # once per image, for the prior's maps
+            for key in ("anomaly_map",) + tuple(f"{h}_map" for h in HALVES if halves):
+                m = result[key][i]
+                if m is not None:  # DRAEM's own map: its edges guided, the prior's fine evidence left out
+                    result[key][i] = scorer.sharpen(m[None], x, fine, refine=key != "draem_map")[0]
     return result
 
 

@@ -69,7 +69,7 @@ class WholeImageGraph(nn.Module):
         prior = self.scorer.prior
         amap = prior.fuse(prior.novelty(image), draem[:, :h, :w])
         score = self.scorer.score(amap)  # as detect.py: the score before the map's guided sharpening
-        return (guided_sharpen(amap, image, self.scorer.guide) if self.scorer.guide else amap), score
+        return self.scorer.sharpen(amap, image), score
 
 
 def export_onnx(detector, path, check=True, shape=None):

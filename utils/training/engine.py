@@ -37,6 +37,7 @@ from utils.storage.atomic import atomic_write_bytes
 from utils.storage.pairs import base_model_name, save_pair
 from utils.synthesis.simulation import jitter_images, make_synthesizer, samples_picture
 from utils.synthesis.textures import load_texture_bank
+from utils.training.fine_choice import fit_fine
 from utils.training.resume import load_resume_state, resume_path, save_resume_state
 from utils.training.schedule import (PLAN_AFTER_STEPS, Budget, make_optimizer, planned_epochs, replan, should_stop,
                                      step_cap)
@@ -305,6 +306,8 @@ def fit_run_prior(settings, train_set, val, whole_val, device, bs=32):
     prior = PriorFusion(features, TailEvidence.fit(torch.cat([m.flatten() for m in held])))
     log.info("feature prior: bank %d x %d from %d images in %.1fs", *features.bank.shape, len(images),
              time.time() - t0)
+    if whole_val:  # the output map's fine evidence, weighted on simulated defects (square pairs: as before)
+        prior.fine = fit_fine(prior, images, whole_val, settings.map_guide, settings.seed)[0]
     return prior, novelty, held if whole_val else None
 
 

@@ -282,7 +282,7 @@ def calibrate(model, config, fusion, novelty, goods, target, device):
     draem = Scorer.from_config(model, config).eval()  # DRAEM alone: its map, and the pair's score rule
     draem_maps = raw_maps(lambda tiles: draem(tiles)[1], [g[0] for g in goods], size, device)
     tails = [TailEvidence.fit(torch.cat([m.flatten() for m in maps])).to(device) for maps in (novelty, draem_maps)]
-    taught = PriorFusion(fusion.features, *tails, fusion.gate)
+    taught = PriorFusion(fusion.features, *tails, fusion.gate, fusion.fine)
     with torch.inference_mode():
         scores = torch.stack([draem.score(with_prior(taught, d[None], novelty=n[None]))[0].cpu()
                               for n, d in zip(novelty, draem_maps)])
