@@ -90,8 +90,9 @@ def test_each_half_row_is_the_pair_scored_by_that_half_alone(trained):
 
 
 def test_the_map_is_sharpened_along_the_image_and_the_score_is_not(trained):
-    """At the default scale the maps shown and measured are guided by the image (model/feature_prior.py
-    guided_sharpen, radius map_guide); the scores, and so the threshold, are those of the map before."""
+    """At the default scale the maps shown and measured are reshaped by the prior's fine evidence at the weight the
+    pair chose (model/feature_prior.py FineEvidence; DRAEM's own map left out), then guided by the image
+    (guided_sharpen, radius map_guide); the scores, and so the threshold, are those of the map before."""
     from model.feature_prior import guided_sharpen
     from model.model_unet import Scorer
     from utils.inference.detector import Detector
@@ -99,11 +100,14 @@ def test_the_map_is_sharpened_along_the_image_and_the_score_is_not(trained):
     det = Detector.from_checkpoint(ckpt, BASE)
     image = det.read(cls / "test" / "spot" / "000.png")
     sharp = det.predict([image], with_reconstruction=False, halves=True)
-    assert det.scorer.guide == 8
-    det.scorer.guide = 0
+    prior = det.scorer.prior
+    assert det.scorer.guide == 8 and prior.fine is not None  # stored in the pair, weight chosen when trained
+    fine_map = prior.fine(prior.features.backbone, image[None])
+    det.scorer.guide, fine, prior.fine = 0, prior.fine, None
     plain = det.predict([image], with_reconstruction=False, halves=True)
     for key in ("anomaly_map", "draem_map", "novelty_map"):
-        assert torch.allclose(sharp[key][0], guided_sharpen(plain[key][0][None], image[None], 8)[0], atol=1e-6)
+        expected = plain[key][0][None] if key == "draem_map" else fine.reshape(plain[key][0][None], fine_map)
+        assert torch.allclose(sharp[key][0], guided_sharpen(expected, image[None], 8)[0], atol=1e-6)
         assert not torch.equal(sharp[key][0], plain[key][0])
     for key in ("score", "draem_score", "novelty_score"):
         assert torch.equal(sharp[key][0], plain[key][0])

@@ -5,8 +5,8 @@ import socket
 import pytest
 import torch
 
-from model.feature_prior import (FEATURE_CHANNELS, GATE_FRACTION, FeaturePrior, PriorFusion, TailEvidence,
-                                 fit_prior, fuse, greedy_coreset, guided_sharpen, load_backbone,
+from model.feature_prior import (FEATURE_CHANNELS, GATE_FRACTION, FeaturePrior, FineEvidence, PriorFusion,
+                                 TailEvidence, fit_prior, fuse, greedy_coreset, guided_sharpen, load_backbone,
                                  nearest_distance)
 
 SIZE = 64  # the prior's side in these tests: an 8 x 8 novelty grid
@@ -198,3 +198,44 @@ def test_guided_sharpening_pulls_a_coarse_blob_onto_the_thin_line_under_it():
     assert guided_sharpen(far, image, 8)[0, :, 31:33].max() < 0.01
     for h, w in ((1, 40), (40, 1), (1, 1)):
         assert guided_sharpen(torch.rand(2, h, w), torch.rand(2, 3, h, w), 8).shape == (2, h, w)
+
+
+def with_line(image, value=0.15):
+    """A copy of (3, H, W) with a 1-pixel dark vertical line down its middle column."""
+    out = image.clone()
+    out[..., out.shape[-1] // 2] = value
+    return out
+
+
+def test_fine_evidence_is_high_on_a_hairline_and_low_on_good_surface(backbone):
+    """The first block's Gaussian of good locations (stride 2): a 1-px line stands out where the stride-8 novelty
+    grid would smear it; good surface stays below the held-out unit (d / (1 + d) < 1/2)."""
+    fine = FineEvidence.fit(backbone, surfaces(4))
+    fine.scale = float(fine.distance(backbone, surfaces(2, seed=1)).quantile(0.999))
+    m = fine(backbone, with_line(surfaces(1, seed=2)[0])[None])[0]  # (64, 64)
+    assert m.shape == (SIZE, SIZE) and 0 <= m.min() and m.max() < 1
+    on, beside, far = m[8:56, 31:33].mean(), m[8:56, 27:29].mean(), m[8:56, 4:16].mean()
+    assert on > 0.6 and far < 0.3 and beside < on - 0.3
+
+
+def test_fine_evidence_reshapes_the_map_only_at_a_weight(backbone):
+    """weight 0 (MTD's choice) leaves the map bit-identical; above 0 a coarse blob is pulled onto the line; state
+    round-trips with weights_only, on its own and inside the pair's PriorFusion state."""
+    fine = FineEvidence.fit(backbone, surfaces(4))
+    fine.scale = float(fine.distance(backbone, surfaces(2, seed=1)).quantile(0.999))
+    x = with_line(surfaces(1, seed=2)[0])[None]
+    blob = torch.full((1, SIZE, SIZE), 0.6)
+    assert torch.equal(fine.reshape(blob, fine(backbone, x), weight=0.0), blob)
+    out = fine.reshape(blob, fine(backbone, x), weight=0.5)
+    assert out[0, :, 31:33].mean() > out[0, :, 4:16].mean() + 0.1
+    fine.weight = 0.5
+    prior = fit_prior([surfaces(3)], size=SIZE, coreset=50, backbone=backbone)
+    fusion = PriorFusion(prior, TailEvidence.fit(torch.rand(100)), TailEvidence.fit(torch.rand(100)), fine=fine)
+    buf = io.BytesIO()
+    torch.save(fusion.state(), buf)
+    buf.seek(0)
+    again = PriorFusion.from_state(torch.load(buf, weights_only=True), backbone)
+    assert again.fine.weight == 0.5 and again.fine.scale == fine.scale and again.refines
+    assert torch.equal(again.refine(blob, x), fusion.refine(blob, x))
+    fusion.fine = None  # pairs before it: no "fine" in the state, the map as it was
+    assert "fine" not in fusion.state() and torch.equal(fusion.refine(blob, x), blob)
