@@ -285,6 +285,22 @@ def reconstruction_r2(reconstructions, images) -> np.ndarray:
         return np.where(var > 1e-12, 1.0 - mse / var, np.nan)
 
 
+def removal_contrast(reconstructions, images, masks) -> np.ndarray:
+    """Per defective image, how much more its reconstruction departs from it inside the defect than outside:
+    mean |rec - image| over the mask's pixels / the same outside it (channels averaged). Stacks (N, C, H, W),
+    masks (N, H, W) -> (N,): above 1 the network removes the defect more than it changes the good surface; nan
+    where the mask is empty or full."""
+    rec = np.asarray(reconstructions, dtype=np.float64)
+    img = np.asarray(images, dtype=np.float64)
+    m = np.asarray(masks).reshape(len(rec), *rec.shape[-2:]) > 0.5
+    d = np.abs(rec - img).mean(axis=1)  # (N, H, W)
+    out = np.full(len(rec), np.nan)
+    for i in range(len(rec)):
+        if m[i].any() and not m[i].all():
+            out[i] = d[i][m[i]].mean() / max(d[i][~m[i]].mean(), 1e-12)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------
 # All metrics, per defect type, as a table
 # --------------------------------------------------------------------------------------------------------

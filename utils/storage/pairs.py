@@ -201,4 +201,5 @@ def load_pair(checkpoint_path, base):
     else:
         meta = {"config": rec_meta["config"], "calibration": rec_meta["calibration"], "original": False,
                 "pair_id": rec_meta["pair_id"], "prior": seg_meta.get("prior")}
+        model.reconstructive.residual = bool(meta["config"].get("rec_residual", False))  # pairs before: False
     return model.eval(), meta

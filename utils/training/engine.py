@@ -216,7 +216,8 @@ def checkpoint_config(settings, obj_name, grayscale, amp_dtype):
 def build_state(settings, data, device, rank, world):
     """Seeded model, data loader (and DDP sampler), optimizer and generators: (TrainState, loader, sampler)."""
     seed_everything(settings.seed)
-    model = DRAEM(settings.rec_base_width, settings.seg_base_width).init_weights(settings.anomaly_prior).to(device)
+    model = DRAEM(settings.rec_base_width, settings.seg_base_width, rec_residual=settings.rec_residual)
+    model = model.init_weights(settings.anomaly_prior).to(device)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=settings.seed,
@@ -368,7 +369,7 @@ def checkpoint(run, state, row):
     t0 = run.budget.clock()
     metrics, calib = validate_run(run, state)
     row.update(metrics)
-    calib.update({k: v for k, v in metrics.items() if k.startswith("val_rec_r2")})  # the pair's metadata too
+    calib.update({k: v for k, v in metrics.items() if k.startswith("val_rec_")})  # the pair's metadata too
     if run.is_main:
         save_checkpoints(run, state, calib, row)
     run.budget.checkpoint_s = run.budget.clock() - t0
@@ -384,6 +385,8 @@ def validation_text(row):
         text += f" (DRAEM {row['val_image_auroc_draem']:.3f}, novelty {row['val_image_auroc_novelty']:.3f})"
     if "val_rec_r2" in row:
         text += f"  reconstruction R2 {row['val_rec_r2']:.2f} (min {row['val_rec_r2_min']:.2f})"
+    if "val_rec_removal" in row:
+        text += f", removal contrast {row['val_rec_removal']:.2f}"
     return text
 
 
