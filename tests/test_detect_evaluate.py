@@ -116,6 +116,25 @@ def test_the_map_is_sharpened_along_the_image_and_the_score_is_not(trained):
     assert Scorer.from_config(None, {"scale": "auto", "scale_factor": 1.0}).guide == 0
 
 
+def test_rec_residual_in_a_pairs_config_decides_how_it_reconstructs(trained, tmp_path):
+    """rec_residual is recorded in the pair's config (both recipes: False, docs/training.md); a pair that records
+    True loads residual, a pair without it (every pair before it) as the authors' absolute reconstruction."""
+    from utils.storage.pairs import load_pair
+    _, _, ckpt = trained
+    model, meta = load_pair(ckpt, BASE)
+    assert meta["config"]["rec_residual"] is False and not model.reconstructive.residual
+    for value, expected in ((True, True), (None, False)):
+        folder = tmp_path / str(value)
+        folder.mkdir()
+        for path in pair_paths(ckpt, BASE):
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            blob["config"].pop("rec_residual")
+            if value is not None:
+                blob["config"]["rec_residual"] = value
+            torch.save(blob, folder / path.name)
+        assert load_pair(folder, BASE)[0].reconstructive.residual is expected
+
+
 def _pair_thresholds(ckpt, base=BASE):
     return [torch.load(p, map_location="cpu", weights_only=True)["calibration"]["threshold"]
             for p in pair_paths(ckpt, base)]

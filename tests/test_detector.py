@@ -180,3 +180,15 @@ def test_score_single_batch_and_grey_agree_with_the_tensor_path(pair):
     assert detector.score(rgb[..., 0])["anomaly_map"][0].shape == (32, 32)  # grey (H, W)
     with pytest.raises(ValueError, match="shape"):
         detector.score(np.zeros((2, 4, 4, 7)))  # 7 channels
+
+
+def test_the_picture_says_when_the_reconstruction_is_not_learnt_yet():
+    """Detector.reconstruction_note: from the R² the pair's calibration records (held-out good images)."""
+    from types import SimpleNamespace
+    from utils.inference.detector import Detector
+    note = lambda r2: Detector.reconstruction_note.fget(SimpleNamespace(meta={"calibration": {"val_rec_r2": r2}}))  # noqa: E731
+    assert note(-105.9) == "not learnt yet: R² -106 on held-out good images"
+    assert note(-0.33) == "not learnt yet: R² -0.33 on held-out good images"
+    assert note(0.28) == "still rough: R² 0.28 on held-out good images"
+    assert note(0.93) is None and note(float("nan")) is None
+    assert Detector.reconstruction_note.fget(SimpleNamespace(meta={"calibration": {}})) is None  # the authors'

@@ -8,7 +8,8 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from utils.evaluation.metrics import (METRIC_NAMES, aupro, compute_all, format_table, image_ap, image_auroc,
-                                      per_type_metrics, pixel_ap, pixel_auroc, pro_curve, reconstruction_r2)
+                                      per_type_metrics, pixel_ap, pixel_auroc, pro_curve, reconstruction_r2,
+                                      removal_contrast)
 
 
 def random_case(seed=0, n=6, size=16):
@@ -258,3 +259,15 @@ def test_reconstruction_r2_is_the_share_of_each_images_variance_explained():
     assert np.allclose(reconstruction_r2(flat + 2 * (images - flat), images), 0.0)  # double contrast: as bad
     grey = np.full((1, 3, 4, 4), 0.5)
     assert np.isnan(reconstruction_r2(grey, grey)).all()  # a flat image has nothing to explain
+
+
+def test_removal_contrast_is_how_much_more_the_reconstruction_changes_the_defect():
+    images = np.full((2, 3, 8, 8), 0.5)
+    masks = np.zeros((2, 8, 8), bool)
+    masks[:, 2:4, 2:4] = True
+    rec = images.copy()
+    rec[0][:, masks[0]] = 0.9  # image 0: the defect replaced (0.4 off), the good surface changed by 0.1
+    rec[0][:, ~masks[0]] = 0.6
+    rec[1] += 0.2  # image 1: everything changed alike, nothing removed
+    assert np.allclose(removal_contrast(rec, images, masks), [4.0, 1.0])
+    assert np.isnan(removal_contrast(rec, images, np.zeros((2, 8, 8), bool))).all()  # no defect: undefined

@@ -84,3 +84,18 @@ def test_focal_prior_init():
     assert abs(p.mean().item() - 0.01) < 0.01
     bias = DRAEM(4, 2).init_weights().discriminative.decoder_segment.fin_out[0].bias
     assert bias[1] - bias[0] > -1  # paper: PyTorch's default bias, no prior (ours: -log 99 = -4.6)
+
+
+def test_residual_reconstruction_starts_as_the_input_and_learns_a_correction():
+    """recipe ours: the reconstructive network predicts the correction to its input, its last convolution starting
+    at 0, so before any step the reconstruction is the input itself; the same weights and names as the authors'."""
+    x = torch.rand(2, 3, 32, 32)
+    m = DRAEM(4, 2, rec_residual=True).init_weights(anomaly_prior=0.01).eval()
+    assert torch.equal(m.reconstructive(x), x)
+    plain = DRAEM(4, 2)
+    assert m.state_dict().keys() == plain.state_dict().keys()
+    with torch.no_grad():
+        m.reconstructive.decoder.fin_out[0].bias.fill_(0.1)
+    assert torch.allclose(m.reconstructive(x), x + 0.1)
+    plain.load_state_dict(m.state_dict())  # the same weights read as an absolute reconstruction: not the input
+    assert not torch.allclose(plain.reconstructive(x), x, atol=0.05)

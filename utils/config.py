@@ -19,13 +19,13 @@ PRESETS = {
 # kept (docs/training.md): cracks and pits (DefectSynthesizer), photometric jitter, the mean of the hottest 0.3%
 # of the map as the image score, the mean-filter kernel scaled with the image size, the focal prior of the head,
 # the pretrained feature prior fused with DRAEM's map (model/feature_prior.py; prior "none": DRAEM alone), and the
-# working scale "auto": each image at its own aspect, its area brought within auto_area (utils/images/reading.py),
-# and a residual reconstructive network (it starts as the input: docs/training.md).
+# working scale "auto": each image at its own aspect, its area brought within auto_area (utils/images/reading.py).
+# rec_residual (both False; measured in docs/training.md): the reconstructive network predicts a correction.
 RECIPES = {
     "paper": dict(jitter=(), score_top_fraction=0.0, scaled_kernel=False, anomaly_prior=None, prior="none",
                   scale="square", map_guide=0, rec_residual=False),
     "ours": dict(jitter=PHOTOMETRIC, score_top_fraction=0.003, scaled_kernel=True, anomaly_prior=0.01,
-                 prior="features", scale="auto", map_guide=8, rec_residual=True),
+                 prior="features", scale="auto", map_guide=8, rec_residual=False),
 }
 
 
@@ -60,8 +60,9 @@ class Config:
     preset: str = DEFAULT_PRESET  # the resolved preset (never "auto")
     rec_base_width: int = _PRESET["rec_base_width"]
     seg_base_width: int = _PRESET["seg_base_width"]
-    rec_residual: bool = _RECIPE["rec_residual"]  # no flag: the reconstructive network predicts the correction to
-    # its input (model/model_unet.py ReconstructiveSubNetwork; pairs before it and the authors': False)
+    rec_residual: bool = _RECIPE["rec_residual"]  # no flag (API: Config(rec_residual=True)): the reconstructive
+    # network predicts the correction to its input (model/model_unet.py ReconstructiveSubNetwork); not a default:
+    # it shows the part from the first step but cost DRAEM's own map on MPDD (docs/training.md)
     # optimisation
     lr: float = 0.0001  # Adam, as the paper; x0.2 at 80% and 90% of the steps
     bs: int = _PRESET["bs"]

@@ -94,7 +94,8 @@ def save_batch_panels(detector, batch, out, folder):
                                  out["anomaly_map"][i].cpu().numpy())  # the outline at the file's own pixels
         rows.append(write_scored_image(picture, *panels, float(out["score"][i]), detector.threshold,
                                        display_name(p.name), folder.parent, name, p.parent.name,
-                                       "defect" if batch["label"][i] else "good"))
+                                       "defect" if batch["label"][i] else "good",
+                                       reconstruction_note=detector.reconstruction_note))
     return rows
 
 

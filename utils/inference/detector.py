@@ -17,6 +17,9 @@ from utils.storage.pairs import load_pair
 log = logging.getLogger(__name__)
 
 
+RECONSTRUCTION_R2_OK = 0.5  # below it the picture says the reconstruction is not learnt yet or still rough
+
+
 class Detector:
     """A loaded checkpoint pair on a device, with what the checkpoint says about size, scale, score rule and
     threshold. `bs`: tiles per forward pass; `max_pixels`: larger image files are refused (from the header)."""
@@ -54,6 +57,18 @@ class Detector:
             t = teachings[-1]
             label += f" (teaching {t['teaching']}: +{t['n_images']} good images, {t['time'][:16].replace('T', ' ')})"
         return label
+
+    @property
+    def reconstruction_note(self):
+        """What the picture says under "Reconstructed" when the pair's reconstruction is not worth trusting yet:
+        its R² on the held-out good images at the end of training (1 - MSE / variance; the calibration records it)
+        below RECONSTRUCTION_R2_OK; None when it is good, or unknown (the authors' pairs)."""
+        r2 = self.meta.get("calibration", {}).get("val_rec_r2")
+        if not isinstance(r2, (int, float)) or r2 >= RECONSTRUCTION_R2_OK or r2 != r2:
+            return None
+        state = "not learnt yet" if r2 < 0 else "still rough"
+        return f"{state}: R² {r2:.2f} on held-out good images" if r2 > -10 else \
+            f"{state}: R² {r2:.0f} on held-out good images"
 
     def read(self, path):
         """An image file as (3, H, W) in [0, 1] at this checkpoint's working scale."""

@@ -95,7 +95,7 @@ def _draw_result(ax, image, anomaly_map, score, threshold, contour_level) -> Non
 
 
 def _build_figure(image, reconstruction, anomaly_map, score, threshold=None, title=None,
-                  contour_level=None) -> Figure:
+                  contour_level=None, reconstruction_note=None) -> Figure:
     """Build (but do not draw) the 4-panel figure; see ``render_panels`` for the arguments."""
     image, reconstruction = np.asarray(image), np.asarray(reconstruction)
     anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
@@ -120,7 +120,10 @@ def _build_figure(image, reconstruction, anomaly_map, score, threshold=None, tit
     raw = axes[2].imshow(anomaly_map, cmap="jet", vmin=0.0, vmax=1.0)
     fig.colorbar(raw, ax=axes[2], fraction=0.046, pad=0.02)
     _draw_result(axes[3], image, anomaly_map, score, threshold, contour_level)
-    for ax, panel_title in zip(axes, PANEL_TITLES):
+    titles = list(PANEL_TITLES)
+    if reconstruction_note:  # a reconstruction not learnt yet says so, rather than pass for the part
+        titles[1] += f"\n({reconstruction_note})"
+    for ax, panel_title in zip(axes, titles):
         ax.set_title(panel_title, fontsize=14)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -141,7 +144,7 @@ def at_image_pixels(original, reconstruction, anomaly_map):
 
 
 def render_panels(image, reconstruction, anomaly_map, score, threshold=None, title=None,
-                  contour_level=None) -> np.ndarray:
+                  contour_level=None, reconstruction_note=None) -> np.ndarray:
     """Render the 4-panel figure to an RGB uint8 array of shape (h, w, 3) (w ~ 3.4 h for a square image).
 
     image, reconstruction: (H, W, 3) RGB float in [0, 1] (grayscale and uint8 are accepted too).
@@ -149,8 +152,10 @@ def render_panels(image, reconstruction, anomaly_map, score, threshold=None, tit
     threshold: None -> "no calibrated threshold"; else NG if score > threshold, OK otherwise, and the
     contour of ``anomaly_map > contour_level`` (default: threshold) is drawn on the overlay.
     title: optional figure title (e.g. the file name).
+    reconstruction_note: said beside "Reconstructed" (Detector.reconstruction_note: a reconstruction not learnt yet).
     """
-    fig = _build_figure(image, reconstruction, anomaly_map, score, threshold, title, contour_level)
+    fig = _build_figure(image, reconstruction, anomaly_map, score, threshold, title, contour_level,
+                        reconstruction_note)
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (h, w, 3) uint8
 
