@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from model import DRAEM, weights_init
-from model.feature_prior import (CORESET_SIZE, FEATURE_CHANNELS, PRIOR_SIZE, FeaturePrior, PriorFusion,
-                                 TailEvidence, fit_prior, load_backbone)
+from model.feature_prior import (CORESET_SIZE, FEATURE_CHANNELS, PRIOR_SIZE, FeaturePrior, FineEvidence,
+                                 PriorFusion, TailEvidence, fit_prior, load_backbone)
 from model.model_unet import autocast
 from utils.config import PRESETS, Config
 from utils.images.reading import auto_zoom, image_file_size, read_image
@@ -265,7 +265,8 @@ def bench_default_detect(model, cfg, device, warmup, iters, path):
     """Detection of one image file (read, working shape, DRAEM, the feature prior, score), as detect.py scores it:
     at the default scale ("auto": the image at its own aspect, its area brought to the training images' working
     area; here trained on images of this file's size) against "square" (resized to --size, the prior at its square
-    side), both with a full bank of random features (the search costs what a fitted bank's does)."""
+    side), both with a full bank of random features (the search costs what a fitted bank's does); "auto" with the
+    map's fine evidence and guided sharpening, as a pair that chose a fine weight above 0 shows its map."""
     config = Config.build("cpu")
     w, h = image_file_size(path)
     zoom = auto_zoom([(w, h)], cfg["size"], config.auto_sides)
@@ -279,7 +280,10 @@ def bench_default_detect(model, cfg, device, warmup, iters, path):
                            "map_guide": config.map_guide, **scale},  # the map's sharpening: "square" has none
                 "calibration": {}}
         det = Detector(model, meta, device)
-        det.scorer.prior = PriorFusion(FeaturePrior(bank, backbone=backbone, side=prior[0], area=prior[1]), tail, tail).to(device)
+        fine = None if scale["scale"] == "square" else FineEvidence(torch.zeros(16), torch.eye(16), 1.0, 0.5)
+        # the fine evidence at the largest weight a pair chose (the demo's 0.5; at 0 it costs nothing)
+        det.scorer.prior = PriorFusion(FeaturePrior(bank, backbone=backbone, side=prior[0], area=prior[1]), tail, tail,
+                                       fine=fine).to(device)
         detectors[name] = det
     t_auto, t_square = interleaved_medians([lambda d=d: float(d.predict([d.read(path)], False)["score"][0])
                                             for d in detectors.values()], warmup, iters, device)
