@@ -412,9 +412,11 @@ def fine_features(backbone, images):
 class FineEvidence(nn.Module):
     """Where inside the novelty's coarse blob the defect is: the Mahalanobis distance of each location's first-block
     features (stride 2) from one Gaussian of the good images' locations, in units of the held-out good pixels'
-    FINE_QUANTILE (`scale`), as d / (1 + d) in [0, 1). Its own map is sharp but noisy (on MTD's grainy tiles near
-    chance), so it only reshapes the output map by the weight the pair chose on simulated defects
-    (utils/training/fine_choice.py): map^(1 - weight) * fine^weight, 0 leaving the map as it was (docs/prior.md)."""
+    FINE_QUANTILE (`scale`), capped at 1: f = min(d, 1) in [0, 1], 1 wherever a location is as rare as the rarest
+    good ones. Its own map is sharp but noisy (on MTD's grainy tiles near chance), so it only reshapes the output
+    map by the weight the pair chose on simulated defects (utils/training/fine_choice.py): map * f^weight. Where
+    the fine evidence is at its cap the map keeps its value, so the threshold still outlines what it did; 0 leaves
+    the map as it was (docs/prior.md)."""
 
     def __init__(self, mean, icov, scale=1.0, weight=0.0):
         super().__init__()
@@ -442,13 +444,12 @@ class FineEvidence(nn.Module):
         return d[:, 0]
 
     def forward(self, backbone, images):
-        d = self.distance(backbone, images) / self.scale
-        return d / (1 + d)
+        return (self.distance(backbone, images) / self.scale).clamp(max=1)
 
     def reshape(self, maps, fine, weight=None):
         """maps (B, H, W) in [0, 1] reshaped by fine maps (B, H, W) of this evidence at `weight` (the pair's)."""
         w = self.weight if weight is None else float(weight)
-        return maps if w <= 0 else maps.clamp_min(0) ** (1 - w) * fine ** w
+        return maps if w <= 0 else maps * fine ** w
 
     def state(self):
         return {"mean": self.mean.cpu(), "icov": self.icov.cpu(), "scale": self.scale, "weight": self.weight}
@@ -483,7 +484,7 @@ class PriorFusion(nn.Module):
         return self.fine is not None and self.fine.weight > 0
 
     def fine_map(self, images):
-        """The fine evidence (B, H, W) in [0, 1) of images (B, 3, H, W); the pair must have one (`refines`)."""
+        """The fine evidence (B, H, W) in [0, 1] of images (B, 3, H, W); the pair must have one (`refines`)."""
         return self.fine(self.features.backbone, images)
 
     def refine(self, maps, images, fine=None):

@@ -209,13 +209,13 @@ def with_line(image, value=0.15):
 
 def test_fine_evidence_is_high_on_a_hairline_and_low_on_good_surface(backbone):
     """The first block's Gaussian of good locations (stride 2): a 1-px line stands out where the stride-8 novelty
-    grid would smear it; good surface stays below the held-out unit (d / (1 + d) < 1/2)."""
+    grid would smear it, at the cap (1: as rare as the rarest good pixels); good surface stays well below it."""
     fine = FineEvidence.fit(backbone, surfaces(4))
     fine.scale = float(fine.distance(backbone, surfaces(2, seed=1)).quantile(0.999))
     m = fine(backbone, with_line(surfaces(1, seed=2)[0])[None])[0]  # (64, 64)
-    assert m.shape == (SIZE, SIZE) and 0 <= m.min() and m.max() < 1
+    assert m.shape == (SIZE, SIZE) and 0 <= m.min() and m.max() <= 1
     on, beside, far = m[8:56, 31:33].mean(), m[8:56, 27:29].mean(), m[8:56, 4:16].mean()
-    assert on > 0.6 and far < 0.3 and beside < on - 0.3
+    assert on > 0.9 and far < 0.4 and beside < on - 0.5
 
 
 def test_fine_evidence_reshapes_the_map_only_at_a_weight(backbone):
