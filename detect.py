@@ -146,7 +146,8 @@ def image_outputs(detector, path, picture, folder, title, pred, save_maps, page_
     panels = at_image_pixels(original, *panel_args(image, out, j)[1:3])  # the outline at the file's own pixels
     page_row = write_scored_image(folder / picture, *panels, score, detector.threshold,
                                   f"{title}  ·  {detector.pair_label()}", folder if page_name else None, page_name,
-                                  reconstruction_note=detector.reconstruction_note)
+                                  reconstruction_note=detector.reconstruction_note,
+                                  scale_note=detector.map_scale_note)
     row = {"file": display_name(path), "picture": str(picture), "score": score, "verdict": detector.verdict(score),
            "pair": detector.name}
     if save_maps:

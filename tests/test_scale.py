@@ -191,6 +191,7 @@ def test_onnx_tile_model_of_a_pair_with_a_per_tile_prior(wide, tmp_path):
     det = Detector.from_checkpoint(ckpt, BASE, torch.device("cpu"))
     old = det.scorer.prior.features
     det.scorer.prior.features = FeaturePrior(old.bank[:500], old.size, old.backbone)  # no side: per tile
+    det.scorer.prior.fine = None  # nor the fine evidence, which only pairs with a side fit
     export_onnx(det, tmp_path / "tile.onnx")
     image = det.read(cls / "test" / "spot" / "000.png")  # (3, 160, 640)
     session = onnxruntime.InferenceSession(str(tmp_path / "tile.onnx"), providers=["CPUExecutionProvider"])

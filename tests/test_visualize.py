@@ -131,3 +131,15 @@ def test_panels_at_the_image_s_own_pixels():
     assert 125 <= rows.min() and rows.max() <= 131  # row 80 of 160 is row 128 of 256
     same = at_image_pixels(original, np.zeros((256, 1024, 3)), np.zeros((256, 1024)))
     assert same[2].shape == (256, 1024) and same[0] is original
+
+
+def test_the_colour_bar_says_what_its_values_mean_and_where_the_threshold_is(inputs):
+    fig = _build_figure(*inputs, score=0.2, threshold=0.6, scale_note="0.5: as rare as the rarest 0.1% of good pixels",
+                        reconstruction_note="not learnt yet: R² -106 on held-out good images")
+    bar = fig.axes[4]
+    assert bar.get_ylabel() == "0.5: as rare as the rarest 0.1% of good pixels"
+    assert [t.get_text() for t in bar.texts] == ["thr"] and any(list(line.get_ydata()) == [0.6, 0.6]
+                                                                for line in bar.lines)
+    assert fig.axes[1].get_title() == "Reconstructed\n(not learnt yet: R² -106 on held-out good images)"
+    plain = _build_figure(*inputs, score=0.2, threshold=None)
+    assert plain.axes[4].get_ylabel() == "" and not plain.axes[4].texts  # no threshold: nothing marked

@@ -95,7 +95,8 @@ def save_batch_panels(detector, batch, out, folder):
         rows.append(write_scored_image(picture, *panels, float(out["score"][i]), detector.threshold,
                                        display_name(p.name), folder.parent, name, p.parent.name,
                                        "defect" if batch["label"][i] else "good",
-                                       reconstruction_note=detector.reconstruction_note))
+                                       reconstruction_note=detector.reconstruction_note,
+                                       scale_note=detector.map_scale_note))
     return rows
 
 

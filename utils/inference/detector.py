@@ -70,6 +70,13 @@ class Detector:
         return f"{state}: R² {r2:.2f} on held-out good images" if r2 > -10 else \
             f"{state}: R² {r2:.0f} on held-out good images"
 
+    @property
+    def map_scale_note(self):
+        """What the anomaly map's values mean, for the picture's colour bar."""
+        if self.scorer.prior is not None:  # the fused map: evidence / (evidence + log 1000), model/feature_prior.py
+            return "0.5: as rare as the rarest 0.1% of good pixels"
+        return "DRAEM's probability of a defect"
+
     def read(self, path):
         """An image file as (3, H, W) in [0, 1] at this checkpoint's working scale."""
         return read_image(path, self.size, self.scale, self.max_pixels)

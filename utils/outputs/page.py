@@ -95,11 +95,11 @@ def write_thumbnail(folder, name: str, overlay_rgb) -> Path:
 
 
 def write_scored_image(picture, image, reconstruction, amap, score, threshold, title, page_folder=None, name=None,
-                       defect_type=None, label=None, reconstruction_note=None):
+                       defect_type=None, label=None, reconstruction_note=None, scale_note=None):
     """The 4-panel picture of one scored image (image and reconstruction (H, W, 3), amap (H, W)); with
     `page_folder`, also its overlay thumbnail there and its PageRow for the page `name`d so (else None)."""
     save_panels(picture, image, reconstruction, amap, score, threshold=threshold, title=title,
-                reconstruction_note=reconstruction_note)
+                reconstruction_note=reconstruction_note, scale_note=scale_note)
     if page_folder is None:
         return None
     thumb = write_thumbnail(page_folder, name, overlay(image, amap, threshold))

@@ -95,7 +95,7 @@ def _draw_result(ax, image, anomaly_map, score, threshold, contour_level) -> Non
 
 
 def _build_figure(image, reconstruction, anomaly_map, score, threshold=None, title=None,
-                  contour_level=None, reconstruction_note=None) -> Figure:
+                  contour_level=None, reconstruction_note=None, scale_note=None) -> Figure:
     """Build (but do not draw) the 4-panel figure; see ``render_panels`` for the arguments."""
     image, reconstruction = np.asarray(image), np.asarray(reconstruction)
     anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
@@ -118,7 +118,14 @@ def _build_figure(image, reconstruction, anomaly_map, score, threshold=None, tit
     axes[0].imshow(image)
     axes[1].imshow(reconstruction)
     raw = axes[2].imshow(anomaly_map, cmap="jet", vmin=0.0, vmax=1.0)
-    fig.colorbar(raw, ax=axes[2], fraction=0.046, pad=0.02)
+    bar = fig.colorbar(raw, ax=axes[2], fraction=0.046, pad=0.02)
+    if threshold is not None and 0.0 <= threshold <= 1.0:  # where OK ends on the scale: a white line, "thr"
+        bar.ax.axhline(threshold, color="white", linewidth=3)
+        bar.ax.axhline(threshold, color="black", linewidth=1)
+        bar.ax.text(-0.15, threshold, "thr", transform=bar.ax.get_yaxis_transform(), ha="right", va="center",
+                    fontsize=9)
+    if scale_note:  # what the numbers mean (Detector.map_scale_note)
+        bar.set_label(scale_note, fontsize=9)
     _draw_result(axes[3], image, anomaly_map, score, threshold, contour_level)
     titles = list(PANEL_TITLES)
     if reconstruction_note:  # a reconstruction not learnt yet says so, rather than pass for the part
@@ -144,7 +151,7 @@ def at_image_pixels(original, reconstruction, anomaly_map):
 
 
 def render_panels(image, reconstruction, anomaly_map, score, threshold=None, title=None,
-                  contour_level=None, reconstruction_note=None) -> np.ndarray:
+                  contour_level=None, reconstruction_note=None, scale_note=None) -> np.ndarray:
     """Render the 4-panel figure to an RGB uint8 array of shape (h, w, 3) (w ~ 3.4 h for a square image).
 
     image, reconstruction: (H, W, 3) RGB float in [0, 1] (grayscale and uint8 are accepted too).
@@ -153,9 +160,10 @@ def render_panels(image, reconstruction, anomaly_map, score, threshold=None, tit
     contour of ``anomaly_map > contour_level`` (default: threshold) is drawn on the overlay.
     title: optional figure title (e.g. the file name).
     reconstruction_note: said beside "Reconstructed" (Detector.reconstruction_note: a reconstruction not learnt yet).
+    scale_note: the colour bar's label, what its values mean (Detector.map_scale_note); the threshold is marked on it.
     """
     fig = _build_figure(image, reconstruction, anomaly_map, score, threshold, title, contour_level,
-                        reconstruction_note)
+                        reconstruction_note, scale_note)
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (h, w, 3) uint8
 
