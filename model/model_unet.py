@@ -304,7 +304,7 @@ class Scorer(nn.Module):
     @property
     def refines(self):
         """Whether the output map is reshaped by the prior's fine evidence (model/feature_prior.py FineEvidence)."""
-        return self.prior is not None and getattr(self.prior, "refines", False)
+        return self.prior is not None and self.prior.refines
 
     @property
     def sharpens(self):
@@ -314,6 +314,6 @@ class Scorer(nn.Module):
         """The maps (B, H, W) as shown and measured: reshaped by the prior's fine evidence (`fine`: its maps of the
         images, if computed already) where the pair has one and `refine`, then guided by the grey image (radius
         `guide`). The scores come from the maps before (docs/prior.md)."""
-        if refine and self.refines:
+        if refine and self.prior is not None:  # PriorFusion.refine: the maps as they are without a fine evidence
             maps = self.prior.refine(maps, images, fine)
         return guided_sharpen(maps, images, self.guide) if self.guide else maps

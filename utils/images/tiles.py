@@ -7,7 +7,6 @@ import numpy as np
 import torch
 
 
-
 def pad_to_tile(image, tile):
     """(C, H, W) -> (C, max(H, tile), max(W, tile)): reflection at the bottom and right, so the original
     pixels keep their coordinates. Works for any dtype; repeats the reflection when the image is tiny."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.cli import report_error
 from utils.data_loader import list_images, list_test_images
 from utils.images.reading import DEFAULT_MAX_PIXELS, decode_image_file, image_file_size
 from utils.runtime import UsageError
@@ -232,12 +233,8 @@ def main(argv=None):
     extra = {"seed": args.seed} if args.proxy == "mpdd_tall" else {"min_aspect": args.min_aspect}
     try:
         folder = BUILDERS[args.proxy](args.src, args.out, **extra)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (UsageError, ValueError, OSError) as e:
+        return report_error("proxies", e)  # one line; 2 for bad input, 1 for a failed write (utils/cli.py)
     for split in sorted(p for p in folder.glob("*/*") if p.is_dir()):
         log.info("%s: %d", split.relative_to(folder), sum(1 for _ in split.iterdir()))
     print(folder)
